@@ -1,0 +1,33 @@
+# Two commands: `make demo` and `make test`. Both create the virtual environments they need.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+MXNET_VENV := .venv-mxnet
+DEMO_OUT ?= demo_out
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv venv-mxnet clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(VENV)/bin/python -m pip install -q -e ".[test]"
+	touch $@
+
+# MXNet 1.9.1 only serves as an interoperability oracle; it breaks on numpy>=1.24 without a shim.
+venv-mxnet: $(MXNET_VENV)/.installed
+$(MXNET_VENV)/.installed:
+	test -d $(MXNET_VENV) || $(PYTHON) -m venv $(MXNET_VENV)
+	$(MXNET_VENV)/bin/python -m pip install -q "mxnet==1.9.1" "numpy<2"
+	touch $@
+
+test: venv venv-mxnet
+	ADADISTILL_MXNET_PYTHON=$(abspath $(MXNET_VENV))/bin/python $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+demo: venv
+	$(VENV)/bin/adadistill demo --out $(DEMO_OUT)
+
+clean:
+	rm -rf $(VENV) $(MXNET_VENV) work_dirs $(DEMO_OUT)

@@ -1,0 +1,60 @@
+"""Safe, atomic checkpoint files shared by the trainer, the teacher loader and the exporter.
+
+Loading always uses `torch.load(weights_only=True)` and never falls back to full unpickling:
+releases before torch 2.10 had `weights_only` bypasses, so we refuse to run on them.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MIN_TORCH = (2, 10)
+
+
+def _torch_version() -> tuple:
+    return tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+
+
+def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """Load a torch checkpoint with `weights_only=True`; errors name the file and the fix."""
+    if _torch_version() < MIN_TORCH:
+        raise RuntimeError(
+            f"torch {torch.__version__} is too old to load checkpoints safely (weights_only had "
+            f"bypasses before 2.10); install torch>={'.'.join(map(str, MIN_TORCH))}"
+        )
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint file not found; check the path in your config")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"{path}: cannot be loaded as a weights-only torch checkpoint ({exc}). It is corrupt, "
+            "truncated, or holds Python objects other than tensors and plain containers; re-save it "
+            "as a state_dict with torch.save(model.state_dict(), path)"
+        ) from exc
+
+
+def save_file_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """`torch.save` to a temporary file in the same folder, fsync, then rename over `path`.
+
+    A crash mid-write leaves the previous file intact: readers never see a partial checkpoint.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

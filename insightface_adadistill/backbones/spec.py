@@ -1,0 +1,52 @@
+"""The backbone registry and the per-backbone facts (`BackboneSpec`) that other packages read.
+
+The teacher loader, the exporter and the evaluation code take the input size, the normalisation and
+the default embedding size from here instead of repeating the numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Tuple
+
+from torch import nn
+
+from insightface_adadistill.registry import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """What a consumer must know about a backbone without building it.
+
+    Attributes:
+        description: one line for `list_backbones` tables and the README.
+        source: where the architecture (and its state-dict layout) comes from.
+        input_size: (height, width) of the aligned face crop.
+        mean, std: pixel normalisation, x = (p - mean) / std on RGB uint8 values.
+        embedding_size: default `num_features`.
+    """
+
+    description: str = ""
+    source: str = "this project"
+    input_size: Tuple[int, int] = (112, 112)
+    mean: float = 127.5
+    std: float = 127.5
+    embedding_size: int = 512
+
+
+BACKBONES: Registry[nn.Module] = Registry("backbone")
+
+
+def register_backbone(fn: Callable[..., nn.Module] | None = None, *, spec: BackboneSpec | None = None):
+    """Register a backbone factory under its function name; usable bare or as `(spec=...)`.
+
+    A spec without a description takes the first line of the factory's docstring.
+    """
+
+    def add(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        entry = spec or BackboneSpec()
+        if not entry.description:
+            doc = (factory.__doc__ or "").strip().splitlines()
+            entry = dataclasses.replace(entry, description=doc[0] if doc else factory.__name__)
+        return BACKBONES.register(factory, spec=entry)
+
+    return add(fn) if fn is not None else add

@@ -1,0 +1,239 @@
+"""Loads an arcface_torch config file the way `utils/utils_config.get_config` does, from anywhere.
+
+Host behaviour kept: the file is Python that builds an EasyDict named `config`; it is merged over
+the `configs/base.py` keys with a shallow update; `output = None` becomes
+`work_dirs/<config name>`; `total_batch_size`, `warmup_step` and `total_step` are added.
+Differences: the file need not live in a `configs` package (we execute it by path), the base keys
+are built in (`defaults.py`) instead of imported from `configs/base.py`, a bare recipe name such as
+`ms1mv2_r50` is looked up in the repository's `recipes/` folder, `--set key=value` overrides are
+applied after the file, and the result is validated before anything is built.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import difflib
+import os
+import runpy
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+from easydict import EasyDict
+
+from .defaults import (DERIVED_KEYS, EXTENSION_DEFAULTS, HOST_DEFAULTS, NoneType, expected_types,
+                       known_keys)
+from .validate import ConfigError, unknown_key_problem, validate
+
+Overrides = Union[List[str], Mapping[str, Any], None]
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def recipes_dir() -> Optional[Path]:
+    """`recipes/` beside the package (a source checkout or an editable install), else None."""
+    folder = Path(__file__).resolve().parents[2] / "recipes"
+    return folder if folder.is_dir() else None
+
+
+def resolve_config_path(path: Union[str, os.PathLike]) -> Path:
+    """A config file from a path (with or without `.py`, as the host accepts) or a recipe name.
+
+    A bare name (no folder part) that is not a file in the working directory is looked up in
+    `recipes/` beside the package, so `ms1mv2_r50` means `recipes/ms1mv2_r50.py`.
+    """
+    given = Path(path)
+    candidates = [given, given.with_name(given.name + ".py")]
+    shipped = recipes_dir()
+    if len(given.parts) == 1 and shipped is not None:
+        candidates += [shipped / given.name, shipped / (given.name + ".py")]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    names = sorted(p.stem for p in shipped.glob("*.py")) if shipped is not None else []
+    close = difflib.get_close_matches(given.stem, names, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    where = f"; shipped recipes are in {shipped}" if shipped is not None else ""
+    raise ConfigError(str(path), [f"no such config file or recipe name{where}.{hint}"])
+
+
+def read_config_file(path: Path) -> Dict[str, Any]:
+    """Execute an arcface_torch config file and return its `config` mapping (not yet merged)."""
+    try:
+        namespace = runpy.run_path(str(path), run_name=f"adadistill_config_{path.stem}")
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] == "configs":
+            raise ConfigError(str(path), [
+                f"the file imports {exc.name!r}; job configs are executed standalone and the "
+                f"configs/base.py keys are built in, so remove that import and set only the keys "
+                f"that differ"]) from exc
+        raise ConfigError(str(path), [f"importing {exc.name!r} failed: {exc}"]) from exc
+    except Exception as exc:  # a user's file can raise anything; name it and keep the traceback
+        problem = f"executing the file raised {type(exc).__name__}: {exc}"
+        raise ConfigError(str(path), [problem]) from exc
+    config = namespace.get("config")
+    if not isinstance(config, Mapping):
+        raise ConfigError(str(path), [
+            "the file must build an EasyDict named `config` (from easydict import EasyDict as "
+            "edict; config = edict(); config.network = 'r50'; ...)"])
+    derived = [key for key in config if key in DERIVED_KEYS]
+    if derived:
+        raise ConfigError(str(path), [
+            f"{key} is computed by the trainer (total_batch_size = batch_size x world size; "
+            f"warmup_step and total_step from num_image); remove it from the file"
+            for key in derived])
+    return dict(config)
+
+
+def parse_override_value(key: str, text: str) -> Any:
+    """Type a `--set key=value` string by what `key` accepts.
+
+    The text goes through `ast.literal_eval`, falling back to the raw string. Then: 'None' is None;
+    true/false/yes/no/on/off/1/0 become bools for bool keys; pure string keys keep the raw text
+    (so `--set wandb_key=123` stays a string); `a,b,c` or a single item becomes a list for list
+    keys; ints become floats for float keys.
+    """
+    types = expected_types(key)
+    text = text.strip()
+    if text == "None":
+        return None
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    if bool in types and text.lower() in _TRUE + _FALSE:
+        return text.lower() in _TRUE
+    if set(types) <= {str, NoneType} and not isinstance(value, str):
+        return text
+    if list in types and str not in types and isinstance(value, str):
+        value = [_literal_or_text(item) for item in value.split(",") if item.strip()]
+    return coerce_value(key, value)
+
+
+def _literal_or_text(item: str) -> Any:
+    try:
+        return ast.literal_eval(item.strip())
+    except (ValueError, SyntaxError):
+        return item.strip()
+
+
+def coerce_value(key: str, value: Any) -> Any:
+    """Widen a Python value to what `key` holds: tuple -> list, scalar -> [scalar] for list keys,
+    int -> float for float keys. Anything else is left for `validate` to judge."""
+    types = expected_types(key)
+    if list in types and isinstance(value, tuple):
+        return list(value)
+    if list in types and str not in types and not isinstance(value, (list, NoneType)):
+        return [value]
+    if float in types and int not in types and type(value) is int:
+        return float(value)
+    return value
+
+
+def parse_overrides(overrides: Overrides, source: str = "config") -> Dict[str, Any]:
+    """`['lr=0.05', 'fp16=false']` or `{'lr': 0.05}` -> typed `{key: value}`; unknown keys raise."""
+    if not overrides:
+        return {}
+    from_text = not isinstance(overrides, Mapping)
+    if not from_text:
+        pairs = list(overrides.items())
+    else:
+        pairs = []
+        for item in overrides:
+            key, sep, text = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(source, [f"--set {item!r} is not key=value (e.g. --set lr=0.05); "
+                                           f"put the CONFIG argument before --set"])
+            pairs.append((key.strip(), text))
+    known = set(known_keys())
+    problems = [f"--set {key}: " + unknown_key_problem(key) for key, _ in pairs if key not in known]
+    problems += [f"--set {key}: {key} is computed by the trainer, not set" for key, _ in pairs
+                 if key in DERIVED_KEYS]
+    if problems:
+        raise ConfigError(source, problems)
+    typed = parse_override_value if from_text else coerce_value
+    return {key: typed(key, value) for key, value in pairs}
+
+
+def derive(cfg: Mapping[str, Any], world_size: int, source: str = "config") -> Dict[str, int]:
+    """The keys `train_v2` adds, computed the same way (pure; `cfg` is not modified).
+
+    total_batch_size = batch_size * world_size; warmup_step = num_image // total_batch_size *
+    warmup_epoch; total_step = num_image // total_batch_size * num_epoch. Like the host, steps
+    count iterations and ignore gradient_acc.
+    """
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
+    total_batch_size = cfg["batch_size"] * world_size
+    steps_per_epoch = cfg["num_image"] // total_batch_size
+    if steps_per_epoch < 1:
+        raise ConfigError(source, [
+            f"num_image = {cfg['num_image']} is smaller than one global batch (batch_size "
+            f"{cfg['batch_size']} x world size {world_size} = {total_batch_size}), so an epoch "
+            f"has no step; lower batch_size or check num_image"])
+    return {"total_batch_size": total_batch_size,
+            "warmup_step": int(steps_per_epoch * cfg["warmup_epoch"]),
+            "total_step": steps_per_epoch * cfg["num_epoch"]}
+
+
+def load_config(path: Union[str, os.PathLike], overrides: Overrides = None,
+                world_size: int = 1) -> EasyDict:
+    """Load, merge, override, validate and derive an arcface_torch config.
+
+    Args:
+        path: a config file anywhere on disk, or a recipe name from `recipes/` (`ms1mv2_r50`).
+        overrides: `--set` strings `['lr=0.05']` (typed by the key) or a dict of Python values.
+        world_size: number of training processes, for the derived keys.
+
+    Returns:
+        EasyDict in the host's key order: base keys, our extension keys, the file's new keys,
+        then total_batch_size, warmup_step, total_step.
+    """
+    file = resolve_config_path(path)
+    from_file = read_config_file(file)
+    from_set = parse_overrides(overrides, source=str(file))
+    cfg = EasyDict(copy.deepcopy({**HOST_DEFAULTS, **EXTENSION_DEFAULTS}))
+    cfg.update(from_file)  # shallow, as the host: job keys replace base keys at top level only
+    cfg.update(from_set)
+    if cfg.output is None:
+        cfg.output = os.path.join("work_dirs", file.stem)
+    validate(cfg, source=str(file), overridden=from_set)
+    cfg.update(derive(cfg, world_size, source=str(file)))
+    return cfg
+
+
+def format_config(cfg: Mapping[str, Any]) -> List[str]:
+    """The host's start-up lines: ': ' + key padded with spaces to 25 characters + value.
+
+    A key of 25 or more characters gets no space (`interclass_filtering_threshold0`).
+    """
+    return [": " + key + " " * (25 - len(key)) + str(value) for key, value in cfg.items()]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `CONFIG [--set KEY=VALUE ...]` arguments every command that reads a config takes."""
+    parser.add_argument("config", help="arcface_torch config file (any path) or a recipe name "
+                                       "from recipes/, e.g. ms1mv2_r50")
+    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+",
+                        action="extend", default=[],
+                        help="override config keys, typed by the key: --set lr=0.05 fp16=false "
+                             "val_targets=lfw,cfp_fp teacher_weights=None")
+
+
+def config_main(argv: Optional[List[str]] = None) -> int:
+    """`adadistill config CONFIG [--set ...] [--world-size N]`: print the merged, validated config
+    in the host's log format, or the problems and exit status 2."""
+    parser = argparse.ArgumentParser(prog="adadistill config", description=config_main.__doc__)
+    add_config_arguments(parser)
+    parser.add_argument("--world-size", type=int, default=1,
+                        help="number of training processes, for the derived keys (default 1)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides, world_size=args.world_size)
+    except ConfigError as exc:
+        print(f"adadistill config: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(format_config(cfg)))
+    return 0

@@ -1,0 +1,205 @@
+"""The training DataLoader: arcface_torch's sampler and worker seeding, plus exact mid-epoch resume.
+
+`build_dataloader` returns a `FaceLoader`. Per epoch the trainer calls
+`loader.set_epoch(epoch, start_batch)`, then iterates. The sampler yields `(epoch, index)` pairs,
+so the dataset's deterministic flips follow the epoch even inside persistent workers. Resuming
+with `start_batch = n` yields exactly the batches n, n+1, ... of the uninterrupted epoch.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import random
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class DistributedSampler(Sampler):
+    """arcface_torch's sampler (spec 4.6), yielding `(epoch, index)`.
+
+    Each epoch: `randperm(N)` with a generator seeded `seed + epoch` (the same on every rank, as the
+    caller passes one shared seed), padded to a multiple of `world_size` by repeating from the
+    start, and rank r takes positions r, r + W, r + 2W, ... `start` skips that many of the rank's
+    samples in the current epoch (mid-epoch resume).
+    """
+
+    def __init__(self, dataset_len: int, world_size: int, rank: int, seed: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1} for world size {world_size}")
+        if dataset_len < 1:
+            raise ValueError("the dataset is empty; there is nothing to sample")
+        self.dataset_len = dataset_len
+        self.world_size = world_size
+        self.rank = rank
+        self.seed = seed
+        self.epoch = 0
+        self.start = 0
+        self.num_samples = math.ceil(dataset_len / world_size)  # per rank, after padding
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's permutation and skip the first `start` samples of this rank."""
+        if not 0 <= start <= self.num_samples:
+            raise ValueError(f"start {start} is outside 0..{self.num_samples} samples of this rank")
+        self.epoch, self.start = int(epoch), int(start)
+
+    def rank_indices(self) -> torch.Tensor:
+        """This rank's full index list for the current epoch (before `start` is applied), (ceil(N/W),)."""
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.dataset_len, generator=generator)
+        total = self.num_samples * self.world_size
+        padded = order.repeat(math.ceil(total / self.dataset_len))[:total]  # repeat from the start
+        return padded[self.rank::self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        for index in self.rank_indices()[self.start:].tolist():
+            yield epoch, index
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+def seed_worker(worker_id: int, base_seed: int) -> None:
+    """arcface_torch's worker seed, num_workers * rank + worker_id + seed, for numpy, random and
+    torch (the flips do not use it; custom augmentations may)."""
+    worker_seed = base_seed + worker_id
+    np.random.seed(worker_seed % 2 ** 32)
+    random.seed(worker_seed)
+    torch.manual_seed(worker_seed)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    """Copy every tensor of a (nested) batch to `device` without blocking the host."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(_to_device(item, device) for item in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(item, device) for item in batch)
+    if isinstance(batch, dict):
+        return {name: _to_device(item, device) for name, item in batch.items()}
+    return batch
+
+
+def _record_stream(batch: Any, stream: torch.cuda.Stream) -> None:
+    """Tell the caching allocator the batch is used on `stream`, so memory allocated on the copy
+    stream is not reused while the compute stream still reads it."""
+    if isinstance(batch, torch.Tensor):
+        batch.record_stream(stream)
+    elif isinstance(batch, (list, tuple)):
+        for item in batch:
+            _record_stream(item, stream)
+    elif isinstance(batch, dict):
+        for item in batch.values():
+            _record_stream(item, stream)
+
+
+class CudaPrefetcher:
+    """Copies the next batch to the GPU on a side stream while the current one is used
+    (arcface_torch's DataLoaderX without the extra thread: the DataLoader workers already run
+    ahead)."""
+
+    def __init__(self, loader: DataLoader, device: torch.device) -> None:
+        self.loader = loader
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        stream = torch.cuda.Stream(self.device)
+        batches = iter(self.loader)
+        upcoming = self._preload(batches, stream)
+        while upcoming is not None:
+            current_stream = torch.cuda.current_stream(self.device)
+            current_stream.wait_stream(stream)  # the copy must finish before compute reads it
+            _record_stream(upcoming, current_stream)
+            batch, upcoming = upcoming, self._preload(batches, stream)
+            yield batch
+
+    def _preload(self, batches: Iterator[Any], stream: torch.cuda.Stream) -> Any:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return None
+        with torch.cuda.stream(stream):
+            return _to_device(batch, self.device)
+
+
+class FaceLoader:
+    """What `build_dataloader` returns: iterate it for batches of `Sample` fields.
+
+    Each batch is a `Sample` of tensors: image (B, 3, 112, 112) float32, label (B,) int64,
+    index (B,) int64, flipped (B,) bool; on the GPU when the device is CUDA.
+    """
+
+    def __init__(self, dataset: Dataset, sampler: DistributedSampler, loader: DataLoader,
+                 device: torch.device) -> None:
+        self.dataset = dataset
+        self.sampler = sampler
+        self.loader = loader
+        self.device = device
+        self.batch_size: int = loader.batch_size
+        self._batches = CudaPrefetcher(loader, device) if device.type == "cuda" else loader
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches of a full epoch on this rank (drop_last: floor(ceil(N / W) / B))."""
+        return self.sampler.num_samples // self.batch_size
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Reshuffle for `epoch` (and its flips); start after `start_batch` batches of it."""
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"start_batch {start_batch} is outside 0..{self.batches_per_epoch} "
+                             "batches of this epoch; the checkpoint does not match this data/batch size")
+        self.sampler.set_epoch(epoch, start_batch * self.batch_size)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def skip_batches(self, count: int) -> None:
+        """Resume inside the current epoch: the next iteration starts at batch `count`."""
+        self.set_epoch(self.sampler.epoch, count)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._batches)
+
+
+def build_dataloader(dataset: Dataset, batch_size: int, rank: int, world_size: int, seed: int,
+                     num_workers: int, device: torch.device | str) -> FaceLoader:
+    """The training loader with arcface_torch semantics (spec 2.3, 4.1, 4.6).
+
+    Args:
+        dataset: indexed with `(epoch, index)` pairs (`FaceDataset` accepts them; a custom
+            dataset must too).
+        batch_size: per-rank batch size B; drop_last=True, so an epoch has floor(ceil(N/W) / B)
+            batches.
+        rank, world_size: this process's place in the job (W = world_size).
+        seed: config.seed, identical on all ranks: it seeds the permutation (seed + epoch) and the
+            workers (num_workers * rank + worker_id + seed).
+        num_workers: DataLoader worker processes, kept alive across epochs.
+        device: "cpu", or a CUDA device, for which batches are pinned and copied one batch ahead on
+            a side stream.
+
+    Returns:
+        A `FaceLoader`; call `set_epoch(epoch, start_batch)` before iterating each epoch. The
+        DataLoader has its own generator, so creating an iterator never consumes the global torch RNG.
+    """
+    device = torch.device(device)
+    sampler = DistributedSampler(len(dataset), world_size, rank, seed)
+    if sampler.num_samples < batch_size:
+        raise ValueError(f"each rank gets {sampler.num_samples} of {len(dataset)} samples (world size "
+                         f"{world_size}), fewer than batch_size {batch_size}, so an epoch has no "
+                         "batch; lower batch_size or use more data")
+    loader = DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        pin_memory=device.type == "cuda", drop_last=True, persistent_workers=num_workers > 0,
+        worker_init_fn=functools.partial(seed_worker, base_seed=num_workers * rank + seed),
+        generator=torch.Generator().manual_seed(seed))
+    return FaceLoader(dataset, sampler, loader, device)

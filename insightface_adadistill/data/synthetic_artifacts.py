@@ -1,0 +1,285 @@
+"""Write a synthetic face population as the artefacts real data comes in.
+
+- `write_training_rec`: aligned 112x112 JPEGs in an InsightFace `train.rec` / `train.idx` /
+  `property` (spec 4.7), through `rec_tools.write_insightface_rec`, so training reads it with the
+  same `RecordDataset` as MS1M.
+- `write_verification_bin`: held-out identities as an LFW-style `.bin` of (2P JPEGs, P issame)
+  (spec 4.8). Genuine and impostor pairs are shuffled together because the 10-fold protocol cuts
+  the pair list into consecutive folds; a quarter of the impostors are siblings (same family).
+- `write_ijb_folder`: held-out identities as an IJB-B/C folder (spec 6.2): unaligned `loose_crop/`
+  JPEGs plus `meta/` with template and media ids, the exact 5-point landmarks of each render and a
+  faceness score (same row order), and template pairs (genuine = two templates of one identity).
+- `build_synthetic_suite`: all three plus `manifest.json`; held-out identities start at a family
+  boundary, so no sibling of a training identity is ever tested. `adadistill make-synthetic`
+  (`make_synthetic_main`) runs it from the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import sys
+import time
+from dataclasses import asdict
+from itertools import combinations
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .decode import encode_jpeg
+from .rec_tools import write_insightface_rec
+from .synthetic_faces import SyntheticFaceConfig, SyntheticFaces, derive_seeds
+
+_PURPOSE_TRAIN, _PURPOSE_BIN, _PURPOSE_IJB = 1, 2, 3
+_RENDER_BATCH = 256
+_HARD_IMPOSTOR_FRACTION = 0.25
+
+
+def _batches(total: int, what: str) -> Iterator[slice]:
+    """Slices of `_RENDER_BATCH` items over range(total); a tqdm bar when stderr is a terminal."""
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc=what, unit="img")
+    for start in range(0, total, _RENDER_BATCH):
+        batch = slice(start, min(start + _RENDER_BATCH, total))
+        yield batch
+        if bar is not None:
+            bar.update(batch.stop - batch.start)
+    if bar is not None:
+        bar.close()
+
+
+def _render_jpegs(faces: SyntheticFaces, ids: np.ndarray, seeds: np.ndarray, quality: int,
+                  what: str) -> Iterator[bytes]:
+    """Aligned renders of (ids, seeds) (N,) as JPEG bytes, streamed batch by batch."""
+    for batch in _batches(len(ids), what):
+        yield from (encode_jpeg(image, quality) for image in faces.render_aligned(ids[batch], seeds[batch]))
+
+
+def _identity_array(identity_ids: Iterable[int], what: str) -> np.ndarray:
+    ids = np.asarray(list(identity_ids) if not isinstance(identity_ids, np.ndarray) else identity_ids)
+    if ids.ndim != 1 or not len(ids) or ids.dtype.kind not in "iu" or ids.min() < 0:
+        raise ValueError(f"{what}: identity_ids must be a non-empty 1-D sequence of non-negative "
+                         f"integers, got {ids.dtype} with shape {ids.shape}")
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError(f"{what}: identity_ids repeat an identity; pass each identity once")
+    return ids.astype(np.int64)
+
+
+def write_training_rec(out_dir: str | os.PathLike, faces: SyntheticFaces, identity_ids: Iterable[int],
+                       images_per_identity: int, seed: int, *, quality: int = 95) -> Dict[str, int]:
+    """Write `images_per_identity` aligned faces of each identity as an InsightFace `.rec`.
+
+    Class label j is `identity_ids[j]`. Returns dict(num_classes, num_images).
+    """
+    ids = _identity_array(identity_ids, "write_training_rec")
+    if images_per_identity < 1:
+        raise ValueError(f"write_training_rec: images_per_identity={images_per_identity} must be >= 1")
+    labels = np.repeat(np.arange(len(ids)), images_per_identity)  # grouped by label, as the .rec needs
+    index = np.tile(np.arange(images_per_identity), len(ids))
+    seeds = derive_seeds(seed, _PURPOSE_TRAIN, ids[labels], index)
+    jpegs = _render_jpegs(faces, ids[labels], seeds, quality, "train.rec")
+    summary = write_insightface_rec(out_dir, zip(labels.tolist(), jpegs), num_classes=len(ids))
+    return {"num_classes": summary.num_classes, "num_images": summary.num_images}
+
+
+def _sibling_or_random(rng: np.random.Generator, ids: np.ndarray, first: np.ndarray,
+                       family_size: int, hard: np.ndarray) -> np.ndarray:
+    """A different identity for each `first`: a sibling where `hard` and one exists, else random."""
+    other = first.copy()
+    for i, a in enumerate(first):
+        siblings = ids[(ids // family_size == a // family_size) & (ids != a)]
+        pool = siblings if hard[i] and len(siblings) else ids[ids != a]
+        other[i] = rng.choice(pool)
+    return other
+
+
+def verification_pairs(faces: SyntheticFaces, identity_ids: Iterable[int], num_pairs: int,
+                       seed: int, *, quality: int = 95) -> Tuple[List[bytes], List[bool]]:
+    """(2P JPEG images, P issame flags) of aligned held-out faces, pair i = images 2i and 2i+1."""
+    ids = _identity_array(identity_ids, "verification_pairs")
+    if num_pairs < 2 or len(ids) < 2:
+        raise ValueError(f"verification_pairs: need num_pairs >= 2 (got {num_pairs}) and >= 2 "
+                         f"identities (got {len(ids)})")
+    rng = np.random.default_rng([seed, _PURPOSE_BIN])
+    issame = rng.permutation(np.arange(num_pairs) < num_pairs // 2)  # shuffled: every fold gets both
+    first = rng.choice(ids, num_pairs)
+    hard = rng.random(num_pairs) < _HARD_IMPOSTOR_FRACTION
+    second = np.where(issame, first, _sibling_or_random(rng, ids, first, faces.config.family_size, hard))
+    pair_ids = np.stack([first, second], 1).reshape(-1)  # (2P,) left, right, left, right, ...
+    seeds = derive_seeds(seed, _PURPOSE_BIN, pair_ids, np.arange(2 * num_pairs))
+    images = list(_render_jpegs(faces, pair_ids, seeds, quality, "verification pairs"))
+    return images, [bool(x) for x in issame]
+
+
+def write_verification_bin(path: str | os.PathLike, faces: SyntheticFaces, identity_ids: Iterable[int],
+                           num_pairs: int, seed: int, *, quality: int = 95) -> Dict[str, int]:
+    """Write `verification_pairs` as an InsightFace `.bin`: a pickle of (images, issame) (spec 4.8).
+
+    The data layer may not import `evaluation` (tests/test_layering.py), so the two-line pickle is
+    written here; `evaluation.bins.load_bin` reads it back in the tests.
+    """
+    images, issame = verification_pairs(faces, identity_ids, num_pairs, seed, quality=quality)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        pickle.dump((images, issame), fh, protocol=4)
+    return {"num_pairs": len(issame), "num_genuine": int(sum(issame))}
+
+
+def _template_pairs(identity_of_template: np.ndarray, max_impostor_pairs: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """(M, 3) rows (tid1, tid2, label) over 1-based template ids: every genuine pair, then up to
+    `max_impostor_pairs` impostor pairs (all of them when they fit, else a uniform sample)."""
+    tids = np.arange(1, len(identity_of_template) + 1)
+    genuine = [(a, b) for ident in np.unique(identity_of_template)
+               for a, b in combinations(tids[identity_of_template == ident], 2)]
+    first, second = np.triu_indices(len(tids), k=1)
+    impostor = identity_of_template[first] != identity_of_template[second]
+    first, second = tids[first[impostor]], tids[second[impostor]]
+    if len(first) > max_impostor_pairs:
+        keep = np.sort(rng.choice(len(first), max_impostor_pairs, replace=False))
+        first, second = first[keep], second[keep]
+    rows = [np.array(genuine, np.int64).reshape(-1, 2), np.stack([first, second], 1)]
+    labels = [np.ones(len(rows[0]), np.int64), np.zeros(len(rows[1]), np.int64)]
+    return np.concatenate([np.concatenate(rows), np.concatenate(labels)[:, None]], 1)
+
+
+def _write_loose_crops(image_dir: Path, faces: SyntheticFaces, ids: np.ndarray, seeds: np.ndarray, *,
+                       quality: int, what: str) -> List[str]:
+    """Render (ids, seeds) (N,) unaligned into `image_dir/<n>.jpg`, n = 1..N.
+
+    Returns the N lines `name x1 y1 ... x5 y5 faceness` of the landmark file, in image order.
+    """
+    image_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for batch in _batches(len(ids), what):
+        images, landmarks, faceness = faces.render_unaligned(ids[batch], seeds[batch])
+        numbers = range(batch.start + 1, batch.stop + 1)
+        for n, image, points, score in zip(numbers, images, landmarks, faceness):
+            (image_dir / f"{n}.jpg").write_bytes(encode_jpeg(image, quality))
+            rows.append(" ".join([f"{n}.jpg", *(f"{v:.3f}" for v in points.reshape(-1)), f"{score:.3f}"]))
+    return rows
+
+
+def write_ijb_folder(root: str | os.PathLike, faces: SyntheticFaces, identity_ids: Iterable[int], *,
+                     target: str = "IJBC", templates_per_identity: int = 2, media_per_template: int = 2,
+                     images_per_media: int = 2, max_impostor_pairs: int = 100_000, seed: int = 0,
+                     quality: int = 90) -> Dict[str, int]:
+    """Write an IJB-layout folder: `root/loose_crop/<n>.jpg` and `root/meta/<t>_*.txt` (spec 6.2).
+
+    Image n (1-based, `<n>.jpg`) belongs to template `tid` (1-based) and media `mid` (10001-based,
+    unique per media); both image meta files list the images in that order. Returns the counts:
+    num_images, num_templates, num_genuine, num_impostor.
+    """
+    if target not in ("IJBC", "IJBB"):
+        raise ValueError(f"write_ijb_folder: target={target!r} must be 'IJBC' or 'IJBB'")
+    ids = _identity_array(identity_ids, "write_ijb_folder")
+    counts = dict(templates_per_identity=templates_per_identity, media_per_template=media_per_template,
+                  images_per_media=images_per_media)
+    if min(counts.values()) < 1 or templates_per_identity < 2 or len(ids) < 2:
+        raise ValueError(f"write_ijb_folder: {counts} must be >= 1 with >= 2 templates per identity "
+                         f"and >= 2 identities (got {len(ids)}), so genuine and impostor pairs exist")
+    n_templates = len(ids) * templates_per_identity
+    identity_of_template = np.repeat(ids, templates_per_identity)  # (T,)
+    template_of_image = np.repeat(np.arange(1, n_templates + 1), media_per_template * images_per_media)
+    media_of_image = 10000 + np.repeat(np.arange(1, n_templates * media_per_template + 1), images_per_media)
+    image_ids = identity_of_template[template_of_image - 1]  # (N,)
+    seeds = derive_seeds(seed, _PURPOSE_IJB, image_ids, np.arange(len(image_ids)))
+    root, t = Path(root), target.lower()
+    landmark_rows = _write_loose_crops(root / "loose_crop", faces, image_ids, seeds, quality=quality,
+                                       what=f"{target} loose crops")
+    rng = np.random.default_rng([seed, _PURPOSE_IJB])
+    pairs = _template_pairs(identity_of_template, max_impostor_pairs, rng)
+    meta = root / "meta"
+    meta.mkdir(parents=True, exist_ok=True)
+    (meta / f"{t}_face_tid_mid.txt").write_text("".join(
+        f"{n}.jpg {tid} {mid}\n" for n, tid, mid in zip(range(1, len(image_ids) + 1), template_of_image,
+                                                        media_of_image)))
+    (meta / f"{t}_name_5pts_score.txt").write_text("".join(row + "\n" for row in landmark_rows))
+    (meta / f"{t}_template_pair_label.txt").write_text("".join(f"{a} {b} {label}\n" for a, b, label in pairs))
+    num_genuine = int(pairs[:, 2].sum())
+    return {"num_images": len(image_ids), "num_templates": n_templates, "num_genuine": num_genuine,
+            "num_impostor": len(pairs) - num_genuine}
+
+
+def heldout_start(num_train_ids: int, family_size: int) -> int:
+    """First held-out identity: the next family boundary after the training identities."""
+    return -(-num_train_ids // family_size) * family_size
+
+
+def build_synthetic_suite(out_dir: str | os.PathLike, num_train_ids: int = 200, images_per_id: int = 20,
+                          num_heldout_ids: int = 100, seed: int = 0, *,
+                          config: Optional[SyntheticFaceConfig] = None, num_val_pairs: int = 1000,
+                          ijb_target: str = "IJBC", ijb_templates_per_identity: int = 3,
+                          ijb_media_per_template: int = 2, ijb_images_per_media: int = 2,
+                          ) -> Dict[str, str]:
+    """Write train.rec + synth_val.bin (in `out_dir/train`), an IJB folder and `manifest.json`.
+
+    Training identities are 0..num_train_ids-1; held-out ones start at the next family boundary and
+    feed both the `.bin` and the IJB folder. Point the config at `rec = out_dir/train` with
+    `val_targets = ['synth_val']`, and IJB evaluation at `--image-path out_dir/<ijb_target>`.
+
+    Returns:
+        Paths by name: rec (the folder), train_rec, synth_val, ijb (the IJB root) and manifest.
+    """
+    config = config if config is not None else SyntheticFaceConfig()
+    faces = SyntheticFaces(config, seed)
+    out_dir = Path(out_dir)
+    train_dir, ijb_dir = out_dir / "train", out_dir / ijb_target
+    start = heldout_start(num_train_ids, config.family_size)
+    train_ids, heldout_ids = range(num_train_ids), range(start, start + num_heldout_ids)
+    written = {
+        "train": write_training_rec(train_dir, faces, train_ids, images_per_id, seed),
+        "synth_val": write_verification_bin(train_dir / "synth_val.bin", faces, heldout_ids, num_val_pairs,
+                                            seed),
+        ijb_target: write_ijb_folder(ijb_dir, faces, heldout_ids, target=ijb_target, seed=seed,
+                                     templates_per_identity=ijb_templates_per_identity,
+                                     media_per_template=ijb_media_per_template,
+                                     images_per_media=ijb_images_per_media),
+    }
+    paths = {"rec": str(train_dir), "train_rec": str(train_dir / "train.rec"),
+             "synth_val": str(train_dir / "synth_val.bin"), "ijb": str(ijb_dir),
+             "manifest": str(out_dir / "manifest.json")}
+    manifest = {"generator": "insightface_adadistill.data.synthetic_faces", "seed": seed,
+                "config": asdict(config), "train_identities": [0, num_train_ids],
+                "heldout_identities": [start, start + num_heldout_ids], "ijb_target": ijb_target,
+                "written": written, "paths": {k: os.path.relpath(v, out_dir) for k, v in paths.items()}}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return paths
+
+
+def make_synthetic_main(argv: Optional[Sequence[str]] = None) -> int:
+    """`adadistill make-synthetic OUT_DIR`: write a synthetic train.rec, synth_val.bin and IJB folder."""
+    parser = argparse.ArgumentParser(
+        prog="adadistill make-synthetic",
+        description="Render procedural face identities into OUT_DIR/train (train.rec, train.idx, "
+                    "property, synth_val.bin), OUT_DIR/<target> (IJB layout) and OUT_DIR/manifest.json.")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--train-ids", type=int, default=200, help="training identities (classes)")
+    parser.add_argument("--images-per-id", type=int, default=20, help="training images per identity")
+    parser.add_argument("--heldout-ids", type=int, default=100, help="unseen identities for the tests")
+    parser.add_argument("--val-pairs", type=int, default=1000, help="pairs in synth_val.bin")
+    parser.add_argument("--difficulty", default="medium", choices=("easy", "medium", "hard"))
+    parser.add_argument("--target", default="IJBC", choices=("IJBC", "IJBB"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    try:
+        paths = build_synthetic_suite(
+            args.out_dir, args.train_ids, args.images_per_id, args.heldout_ids, args.seed,
+            config=SyntheticFaceConfig.difficulty(args.difficulty), num_val_pairs=args.val_pairs,
+            ijb_target=args.target)
+    except (OSError, ValueError) as exc:
+        print(f"adadistill make-synthetic: error: {exc}", file=sys.stderr)
+        return 1
+    written = json.loads(Path(paths["manifest"]).read_text())["written"]
+    print(f"wrote {args.out_dir} in {time.monotonic() - started:.1f} s")
+    for name, counts in written.items():
+        print(f"  {name}: " + ", ".join(f"{key} {value}" for key, value in counts.items()))
+    print(f"train with rec={paths['rec']!r} val_targets=['synth_val']; evaluate IJB with "
+          f"--image-path {paths['ijb']} --target {args.target}")
+    return 0

@@ -1,0 +1,487 @@
+"""IJB-B / IJB-C 1:1 template verification, as arcface_torch's `eval_ijbc.py` (spec 6.2, 6.3).
+
+Pipeline: read the three meta files -> align every loose crop to the ArcFace template (BGR read,
+warp, BGR->RGB) in DataLoader workers -> embed the face and its horizontal flip -> combine per image
+(F1: orig + flip; N1: keep the norm, N0: L2-normalise; D1: times the faceness score) -> media pooling
+inside templates -> template = L2-normalised sum of media features -> cosine score per pair ->
+ROC and TAR@FAR by the nearest-point rule.
+
+Where we differ from the host: the N/D/F switches are flags instead of constants; pooling runs in
+float64 with sorted reductions instead of per-template Python loops; the pair chunk loop never
+maps an unknown template to row 0 (we refuse such pairs); meta files are checked line by line;
+the table and the plot label the run with `--job`; we also write a PNG, a CSV and a JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from insightface_adadistill.evaluation.alignment import ALIGNED_SIZE, align_face
+from insightface_adadistill.evaluation.roc import (REPORT_FARS, auc, format_tar_table, plot_roc,
+                                                   roc_curve, tar_at_far, tar_at_fars)
+from insightface_adadistill.evaluation.verification import (l2_normalize, load_backbone,
+                                                            pixels_to_input, unwrap)
+
+__all__ = ["IJBDataError", "IJBMeta", "read_meta", "AlignedFaces", "embed_faces", "image_features",
+           "pool_templates", "pair_scores", "tar_at_far", "evaluate_ijb", "write_results",
+           "backbone_embedder", "onnx_embedder", "ijb_main"]
+
+TARGETS = ("IJBC", "IJBB")
+PAIR_CHUNK = 100_000  # pairs scored at once, as the host (bounds memory to ~2 x 100k x D floats)
+
+EmbedFn = Callable[[Tensor], np.ndarray]
+"""(B, 3, 112, 112) float32 CPU network input -> (B, D) raw embeddings."""
+
+
+class IJBDataError(ValueError):
+    """The IJB folder or one of its meta files does not have the layout of spec 6.2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IJBMeta:
+    """The IJB meta files; row i of the image arrays is line i+1 of both image meta files.
+
+    Attributes:
+        image_dir: the `loose_crop` folder.
+        image_names: (N,) file names inside `image_dir`.
+        templates, medias: (N,) int64 template and media id of each image.
+        landmarks: (N, 5, 2) float32 pixel (x, y): eyes, nose, mouth corners.
+        faceness: (N,) float32 detector score.
+        pairs: (M, 2) int64 template ids; labels: (M,) int64, 1 = genuine.
+    """
+
+    image_dir: Path
+    image_names: List[str]
+    templates: np.ndarray
+    medias: np.ndarray
+    landmarks: np.ndarray
+    faceness: np.ndarray
+    pairs: np.ndarray
+    labels: np.ndarray
+
+
+def meta_files(image_root: Path, target: str) -> Dict[str, Path]:
+    """The three meta files of `target` ('IJBC' or 'IJBB') under `image_root`."""
+    t = target.lower()
+    meta = Path(image_root) / "meta"
+    return {"tid_mid": meta / f"{t}_face_tid_mid.txt",
+            "pairs": meta / f"{t}_template_pair_label.txt",
+            "landmarks": meta / f"{t}_name_5pts_score.txt"}
+
+
+def _text_rows(path: Path, layout: str, n_fields: int) -> List[List[str]]:
+    """Whitespace-split lines; every line must have `n_fields` fields (row i = line i+1)."""
+    rows = path.read_text().strip().splitlines()
+    fields = [line.split() for line in rows]
+    for lineno, row in enumerate(fields, start=1):
+        if len(row) != n_fields:
+            raise IJBDataError(f"{path}:{lineno}: expected {n_fields} fields '{layout}', got "
+                               f"{rows[lineno - 1]!r}")
+    return fields
+
+
+def _numbers(path: Path, layout: str, fields: List[List[str]], columns: slice, dtype: type
+             ) -> np.ndarray:
+    """The given columns of parsed rows as an array; a bad value is reported with its line."""
+    values = []
+    for lineno, row in enumerate(fields, start=1):
+        try:
+            values.append([dtype(v) for v in row[columns]])
+        except ValueError as exc:
+            raise IJBDataError(f"{path}:{lineno}: {exc}; the line must read '{layout}'") from exc
+    return np.array(values)
+
+
+def _read_tid_mid(path: Path) -> Tuple[List[str], np.ndarray, np.ndarray]:
+    layout = "image_name template_id media_id"
+    fields = _text_rows(path, layout, 3)
+    ids = _numbers(path, layout, fields, slice(1, 3), int).reshape(-1, 2)
+    return [row[0] for row in fields], ids[:, 0].astype(np.int64), ids[:, 1].astype(np.int64)
+
+
+def _read_landmarks(path: Path) -> Tuple[List[str], np.ndarray, np.ndarray]:
+    layout = "image_name x1 y1 x2 y2 x3 y3 x4 y4 x5 y5 faceness_score"
+    fields = _text_rows(path, layout, 12)
+    values = _numbers(path, layout, fields, slice(1, 12), float).reshape(-1, 11).astype(np.float32)
+    return [row[0] for row in fields], values[:, :10].reshape(-1, 5, 2), values[:, 10]
+
+
+def _read_pairs(path: Path) -> np.ndarray:
+    """(M, 3) int64 rows `tid1 tid2 label`; numpy parses the ~16M lines, Python locates errors."""
+    layout = "template_id_1 template_id_2 label"
+    body = path.read_text().strip()
+    n_lines = body.count("\n") + 1 if body else 0
+    try:
+        values = np.fromstring(body, dtype=np.int64, sep=" ")
+    except ValueError:
+        values = None
+    if values is None or values.size != 3 * n_lines:
+        fields = _text_rows(path, layout, 3)  # raises on the first malformed line
+        values = _numbers(path, layout, fields, slice(0, 3), int)
+    rows = values.reshape(-1, 3)  # (M, 3)
+    bad = np.flatnonzero(~np.isin(rows[:, 2], (0, 1)))
+    if bad.size:
+        raise IJBDataError(f"{path}:{bad[0] + 1}: label {rows[bad[0], 2]} is not 0 (impostor) or "
+                           f"1 (genuine); the line must read '{layout}'")
+    return rows
+
+
+def _require_files(paths: Dict[str, Path], image_dir: Path) -> None:
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise IJBDataError(f"missing IJB meta file(s): {', '.join(missing)}. --image-path must be the "
+                           "IJB root holding meta/ and loose_crop/ (e.g. IJB_release/IJBC), and "
+                           "--target must name the set (IJBC or IJBB)")
+    if not image_dir.is_dir():
+        raise IJBDataError(f"{image_dir}: image folder not found; --image-path must hold loose_crop/")
+
+
+def _check_rows_match(files: Dict[str, Path], names: List[str], lmk_names: List[str]) -> None:
+    """The landmark file is aligned with the tid_mid file by row index (as the host reads them)."""
+    if len(names) != len(lmk_names):
+        raise IJBDataError(f"{files['landmarks']} has {len(lmk_names)} lines but {files['tid_mid']} "
+                           f"has {len(names)}; both list the same images in the same order")
+    for lineno, (name, lmk_name) in enumerate(zip(names, lmk_names), start=1):
+        if name != lmk_name:
+            raise IJBDataError(f"{files['landmarks']}:{lineno}: image {lmk_name!r}, but line {lineno} "
+                               f"of {files['tid_mid']} is {name!r}; the files are matched row by row, "
+                               "so both must list the images in the same order")
+
+
+def _check_pair_templates(path: Path, pairs: np.ndarray, templates: np.ndarray) -> None:
+    known = np.isin(pairs, np.unique(templates))  # (M, 2)
+    bad = np.flatnonzero(~known.all(axis=1))
+    if bad.size:
+        tid = pairs[bad[0]][~known[bad[0]]][0]
+        raise IJBDataError(f"{path}:{bad[0] + 1}: template {tid} has no image in the tid_mid file "
+                           f"({bad.size} pairs affected); use the pair file of the same IJB release")
+
+
+def _check_images(image_dir: Path, names: List[str], listing_file: Path) -> None:
+    """Fail before any embedding if a listed image is absent (one directory listing, not N stats)."""
+    present = set(os.listdir(image_dir))
+    missing = [(i, n) for i, n in enumerate(names)
+               if n not in present and not (os.sep in n and (image_dir / n).is_file())]
+    if missing:
+        lineno, name = missing[0][0] + 1, missing[0][1]
+        raise IJBDataError(f"{len(missing)} image(s) listed in {listing_file} are missing from "
+                           f"{image_dir}, first {name!r} (line {lineno}); download the complete "
+                           "loose_crop folder")
+
+
+def read_meta(image_root: str | os.PathLike, target: str) -> IJBMeta:
+    """Read and cross-check the meta files of `target` under `image_root` (spec 6.2 layout)."""
+    if target not in TARGETS:
+        raise IJBDataError(f"target {target!r} is not one of {TARGETS}")
+    files = meta_files(Path(image_root), target)
+    image_dir = Path(image_root) / "loose_crop"
+    _require_files(files, image_dir)
+    names, templates, medias = _read_tid_mid(files["tid_mid"])
+    if not names:
+        raise IJBDataError(f"{files['tid_mid']} lists no images")
+    lmk_names, landmarks, faceness = _read_landmarks(files["landmarks"])
+    _check_rows_match(files, names, lmk_names)
+    rows = _read_pairs(files["pairs"])
+    if not len(rows):
+        raise IJBDataError(f"{files['pairs']} lists no template pairs")
+    _check_pair_templates(files["pairs"], rows[:, :2], templates)
+    _check_images(image_dir, names, files["tid_mid"])
+    return IJBMeta(image_dir, names, templates, medias, landmarks, faceness,
+                   np.ascontiguousarray(rows[:, :2]), rows[:, 2].copy())
+
+
+class AlignedFaces(Dataset):
+    """Item i: image i read with OpenCV (BGR), aligned, as RGB uint8 (3, 112, 112)."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], landmarks: np.ndarray) -> None:
+        if len(paths) != len(landmarks):
+            raise ValueError(f"{len(paths)} images but {len(landmarks)} landmark rows")
+        self.paths = [str(p) for p in paths]
+        self.landmarks = np.asarray(landmarks, dtype=np.float32)  # (N, 5, 2)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Tensor:
+        path = self.paths[index]
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise IJBDataError(f"{path}: OpenCV cannot read this image (missing or corrupt); "
+                               "re-download it")
+        try:
+            aligned = align_face(bgr, self.landmarks[index])  # (112, 112, 3) BGR
+        except ValueError as exc:
+            raise IJBDataError(f"{path}: {exc}") from exc
+        rgb = cv2.cvtColor(aligned, cv2.COLOR_BGR2RGB)
+        return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()  # (3, 112, 112)
+
+
+def _single_threaded_opencv(_worker_id: int) -> None:
+    cv2.setNumThreads(1)  # each worker is one process already: don't oversubscribe the cores
+
+
+def embed_faces(embed_fn: EmbedFn, faces: Dataset, batch_size: int = 128, workers: int = 4,
+                flip: bool = True, progress: Optional[bool] = None
+                ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Raw float32 embeddings (N, D) of the faces and, with `flip`, of their mirror images.
+
+    Each batch of B faces goes to `embed_fn` as one (2B, 3, 112, 112) input (orig then flip),
+    as in the host. `progress=None` shows a tqdm bar only when stderr is a terminal. With
+    `workers > 0` the workers are spawned, so a calling script needs `if __name__ == "__main__":`.
+    """
+    from tqdm import tqdm
+
+    # Workers are spawned, not forked: a fork copies OpenCV's thread pool without its threads, and
+    # the child then hangs in its first parallel OpenCV call (seen with cv2 5.0, pthreads backend).
+    loader = DataLoader(faces, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        worker_init_fn=_single_threaded_opencv if workers else None,
+                        multiprocessing_context="spawn" if workers else None)
+    show = sys.stderr.isatty() if progress is None else progress
+    orig: List[np.ndarray] = []
+    mirrored: List[np.ndarray] = []
+    for batch in tqdm(loader, desc="embedding", unit="batch", disable=not show):
+        x = pixels_to_input(batch)  # (B, 3, 112, 112)
+        if flip:
+            x = torch.cat([x, torch.flip(x, dims=[3])])  # (2B, 3, 112, 112)
+        emb = np.asarray(embed_fn(x), dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[0] != x.shape[0]:
+            raise ValueError(f"the model returned shape {emb.shape} for {x.shape[0]} faces; "
+                             "expected (batch, embedding_size)")
+        orig.append(emb[: batch.shape[0]])
+        mirrored.append(emb[batch.shape[0]:])
+    return np.concatenate(orig), (np.concatenate(mirrored) if flip else None)
+
+
+def image_features(orig: np.ndarray, flipped: Optional[np.ndarray], faceness: np.ndarray,
+                   norm_score: bool = True, detector_score: bool = True) -> np.ndarray:
+    """Per-image features before pooling, (N, D) (spec 6.2 step 3).
+
+    F1 (`flipped` given): orig + flip, F0: orig. N1 (`norm_score`): keep the embedding norm as a
+    quality weight, N0: L2-normalise each image. D1 (`detector_score`): multiply by faceness.
+    """
+    feats = orig if flipped is None else orig + flipped
+    if not norm_score:
+        feats = l2_normalize(feats)
+    if detector_score:
+        feats = feats * np.asarray(faceness, dtype=feats.dtype)[:, None]
+    return feats
+
+
+def pool_templates(features: np.ndarray, templates: np.ndarray, medias: np.ndarray
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    """Media pooling (spec 6.2 step 4): mean over images of one media, sum over a template's media.
+
+    Args:
+        features: (N, D) per-image features.
+        templates, medias: (N,) ids.
+
+    Returns:
+        unique_templates (T,) sorted ids, template_features (T, D) float64 L2-normalised.
+    """
+    templates, medias = np.asarray(templates), np.asarray(medias)
+    if not (len(features) == len(templates) == len(medias)):
+        raise ValueError(f"{len(features)} features, {len(templates)} template ids and "
+                         f"{len(medias)} media ids: one of each per image is needed")
+    order = np.lexsort((medias, templates))  # by template, then media
+    tids, mids = templates[order], medias[order]
+    media_starts = np.flatnonzero(np.r_[True, (np.diff(tids) != 0) | (np.diff(mids) != 0)])
+    media_sums = np.add.reduceat(features[order], media_starts, axis=0, dtype=np.float64)  # (G, D)
+    media_sizes = np.diff(np.r_[media_starts, len(order)])
+    media_feats = media_sums / media_sizes[:, None]  # (G, D)
+    media_tids = tids[media_starts]
+    template_starts = np.flatnonzero(np.r_[True, np.diff(media_tids) != 0])
+    template_feats = np.add.reduceat(media_feats, template_starts, axis=0)  # (T, D)
+    return media_tids[template_starts], l2_normalize(template_feats)
+
+
+def pair_scores(unique_templates: np.ndarray, template_features: np.ndarray, pairs: np.ndarray
+                ) -> np.ndarray:
+    """Cosine similarity (M,) of template pairs (M, 2), computed `PAIR_CHUNK` pairs at a time."""
+    rows = np.searchsorted(unique_templates, pairs)  # (M, 2)
+    rows = np.minimum(rows, len(unique_templates) - 1)
+    unknown = unique_templates[rows] != pairs
+    if unknown.any():
+        raise ValueError(f"templates {np.unique(pairs[unknown])[:10].tolist()} appear in pairs but "
+                         "have no images")
+    scores = np.empty(len(pairs))
+    for start in range(0, len(pairs), PAIR_CHUNK):
+        chunk = rows[start:start + PAIR_CHUNK]
+        scores[start:start + len(chunk)] = np.einsum(
+            "ij,ij->i", template_features[chunk[:, 0]], template_features[chunk[:, 1]])
+    return scores
+
+
+def mode_name(flip: bool, norm_score: bool, detector_score: bool) -> str:
+    """The paper-style test-mode name, e.g. 'N1D1F1' for the host's setting."""
+    return f"N{int(norm_score)}D{int(detector_score)}F{int(flip)}"
+
+
+def evaluate_ijb(embed_fn: EmbedFn, image_root: str | os.PathLike, target: str = "IJBC", *,
+                 batch_size: int = 128, workers: int = 4, flip: bool = True,
+                 norm_score: bool = True, detector_score: bool = True,
+                 progress: Optional[bool] = None) -> Dict[str, object]:
+    """Run the whole IJB 1:1 protocol with `embed_fn` and return scores, ROC and TAR@FAR.
+
+    Returns:
+        dict with target, mode, counts, scores (M,), labels (M,), fpr, tpr, auc and
+        tar_at_far {far: tar fraction} at `REPORT_FARS`.
+    """
+    start = time.perf_counter()
+    meta = read_meta(image_root, target)
+    faces = AlignedFaces([meta.image_dir / n for n in meta.image_names], meta.landmarks)
+    orig, flipped = embed_faces(embed_fn, faces, batch_size, workers, flip, progress)
+    feats = image_features(orig, flipped, meta.faceness, norm_score, detector_score)
+    unique_templates, template_feats = pool_templates(feats, meta.templates, meta.medias)
+    scores = pair_scores(unique_templates, template_feats, meta.pairs)
+    fpr, tpr, _ = roc_curve(meta.labels, scores)
+    genuine = int(meta.labels.sum())
+    return {"target": target, "mode": mode_name(flip, norm_score, detector_score),
+            "counts": {"images": len(meta.image_names), "templates": len(unique_templates),
+                       "pairs": len(scores), "genuine": genuine, "impostor": len(scores) - genuine,
+                       "embedding_size": int(orig.shape[1])},
+            "scores": scores, "labels": meta.labels, "fpr": fpr, "tpr": tpr, "auc": auc(fpr, tpr),
+            "tar_at_far": tar_at_fars(fpr, tpr), "seconds": time.perf_counter() - start}
+
+
+def write_results(result: Dict[str, object], out_dir: str | os.PathLike, job: str,
+                  extra: Optional[Dict[str, object]] = None) -> Dict[str, Path]:
+    """Write `<t>.npy` (scores in pair-file order), `<t>.png`/`.pdf` (ROC), `<t>.txt` (table),
+    `<t>.csv` and `<t>.json` into `out_dir`; returns {kind: path}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = str(result["target"])
+    stem = out_dir / target.lower()
+    paths = {kind: stem.with_suffix(f".{kind}") for kind in ("npy", "png", "pdf", "txt", "csv", "json")}
+    tar: Dict[float, float] = result["tar_at_far"]  # type: ignore[assignment]
+    np.save(paths["npy"], result["scores"])
+    plot_roc({job: (result["fpr"], result["tpr"])}, [paths["png"], paths["pdf"]])
+    paths["txt"].write_text(format_tar_table({f"{job}-{target}": tar}) + "\n")
+    with open(paths["csv"], "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["method", "target", "mode", *map(str, REPORT_FARS), "auc"])
+        writer.writerow([job, target, result["mode"], *(f"{tar[f]:.6f}" for f in REPORT_FARS),
+                         f"{result['auc']:.6f}"])
+    summary = {"job": job, "target": target, "mode": result["mode"], "counts": result["counts"],
+               "tar_at_far": {str(f): tar[f] for f in REPORT_FARS}, "auc": result["auc"],
+               "seconds": round(float(result["seconds"]), 1), **(extra or {}),
+               "files": {k: p.name for k, p in paths.items()}}
+    paths["json"].write_text(json.dumps(summary, indent=2) + "\n")
+    return paths
+
+
+def backbone_embedder(backbone: nn.Module, device: torch.device) -> EmbedFn:
+    """An `EmbedFn` running `backbone` (set to eval mode) on `device` without gradients."""
+    model = unwrap(backbone).eval().to(device)
+
+    @torch.no_grad()
+    def embed(x: Tensor) -> np.ndarray:
+        return model(x.to(device, non_blocking=True)).float().cpu().numpy()
+
+    return embed
+
+
+def onnx_embedder(path: str | os.PathLike, device: torch.device) -> EmbedFn:
+    """An `EmbedFn` running an ONNX model with onnxruntime (CUDA provider when `device` is CUDA).
+
+    The model takes the same (p - 127.5) / 127.5 RGB input as the torch backbones (as `torch2onnx`
+    exports do). A fixed batch dimension is served in chunks of that size, zero-padded at the end.
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: ONNX model not found; check --onnx")
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(path), providers=providers)
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
+        raise ValueError(f"{path}: expected one (N, 3, 112, 112) input and one output, got inputs "
+                         f"{[(i.name, i.shape) for i in inputs]} and {len(outputs)} outputs")
+    name, (batch, _, height, width) = inputs[0].name, inputs[0].shape
+    if (isinstance(height, int) and height != ALIGNED_SIZE) or (isinstance(width, int)
+                                                               and width != ALIGNED_SIZE):
+        raise ValueError(f"{path}: input is {height}x{width}, the IJB protocol needs 112x112 faces")
+    fixed = batch if isinstance(batch, int) and batch > 0 else None
+
+    def embed(x: Tensor) -> np.ndarray:
+        arr = x.numpy().astype(np.float32, copy=False)
+        if fixed is None:
+            return session.run(None, {name: arr})[0]
+        parts = []
+        for start in range(0, len(arr), fixed):
+            chunk = arr[start:start + fixed]
+            padded = np.concatenate([chunk, np.zeros((fixed - len(chunk), *chunk.shape[1:]),
+                                                     dtype=np.float32)])
+            parts.append(session.run(None, {name: padded})[0][: len(chunk)])
+        return np.concatenate(parts)
+
+    return embed
+
+
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="adadistill eval-ijb",
+        description="IJB-B / IJB-C 1:1 verification (arcface_torch eval_ijbc.py protocol).")
+    parser.add_argument("--model-prefix", help="backbone weights (model.pt / backbone.pth / "
+                                               "checkpoint_gpu_0.pt); needs --network")
+    parser.add_argument("--network", help="backbone name, e.g. r50, r100, mbf")
+    parser.add_argument("--embedding-size", type=int, help="num_features of the backbone "
+                                                            "(default: the network's, 512)")
+    parser.add_argument("--onnx", metavar="PATH", help="evaluate this ONNX model instead of "
+                                                       "--model-prefix/--network")
+    parser.add_argument("--image-path", required=True, help="IJB root holding meta/ and loose_crop/")
+    parser.add_argument("--target", default="IJBC", choices=TARGETS)
+    parser.add_argument("--result-dir", default=".", help="outputs go to <result-dir>/<job>/")
+    parser.add_argument("--job", default="insightface", help="output sub-folder and method label")
+    parser.add_argument("--batch-size", type=int, default=128,
+                        help="images per batch (the model sees twice that with the flip)")
+    parser.add_argument("--no-flip", action="store_true", help="F0: no flip test")
+    parser.add_argument("--no-norm-score", action="store_true",
+                        help="N0: L2-normalise each image embedding before pooling")
+    parser.add_argument("--no-detector-score", action="store_true",
+                        help="D0: do not weight images by their faceness score")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="image decoding/alignment processes (0 = in the main process)")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    args = parser.parse_args(argv)
+    if args.onnx is None and (args.model_prefix is None or args.network is None):
+        parser.error("give --model-prefix and --network, or --onnx")
+    if args.onnx is not None and args.model_prefix is not None:
+        parser.error("--onnx and --model-prefix are exclusive: evaluate one model per run")
+    return args
+
+
+def ijb_main(argv: Optional[Sequence[str]] = None) -> int:
+    """`adadistill eval-ijb`: evaluate one model on IJB-B or IJB-C and write the results."""
+    args = _parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.onnx is not None:
+        embed_fn, model = onnx_embedder(args.onnx, device), {"onnx": str(args.onnx)}
+    else:
+        backbone = load_backbone(args.network, args.model_prefix, args.embedding_size)
+        embed_fn = backbone_embedder(backbone, device)
+        model = {"network": args.network, "model": str(args.model_prefix)}
+    result = evaluate_ijb(embed_fn, args.image_path, args.target, batch_size=args.batch_size,
+                          workers=args.workers, flip=not args.no_flip,
+                          norm_score=not args.no_norm_score,
+                          detector_score=not args.no_detector_score)
+    paths = write_results(result, Path(args.result_dir) / args.job, args.job, model)
+    print(paths["txt"].read_text(), end="")
+    print(f"{result['mode']}, AUC {result['auc'] * 100:.4f} %, results in {paths['json'].parent}",
+          flush=True)
+    return 0

@@ -1,0 +1,246 @@
+"""LFW-style 10-fold verification accuracy on `.bin` sets, as arcface_torch's `eval/verification.py`.
+
+Protocol (spec 6.1): embed the original and the horizontally flipped faces, x = (p - 127.5) / 127.5;
+XNorm = the mean L2 norm of all raw embeddings (both sets); the final embedding is
+normalize(emb(orig) + emb(flip)); a pair's distance is the squared L2 distance (0..4); 10 contiguous
+folds (sklearn `KFold(10)` without shuffling); on each fold the threshold in arange(0, 4, 0.01) with
+the best train accuracy (first maximum) is applied to the test fold, "same" iff distance < threshold.
+Accuracy and std are the mean and population std of the 10 test accuracies.
+
+We batch normally: the host's overlapping last batch keeps only the new rows, so it computes the
+same embeddings. The host's VAL@FAR and PCA branches are not reproduced (the training callback
+never reads them).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from insightface_adadistill.backbones import get_model
+from insightface_adadistill.evaluation.bins import decode_bin, load_bin
+from insightface_adadistill.teacher.loading import load_backbone_weights
+
+THRESHOLDS = np.arange(0, 4, 0.01)  # the host's grid, same float values
+N_FOLDS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class VerificationSet:
+    """One decoded verification set.
+
+    Attributes:
+        name: the set's name (the file stem: lfw, cfp_fp, agedb_30, ...).
+        images: (2P, 3, H, W) uint8 RGB; pair i is rows 2i and 2i+1.
+        issame: (P,) bool.
+    """
+
+    name: str
+    images: Tensor
+    issame: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"{self.name}: images must be uint8 (2P, 3, H, W), got "
+                             f"{self.images.dtype} {tuple(self.images.shape)}")
+        if self.issame.ndim != 1 or self.images.shape[0] != 2 * self.issame.shape[0]:
+            raise ValueError(f"{self.name}: {self.images.shape[0]} images for {self.issame.shape} "
+                             "issame flags; a set holds 2 images per pair")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, image_size: int = 112) -> "VerificationSet":
+        """Read and decode a `.bin` file; the set is named after the file stem."""
+        images, issame = load_bin(path)
+        return cls(Path(path).stem, decode_bin(images, image_size, source=str(path)),
+                   np.asarray(issame, dtype=bool))
+
+
+def pixels_to_input(images: Tensor) -> Tensor:
+    """uint8 (B, 3, H, W) -> float32 (B, 3, H, W) network input (spec 5.5).
+
+    Written (p / 255 - 0.5) / 0.5 as the host's eval scripts do, so inputs match them to the bit;
+    it is the (p - 127.5) / 127.5 of every registered `BackboneSpec`.
+    """
+    return (images.float() / 255 - 0.5) / 0.5
+
+
+def unwrap(backbone: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel.
+
+    Evaluation runs on rank 0 only, so it must not go through DDP's forward (no collectives).
+    """
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return backbone.module if isinstance(backbone, wrappers) else backbone
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode under no_grad for the block; the previous train/eval flag is restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield module
+    finally:
+        module.train(was_training)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    param = next(module.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def embed_images(backbone: nn.Module, images: Tensor, batch_size: int = 64,
+                 device: Optional[torch.device] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Raw embeddings of the original and the flipped faces.
+
+    Args:
+        backbone: (B, 3, H, W) -> (B, D); may be DDP/DataParallel-wrapped.
+        images: (N, 3, H, W) uint8 RGB.
+        device: where to run; defaults to the backbone's parameter device.
+
+    Returns:
+        (orig, flip), each (N, D) float64 and not normalised.
+    """
+    model = unwrap(backbone)
+    device = torch.device(device) if device is not None else _device_of(model)
+    orig, flip = [], []
+    with eval_mode(model):
+        for start in range(0, images.shape[0], batch_size):
+            x = pixels_to_input(images[start:start + batch_size].to(device))
+            orig.append(model(x).double().cpu())
+            flip.append(model(torch.flip(x, dims=[3])).double().cpu())
+    return torch.cat(orig).numpy(), torch.cat(flip).numpy()
+
+
+def kfold_splits(n: int, n_folds: int = N_FOLDS) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """(train, test) index pairs of `n` items in contiguous folds, as sklearn `KFold(n_folds)`.
+
+    The first `n % n_folds` folds hold one extra item.
+    """
+    if n < n_folds:
+        raise ValueError(f"{n} pairs cannot be split into {n_folds} folds; use a set with at least "
+                         f"{n_folds} pairs")
+    sizes = np.full(n_folds, n // n_folds)
+    sizes[: n % n_folds] += 1
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    indices = np.arange(n)
+    return [(np.concatenate([indices[:lo], indices[hi:]]), indices[lo:hi])
+            for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation of (N, D); all-zero rows stay zero (as sklearn's `normalize`)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms == 0, 1.0, norms)
+
+
+def pair_distances(embeddings: np.ndarray) -> np.ndarray:
+    """(2P, D) embeddings -> (P,) squared L2 distances of rows (0::2, 1::2) after normalisation."""
+    normed = l2_normalize(embeddings)
+    diff = normed[0::2] - normed[1::2]  # (P, D)
+    return np.sum(diff * diff, axis=1)
+
+
+def threshold_accuracy(distances: np.ndarray, issame: np.ndarray,
+                       thresholds: np.ndarray = THRESHOLDS) -> np.ndarray:
+    """(T,) accuracy of "same iff distance < threshold" for every threshold."""
+    predicted = distances[None, :] < thresholds[:, None]  # (T, P)
+    return np.mean(predicted == issame[None, :], axis=1)
+
+
+def kfold_accuracy(distances: np.ndarray, issame: np.ndarray, n_folds: int = N_FOLDS,
+                   thresholds: np.ndarray = THRESHOLDS) -> Tuple[np.ndarray, np.ndarray]:
+    """Test accuracy and chosen threshold per fold: (n_folds,), (n_folds,).
+
+    Each fold's threshold is the first one maximising the train-fold accuracy.
+    """
+    accuracies, chosen = [], []
+    for train, test in kfold_splits(len(distances), n_folds):
+        best = thresholds[int(np.argmax(threshold_accuracy(distances[train], issame[train],
+                                                           thresholds)))]
+        chosen.append(best)
+        accuracies.append(np.mean((distances[test] < best) == issame[test]))
+    return np.asarray(accuracies), np.asarray(chosen)
+
+
+def evaluate_embeddings(orig: np.ndarray, flip: np.ndarray, issame: np.ndarray,
+                        n_folds: int = N_FOLDS) -> Dict[str, float]:
+    """Spec 6.1 on precomputed raw embeddings (2P, D) of the original and flipped faces.
+
+    Returns:
+        accuracy (mean over folds), std (population std over folds), xnorm (mean raw L2 norm over
+        both sets) and threshold (mean of the per-fold thresholds, for information).
+    """
+    xnorm = float(np.mean(np.linalg.norm(np.concatenate([orig, flip]), axis=1)))
+    distances = pair_distances(orig + flip)
+    accuracies, chosen = kfold_accuracy(distances, np.asarray(issame, dtype=bool), n_folds)
+    return {"accuracy": float(np.mean(accuracies)), "std": float(np.std(accuracies)),
+            "xnorm": xnorm, "threshold": float(np.mean(chosen))}
+
+
+def evaluate_backbone(backbone: nn.Module, vset: VerificationSet, batch_size: int = 64,
+                      device: Optional[torch.device] = None) -> Dict[str, float]:
+    """Embed `vset` with `backbone` (eval mode, no_grad, mode restored) and score it (spec 6.1)."""
+    orig, flip = embed_images(backbone, vset.images, batch_size, device)
+    return evaluate_embeddings(orig, flip, vset.issame)
+
+
+def load_backbone(network: str, path: str | os.PathLike, embedding_size: Optional[int] = None
+                  ) -> nn.Module:
+    """Build `network` and load its weights strictly from model.pt / backbone.pth /
+    checkpoint_gpu_*.pt (a `module.` prefix is stripped); returned in eval mode on the CPU."""
+    model = get_model(network, num_features=embedding_size)
+    try:
+        model.load_state_dict(load_backbone_weights(path), strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: the weights do not fit --network {network} (embedding size "
+                         f"{embedding_size or 'default'}): {exc}; pass the network and "
+                         "--embedding-size the checkpoint was trained with") from exc
+    return model.eval()
+
+
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="adadistill verify",
+        description="10-fold verification accuracy (arcface_torch protocol) on .bin sets.")
+    parser.add_argument("bins", nargs="+", metavar="BIN", help="lfw.bin, cfp_fp.bin, agedb_30.bin, ...")
+    parser.add_argument("--network", required=True, help="backbone name, e.g. r50 or mbf")
+    parser.add_argument("--model", required=True,
+                        help="model.pt / backbone.pth / checkpoint_gpu_0.pt with the backbone weights")
+    parser.add_argument("--embedding-size", type=int, help="num_features of the backbone "
+                                                            "(default: the network's, 512)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser.parse_args(argv)
+
+
+def verify_main(argv: Optional[Sequence[str]] = None) -> int:
+    """`adadistill verify`: print `name: accuracy ± std, XNorm` per set; optionally write JSON."""
+    args = _parse_args(argv)
+    device = torch.device(args.device)
+    backbone = load_backbone(args.network, args.model, args.embedding_size).to(device)
+    results: Dict[str, Dict[str, float]] = {}
+    for path in args.bins:
+        vset = VerificationSet.load(path)
+        result = evaluate_backbone(backbone, vset, args.batch_size, device)
+        results[vset.name] = {"pairs": int(vset.issame.shape[0]), **result}
+        print(f"{vset.name}: {result['accuracy']:.5f} ± {result['std']:.5f}, "
+              f"XNorm {result['xnorm']:.4f}", flush=True)
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"network": args.network, "model": str(args.model), "sets": results}
+        out.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {out}", file=sys.stderr)
+    return 0

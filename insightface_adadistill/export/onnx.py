@@ -1,0 +1,263 @@
+"""`adadistill export-onnx`: a trained backbone as an ONNX file for insightface and the MFR checker.
+
+The file keeps the host's deployment contract (spec 5.5, 6.5): fp32 weights, one input `data` of
+shape (batch, 3, 112, 112) holding RGB pixels normalised as (p - 127.5) / 127.5, and exactly one
+output `embedding` of shape (batch, E), not L2-normalised. The graph contains no normalisation, so
+insightface's `ArcFaceONNX` and the MFR checker both pick mean = std = 127.5 (spec 6.4 rule 7).
+
+Where we differ from arcface_torch's `torch2onnx.py` (opset 11, TorchScript exporter):
+- opset 18 by default, written by torch's default `torch.export`-based ("dynamo") exporter, which
+  folds BatchNorm into the convolutions. 18 is the lowest opset it emits natively: it reaches
+  lower ones through onnx's version converter, which fails on our backbones below 17 and then
+  silently keeps 18. The file drops the exporter's per-node debug metadata (Python stack traces
+  with local paths) and gets the lowest IR version its opset allows (8 for opset 18, where the
+  exporter writes 10), so onnxruntime >= 1.14 and insightface 2.x load it. Opsets above 18
+  (up to the installed onnx's) are converted upwards, which works.
+- `--opset` 17 and below use torch's TorchScript exporter instead (deprecated in torch 2.13, but the
+  only way to old runtimes): `--opset 13` gives IR version 7, which the MFR server's
+  onnxruntime-gpu 1.8 (opset <= 14, IR <= 7) can load.
+- whichever exporter runs, the written file's opset is checked against the one asked for.
+- the batch dim is made symbolic by the exporter, not by editing the graph afterwards.
+- the written file is checked with onnxruntime against PyTorch before the command succeeds.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from insightface_adadistill.backbones import backbone_spec, get_model
+from insightface_adadistill.export.mfr_check import detect_input_normalisation, narrow_initializers
+from insightface_adadistill.teacher.loading import load_backbone_weights
+
+DEFAULT_OPSET = 18
+MIN_OPSET = 11  # the host's torch2onnx opset; older ones cannot express our BatchNorm1d heads
+DYNAMO_MIN_OPSET = 18  # the lowest opset the dynamo exporter writes without onnx's version converter
+INPUT_NAME = "data"
+OUTPUT_NAME = "embedding"
+IMAGE_SIZE = 112
+PARITY_BATCH = 4
+PARITY_RTOL = 1e-3  # max |onnx - torch| / max |torch| that `export-onnx` accepts
+
+
+class ExportError(RuntimeError):
+    """The exported graph breaks the deployment contract, or does not match PyTorch."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityReport:
+    """onnxruntime vs PyTorch on the same random batch of `batch_size` images."""
+
+    batch_size: int
+    max_abs_diff: float
+    max_abs_reference: float
+
+    @property
+    def relative(self) -> float:
+        return self.max_abs_diff / max(self.max_abs_reference, 1e-12)
+
+
+def _check_fp32(backbone: nn.Module) -> None:
+    if getattr(backbone, "fp16", False):
+        raise ValueError("the backbone was built with fp16=True, which would put autocast casts into the "
+                         "graph; build it with fp16=False (the weights are fp32 either way)")
+    for name, tensor in [*backbone.named_parameters(), *backbone.named_buffers()]:
+        if tensor.is_floating_point() and tensor.dtype != torch.float32:
+            raise ValueError(f"{name} is {tensor.dtype}; MFR and insightface need fp32 weights: call backbone.float()")
+
+
+def _check_graph(model: onnx.ModelProto, opset: int) -> None:
+    """The contract of the module docstring, read from the exported graph."""
+    graph = model.graph
+    got_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if got_opset != opset:
+        raise ExportError(f"torch's exporter could not write opset {opset} (it wrote {got_opset}); use --opset "
+                          f"{DEFAULT_OPSET} (or 11-16 for old onnxruntime versions)")
+    if [i.name for i in graph.input] != [INPUT_NAME] or [o.name for o in graph.output] != [OUTPUT_NAME]:
+        raise ExportError(f"expected one input {INPUT_NAME!r} and one output {OUTPUT_NAME!r}, got inputs "
+                          f"{[i.name for i in graph.input]} and outputs {[o.name for o in graph.output]}")
+    narrow = narrow_initializers(graph)
+    if narrow:
+        raise ExportError(f"{len(narrow)} initializers are narrower than fp32, e.g. {narrow[0]}; MFR rejects them")
+    if detect_input_normalisation(graph) != (127.5, 127.5):
+        raise ExportError("the first graph nodes look like in-graph normalisation (Sub + Mul/Div), so insightface "
+                          "would feed raw pixels; the backbone must expect (p - 127.5) / 127.5 inputs")
+
+
+def _make_portable(model: onnx.ModelProto) -> None:
+    """Drop the exporter's debug metadata and lower the IR version to the opset's minimum, in place.
+
+    The dynamo exporter annotates every node with its Python stack trace (local file paths) in
+    `metadata_props`, a field of IR version 10; without it the graph is valid at the lowest IR
+    version its opset allows (8 for opset 18), which more onnxruntime releases load.
+    """
+    graph = model.graph
+    for item in [graph, *graph.node, *graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        del item.metadata_props[:]
+    if not model.functions:  # local functions may rely on the exporter's IR version
+        model.ir_version = min(model.ir_version, onnx.helper.find_min_ir_version_for(list(model.opset_import), True))
+
+
+def _export_proto(backbone: nn.Module, dummy: torch.Tensor, *, opset: int,
+                  batch_size_symbolic: bool) -> onnx.ModelProto:
+    """Run the exporter the module docstring picks for `opset`; `dummy` is (B, 3, 112, 112)."""
+    names = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
+    if opset >= DYNAMO_MIN_OPSET:
+        dynamic_shapes = ({0: torch.export.Dim("batch")},) if batch_size_symbolic else None
+        program = torch.onnx.export(backbone, (dummy,), None, dynamo=True, dynamic_shapes=dynamic_shapes,
+                                    optimize=True, verbose=False, **names)
+        return program.model_proto
+    buffer = io.BytesIO()
+    dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if batch_size_symbolic else None
+    torch.onnx.export(backbone, (dummy,), buffer, dynamo=False, dynamic_axes=dynamic_axes,
+                      do_constant_folding=True, **names)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def export_onnx(backbone: nn.Module, out_path: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
+                batch_size_symbolic: bool = True) -> Path:
+    """Export `backbone` ((B, 3, 112, 112) -> (B, E)) to `out_path` and return the path.
+
+    The backbone is exported in eval mode (its previous mode is restored) on the device of its
+    parameters. The file is written atomically, after the graph passed the contract checks.
+
+    Args:
+        backbone: an fp32 face backbone built with fp16=False.
+        out_path: the .onnx file to write; parent folders are created.
+        opset: the ONNX opset of the default domain, >= 11; see the module docstring.
+        batch_size_symbolic: a symbolic batch dim named 'batch' (MFR needs it); else batch 1.
+    """
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} is not supported; use {MIN_OPSET} or higher (default {DEFAULT_OPSET})")
+    _check_fp32(backbone)
+    out_path = Path(out_path)
+    device = next(backbone.parameters()).device
+    batch = 2 if batch_size_symbolic else 1  # torch.export specialises a batch of 1 to a constant
+    generator = torch.Generator().manual_seed(0)
+    dummy = torch.rand(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator).mul_(2).sub_(1).to(device)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        model = _export_proto(backbone, dummy, opset=opset, batch_size_symbolic=batch_size_symbolic)
+    finally:
+        backbone.train(was_training)
+    _check_graph(model, opset)
+    _make_portable(model)
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # a sibling temporary name (not mkstemp, whose 0600 mode would make the deployed file private)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    try:
+        onnx.save(model, str(tmp))
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out_path
+
+
+@torch.no_grad()
+def verify_onnx(backbone: nn.Module, onnx_path: str | os.PathLike, *, batch_size: int = PARITY_BATCH,
+                rtol: float = PARITY_RTOL) -> ParityReport:
+    """Run `batch_size` random (B, 3, 112, 112) inputs through onnxruntime (CPU) and `backbone`.
+
+    Raises:
+        ExportError: if PyTorch's output is not finite, or max |onnx - torch| exceeds `rtol` times
+            max |torch| (or is NaN).
+    """
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator).mul_(2).sub_(1)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        reference = backbone(images.to(next(backbone.parameters()).device)).float().cpu().numpy()  # (B, E)
+    finally:
+        backbone.train(was_training)
+    if not np.isfinite(reference).all():
+        raise ExportError("the PyTorch backbone outputs NaN/Inf on random inputs, so the export cannot be "
+                          "verified; check that the trained weights were loaded")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    exported = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]  # (B, E)
+    report = ParityReport(batch_size, float(np.abs(exported - reference).max()), float(np.abs(reference).max()))
+    if not report.relative <= rtol:  # also rejects NaN
+        raise ExportError(f"{onnx_path}: onnxruntime differs from PyTorch by {report.max_abs_diff:.3g} "
+                          f"({report.relative:.3g} relative, limit {rtol:g}); the export is not faithful")
+    return report
+
+
+def load_backbone(network: str, weights: str | os.PathLike, embedding_size: Optional[int] = None) -> nn.Module:
+    """Build `network` in fp32 without dropout and load `weights` strictly.
+
+    Args:
+        network: a registered backbone name (`list_backbones()`).
+        weights: model.pt / backbone.pth / checkpoint_gpu_*.pt; see `load_backbone_weights`.
+        embedding_size: `num_features`; None takes the backbone's default.
+    """
+    spec = backbone_spec(network)
+    if spec.input_size != (IMAGE_SIZE, IMAGE_SIZE) or (spec.mean, spec.std) != (127.5, 127.5):
+        raise ValueError(f"backbone {network!r} expects {spec.input_size} inputs normalised with mean {spec.mean} "
+                         f"and std {spec.std}; insightface and MFR feed 112x112 with 127.5/127.5, so it cannot be "
+                         "exported for them")
+    embedding_size = embedding_size or spec.embedding_size
+    backbone = get_model(network, num_features=embedding_size, fp16=False, dropout=0.0)
+    state = load_backbone_weights(weights)
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()
+        raise ValueError(f"{weights}: does not fit backbone {network!r} with embedding size {embedding_size} "
+                         f"({' '.join(line.strip() for line in first[:3])}); pass the --network and "
+                         "--embedding-size the model was trained with") from exc
+    return backbone.eval()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adadistill export-onnx",
+        description="Export a trained backbone to ONNX for insightface and the ICCV21-MFR checker, "
+                    "then check the file against PyTorch with onnxruntime.")
+    parser.add_argument("output", metavar="OUT.onnx", type=Path, help="the ONNX file to write")
+    parser.add_argument("--network", required=True, help="backbone name, e.g. r50, mbf, mfn")
+    parser.add_argument("--model", required=True, type=Path,
+                        help="weights: model.pt, backbone.pth or checkpoint_gpu_*.pt")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--embedding-size", type=int, default=None,
+                        help="num_features the model was trained with (default: the backbone's, 512)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Export, verify with onnxruntime, print a summary; exit 1 with a message on any failure."""
+    args = _parser().parse_args(argv)
+    try:
+        backbone = load_backbone(args.network, args.model, args.embedding_size)
+        path = export_onnx(backbone, args.output, opset=args.opset)
+    except (FileNotFoundError, ValueError, ExportError) as exc:
+        print(f"adadistill export-onnx: error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        parity = verify_onnx(backbone, path)
+    except ExportError as exc:
+        path.unlink()  # an unfaithful file must not be deployed by a script that ignores the exit code
+        print(f"adadistill export-onnx: error: {exc}; {path} was removed", file=sys.stderr)
+        return 1
+    exporter = "torch.export" if args.opset >= DYNAMO_MIN_OPSET else "TorchScript"
+    graph = onnx.load(str(path), load_external_data=False).graph
+    embedding_size = graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    print(f"exported {args.network} ({args.model}) -> {path}")
+    print(f"  opset {args.opset} ({exporter} exporter), "
+          f"input {INPUT_NAME} [batch, 3, {IMAGE_SIZE}, {IMAGE_SIZE}] float32 RGB "
+          f"(p - 127.5) / 127.5, output {OUTPUT_NAME} [batch, {embedding_size}] (not L2-normalised)")
+    print(f"  {path.stat().st_size / 2**20:.1f} MiB, {len(graph.node)} nodes, all initializers >= fp32")
+    print(f"  onnxruntime vs PyTorch on {parity.batch_size} random images: max abs diff {parity.max_abs_diff:.2e} "
+          f"(relative {parity.relative:.2e}, limit {PARITY_RTOL:g})")
+    return 0

@@ -1,0 +1,148 @@
+"""AdaDistill (Boutros, Štruc, Damer, "AdaDistill: Adaptive Knowledge Distillation for Deep Face
+Recognition", ECCV 2024): the student's class centres are not learned but move every step towards
+the teacher's embeddings, by an amount set by how well the student already agrees with the teacher.
+
+Unlike the published code, the centres are sharded over ranks like Partial FC and updated from the
+all-gathered global batch, so there is one consistent set of centres (no per-GPU copies drifting
+apart), and duplicate labels in a batch have a defined result (see `update_class_centres`).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from insightface_adadistill.distributed import all_gather_tensor, all_reduce
+from insightface_adadistill.heads.partial_fc import HEADS, HeadArgs, ShardedHead, init_centres
+
+Alpha = Union[str, float]
+ROW_STATS = ("alpha", "alpha_weighted", "centre_teacher_cos", "student_teacher_cos", "momentum")
+_MOMENTUM_OF = {"plain": "alpha", "weighted": "alpha_weighted"}
+
+
+# ---------------------------------------------------------------- pure functions
+
+def check_alpha(alpha: Alpha) -> Alpha:
+    """'weighted' (alpha', the paper's best), 'plain' (alpha) or a fixed momentum in [0, 1]."""
+    if alpha in ("weighted", "plain"):
+        return alpha
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and 0.0 <= alpha <= 1.0:
+        return float(alpha)
+    raise ValueError(f"distill_alpha must be 'weighted', 'plain' or a number in [0, 1], got {alpha!r}")
+
+
+@torch.no_grad()
+def update_class_centres(centres: torch.Tensor, teacher_emb: torch.Tensor, student_emb: torch.Tensor,
+                         labels: torch.Tensor, alpha: Alpha = "weighted"
+                         ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """One AdaDistill centre update (paper Eq. 6-8), no gradient, no communication.
+
+    With t = teacher_emb / |teacher_emb|, s = student_emb / |student_emb| and w = centres[y] (raw,
+    never renormalised), per sample i of class y:
+        student_teacher_cos = clamp(cos(s_i, t_i), -1, 1)
+        alpha               = clamp(student_teacher_cos, 1e-6, 1)                  (Eq. 7)
+        centre_teacher_cos  = lambda_i = clamp(cos(w, t_i), 1e-6, 1)   (old centre)
+        alpha_weighted      = clamp(student_teacher_cos * lambda_i, 1e-6, 1)       (Eq. 8)
+        updated_i           = m_i * w + (1 - m_i) * t_i,  m_i = `momentum`          (Eq. 6)
+    where m_i is alpha, alpha_weighted or the fixed float `alpha`. The clamps are the published
+    code's (the paper writes [0, 1]). Duplicate labels: the new centre is the mean of the updated_i
+    of its samples, each computed from the old centre; with unique labels that is Eq. 6 exactly.
+    The sums use `index_put_(accumulate=True)`, which is serial on CPU and sort-based on CUDA, so
+    the result is the same run after run.
+
+    Args:
+        centres: (C_local, E) this rank's centres.
+        teacher_emb, student_emb: (N, E) the global batch.
+        labels: (N,) column in `centres`, or -1 for samples of classes owned elsewhere (skipped).
+        alpha: 'weighted', 'plain' or a float momentum.
+    Returns:
+        new centres (C_local, E) and stats: per-sample (N,) tensors named in ROW_STATS (0 on rows
+        with label -1) and `class_count` (C_local,), the number of samples that moved each centre.
+    """
+    num_local = centres.shape[0]
+    owned = (labels >= 0).to(centres.dtype)  # (N,)
+    old = centres[labels.clamp(min=0)]  # (N, E)
+    teacher, student = F.normalize(teacher_emb.float()), F.normalize(student_emb.float())
+    student_teacher_cos = (student * teacher).sum(dim=1).clamp(-1.0, 1.0)
+    centre_teacher_cos = (F.normalize(old) * teacher).sum(dim=1).clamp(1e-6, 1.0)
+    stats = {"alpha": student_teacher_cos.clamp(1e-6, 1.0),
+             "alpha_weighted": (student_teacher_cos * centre_teacher_cos).clamp(1e-6, 1.0),
+             "centre_teacher_cos": centre_teacher_cos, "student_teacher_cos": student_teacher_cos}
+    stats["momentum"] = stats[_MOMENTUM_OF[alpha]] if isinstance(alpha, str) else torch.full_like(owned, alpha)
+    updated = stats["momentum"].unsqueeze(1) * old + (1.0 - stats["momentum"]).unsqueeze(1) * teacher
+    slot = torch.where(labels >= 0, labels, num_local)  # row num_local collects the skipped samples
+    sums = centres.new_zeros(num_local + 1, centres.shape[1]).index_put_((slot,), updated, accumulate=True)
+    count = centres.new_zeros(num_local + 1).index_put_((slot,), torch.ones_like(owned), accumulate=True)
+    mean = sums[:num_local] / count[:num_local].clamp(min=1.0).unsqueeze(1)
+    new_centres = torch.where(count[:num_local].unsqueeze(1) > 0, mean, centres)
+    stats = {name: value * owned for name, value in stats.items()}
+    stats["class_count"] = count[:num_local]
+    return new_centres, stats
+
+
+# ---------------------------------------------------------------- modules
+
+class AdaDistillHead(ShardedHead):
+    """Margin softmax against centres distilled from the teacher (sharded like Partial FC).
+
+    Buffers (the whole `state_dict`): `weight` (num_local, E) the centres, N(0, 0.01) at start and
+    never given a gradient, and `visited` (num_local,) bool, whether a class has been updated yet.
+    Each training-mode forward all-gathers student (with gradient), teacher and labels, updates
+    the centres this rank owns from the global batch, then computes the loss with the UPDATED
+    centres. In eval mode the centres are left alone.
+
+    forward(local_embeddings (B, E) student, local_teacher_embeddings (B, E), local_labels (B,))
+    -> 0-dim loss. `last_stats` then holds detached device tensors, global over all ranks:
+    0-dim means `alpha`, `alpha_weighted`, `centre_teacher_cos`, `student_teacher_cos`,
+    `visited_fraction`, `centre_norm`, `target_prob`, and `alpha_per_sample` (N,), the momentum
+    actually applied to each sample (for a histogram).
+    """
+
+    needs_teacher = True
+
+    def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], embedding_size: int,
+                 num_classes: int, sample_rate: float = 1.0, alpha: Alpha = "weighted", seed: int = 0) -> None:
+        super().__init__(margin_loss, embedding_size, num_classes, sample_rate, seed)
+        self.alpha = check_alpha(alpha)
+        self.register_buffer("weight", init_centres(self.num_local, embedding_size))
+        self.register_buffer("visited", torch.zeros(self.num_local, dtype=torch.bool))
+
+    def forward(self, local_embeddings: torch.Tensor, local_teacher_embeddings: Optional[torch.Tensor] = None,
+                local_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        self.check_teacher(local_embeddings, local_teacher_embeddings, local_labels)
+        embeddings, labels = self.gather(local_embeddings, local_labels)
+        self.last_stats = {}
+        if self.training:
+            teacher = all_gather_tensor(local_teacher_embeddings.float())  # (N, E)
+            centres, stats = update_class_centres(self.weight, teacher, embeddings, labels, self.alpha)
+            self.weight.copy_(centres)
+            self.visited |= stats["class_count"] > 0
+            self._record_stats(stats)
+        loss = self.margin_softmax(embeddings, labels, self.weight)
+        self.last_stats.update(self.margin_softmax.last_stats)
+        return loss
+
+    @torch.no_grad()
+    def _record_stats(self, stats: Dict[str, torch.Tensor]) -> None:
+        # One small all-reduce: each sample's stats live on the rank owning its class (zeros
+        # elsewhere), so the SUM holds every sample on every rank; no host sync.
+        rows = torch.stack([stats[name] for name in ROW_STATS])  # (5, N)
+        totals = torch.stack([self.visited.sum(), self.weight.norm(dim=1).sum()]).to(rows.dtype)
+        packed = all_reduce(torch.cat([rows.flatten(), totals]))
+        rows = packed[:rows.numel()].view_as(rows)  # (5, N), global
+        num_classes = self.margin_softmax.num_classes
+        self.last_stats = {name: rows[i].mean() for i, name in enumerate(ROW_STATS[:-1])}
+        self.last_stats["alpha_per_sample"] = rows[-1]
+        self.last_stats["visited_fraction"] = packed[-2] / num_classes
+        self.last_stats["centre_norm"] = packed[-1] / num_classes
+
+
+# ---------------------------------------------------------------- registrations
+
+@HEADS.register
+def adadistill(args: HeadArgs) -> nn.Module:
+    """AdaArcDistill / AdaCosDistill (margin by margin_list), alpha by `alpha`."""
+    return AdaDistillHead(args.margin_loss, args.embedding_size, args.num_classes, args.sample_rate,
+                          args.alpha, args.seed)

@@ -1,0 +1,120 @@
+"""The distillation baselines AdaDistill (ECCV 2024) compares with.
+
+- ArcDistill / CosDistill ("AMLDistill", paper Eq. 4): the student is trained against the
+  teacher's trained classifier, frozen (`FixedClassifierHead`).
+- Vanilla KD (paper Eq. 2): a learned Partial FC plus the mean squared distance between the
+  L2-normalised student and teacher embeddings (`FeatureKDHead`).
+
+Both reuse `ShardedMarginSoftmax`, so sharding, sampling, margin and cross-entropy are those of
+`PartialFC`.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from insightface_adadistill.distributed import all_reduce
+from insightface_adadistill.heads.partial_fc import HEADS, HeadArgs, ShardedHead, init_centres, reshard_weight
+
+
+# ---------------------------------------------------------------- pure functions
+
+def feature_distance(local_student: torch.Tensor, local_teacher: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Global-batch mean of |s - t|^2 (summed over dimensions) of L2-normalised embeddings.
+
+    Each rank holds B of the N = W*B samples. The gradient is this rank's share (its own sum / N):
+    the DDP backbone sums gradients over ranks (`ddp_sum_hook`), so the total is the gradient of the
+    global mean. The value is the global mean itself, identical on every rank. |s - t|^2 = 2 - 2 cos.
+
+    Args:
+        local_student, local_teacher: (B, E).
+    Returns:
+        0-dim tensor.
+    """
+    student, teacher = F.normalize(local_student.float()), F.normalize(local_teacher.float())
+    share = (student - teacher).pow(2).sum() / (local_student.shape[0] * world_size)
+    total = all_reduce(share.detach().clone())
+    return share + (total - share).detach()  # value: global mean; gradient: local share
+
+
+# ---------------------------------------------------------------- modules
+
+class FixedClassifierHead(ShardedHead):
+    """ArcDistill / CosDistill: margin softmax against the teacher's frozen classifier.
+
+    Buffer `weight` (num_local, E): this rank's rows of the teacher's full (C, E) classifier (the
+    arcface_torch Partial FC shards concatenated in rank order; the published code's `kernel` is
+    (E, C) and must be transposed first). forward(local_embeddings (B, E), local_labels (B,)) -> loss;
+    the teacher's embeddings are not needed (`needs_teacher = False`).
+    """
+
+    def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], embedding_size: int,
+                 num_classes: int, teacher_classifier: torch.Tensor, sample_rate: float = 1.0,
+                 seed: int = 0) -> None:
+        expected = (num_classes, embedding_size)
+        if tuple(teacher_classifier.shape) != expected:
+            hint = (" (it looks transposed: the published code's `kernel` is (E, C); pass kernel.t())"
+                    if tuple(teacher_classifier.shape) == expected[::-1] else
+                    "; check num_classes and embedding_size against the teacher's training run")
+            raise ValueError(f"teacher classifier has shape {tuple(teacher_classifier.shape)}, "
+                             f"expected (num_classes, embedding_size) = {expected}{hint}")
+        super().__init__(margin_loss, embedding_size, num_classes, sample_rate, seed)
+        frozen = reshard_weight(teacher_classifier.detach().float(), self.margin_softmax.rank,
+                                self.margin_softmax.world_size)
+        self.register_buffer("weight", frozen)
+
+    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor,
+                local_teacher_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
+        embeddings, labels = self.gather(local_embeddings, local_labels)
+        loss = self.margin_softmax(embeddings, labels, self.weight)
+        self.last_stats = dict(self.margin_softmax.last_stats)
+        return loss
+
+
+class FeatureKDHead(ShardedHead):
+    """Vanilla KD: learned Partial FC loss + `kd_weight` * `feature_distance(student, teacher)`.
+
+    Parameter `weight` (num_local, E), as `PartialFC`. forward(local_embeddings (B, E) student,
+    local_teacher_embeddings (B, E), local_labels (B,)) -> 0-dim loss; `last_stats` holds
+    `target_prob` and `feature_distance` (the unweighted KD term).
+    """
+
+    needs_teacher = True
+
+    def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], embedding_size: int,
+                 num_classes: int, sample_rate: float = 1.0, kd_weight: float = 1.0, seed: int = 0) -> None:
+        if kd_weight < 0:
+            raise ValueError(f"feature_kd_weight must be >= 0, got {kd_weight}")
+        super().__init__(margin_loss, embedding_size, num_classes, sample_rate, seed)
+        self.kd_weight = kd_weight
+        self.weight = nn.Parameter(init_centres(self.num_local, embedding_size))
+
+    def forward(self, local_embeddings: torch.Tensor, local_teacher_embeddings: Optional[torch.Tensor] = None,
+                local_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        self.check_teacher(local_embeddings, local_teacher_embeddings, local_labels)
+        embeddings, labels = self.gather(local_embeddings, local_labels)
+        margin_loss = self.margin_softmax(embeddings, labels, self.weight)
+        distance = feature_distance(local_embeddings, local_teacher_embeddings, self.margin_softmax.world_size)
+        self.last_stats = {**self.margin_softmax.last_stats, "feature_distance": distance.detach()}
+        return margin_loss + self.kd_weight * distance
+
+
+# ---------------------------------------------------------------- registrations
+
+@HEADS.register
+def arcdistill(args: HeadArgs) -> nn.Module:
+    """ArcDistill / CosDistill (margin by margin_list) against the teacher's frozen classifier."""
+    if args.teacher_classifier is None:
+        raise ValueError("distill='arcdistill' needs the teacher's classifier: set teacher_classifier")
+    return FixedClassifierHead(args.margin_loss, args.embedding_size, args.num_classes,
+                               args.teacher_classifier, args.sample_rate, args.seed)
+
+
+@HEADS.register
+def feature_kd(args: HeadArgs) -> nn.Module:
+    """Vanilla KD (paper Eq. 2): learned classifier + normalised-embedding MSE."""
+    return FeatureKDHead(args.margin_loss, args.embedding_size, args.num_classes, args.sample_rate,
+                         args.feature_kd_weight, args.seed)

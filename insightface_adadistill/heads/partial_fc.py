@@ -1,0 +1,315 @@
+"""Partial FC (An et al., "Partial FC: Training 10 Million Identities on a Single Machine", ICCVW 2021),
+as arcface_torch's `PartialFC_V2`: class centres sharded over ranks, optional negative sampling,
+margin softmax and a cross-entropy whose softmax spans every rank's columns.
+
+`ShardedMarginSoftmax` is the one logits -> sampling -> margin -> cross-entropy path. It takes the
+centres as an argument, so where they come from is the head's business: learned (`PartialFC`),
+distilled from the teacher (`AdaDistillHead`) or the teacher's frozen classifier
+(`FixedClassifierHead`).
+
+Calling convention shared by every head: `head(local_embeddings, local_labels=...,
+local_teacher_embeddings=...)` with keywords works for all of them. Positionally, heads without a
+teacher follow arcface_torch (`pfc(embeddings, labels)`) and heads with `needs_teacher = True`
+follow the AdaDistill issue (`head(student, teacher, labels)`). All ranks must pass the same B.
+
+Labels: int64 global class ids of shape (B,) or (B, 1), checked against [0, num_classes) (one small
+device-to-host copy per step; arcface_torch instead reports a silent loss of 69.0776).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from insightface_adadistill.distributed import (all_gather_tensor, all_gather_with_grad, all_reduce,
+                                                get_rank, get_world_size, shard_classes)
+from insightface_adadistill.registry import Registry
+
+HEADS: Registry[nn.Module] = Registry("head")
+
+
+# ---------------------------------------------------------------- pure functions
+
+def localise_labels(labels: torch.Tensor, class_start: int, num_local: int) -> torch.Tensor:
+    """Global class ids (N,) -> column in this rank's shard, or -1 where another rank owns the class."""
+    local = labels - class_start
+    return torch.where((local >= 0) & (local < num_local), local, torch.full_like(local, -1))
+
+
+def check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    """Raise if `labels` (B,) are not int64 ids in [0, num_classes); costs one device-to-host copy."""
+    if labels.dtype != torch.int64:
+        raise TypeError(f"labels must be int64 (torch.long) class ids, got {labels.dtype}; convert "
+                        f"them in the data loader with `.long()` (a float tensor here usually means "
+                        f"the arguments are swapped: teacher heads take (student, teacher, labels))")
+    if labels.numel() == 0:
+        raise ValueError("the batch is empty; every rank needs at least one sample per step")
+    low, high = (int(v) for v in torch.stack(torch.aminmax(labels)).tolist())
+    if low < 0 or high >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}), got min {low} and max {high}; "
+                         f"set num_classes to the dataset's identity count")
+
+
+def reshard_weight(full_weight: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's rows (num_local, E) of a full (C, E) centre matrix, e.g. to resume on another world size.
+
+    The full matrix is the per-rank `weight` shards concatenated in rank order.
+    """
+    class_start, num_local = shard_classes(full_weight.shape[0], rank, world_size)
+    return full_weight[class_start:class_start + num_local].clone()
+
+
+def init_centres(num_local: int, embedding_size: int) -> torch.Tensor:
+    """(num_local, E) drawn from N(0, 0.01), arcface_torch's and AdaDistill's initial centres."""
+    return torch.normal(0.0, 0.01, (num_local, embedding_size))
+
+
+class _DistributedCrossEntropy(torch.autograd.Function):
+    """Softmax cross-entropy over columns spread across ranks; see `distributed_cross_entropy`."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        positive = labels >= 0
+        column = labels.clamp(min=0).unsqueeze(1)  # (N, 1); rows owned elsewhere are masked below
+        if logits.shape[1] == 0:  # a rank left with no sampled column still joins every collective
+            row_max = logits.new_full((logits.shape[0],), float("-inf"))
+        else:
+            row_max = logits.amax(dim=1)
+        all_reduce(row_max, torch.distributed.ReduceOp.MAX)  # the global max keeps exp() finite
+        exp = torch.exp(logits - row_max.unsqueeze(1))
+        row_sum = all_reduce(exp.sum(dim=1))  # global denominator
+        softmax = exp / row_sum.unsqueeze(1)  # (N, c_local): global softmax on local columns
+        if logits.shape[1] == 0:
+            p_target = torch.zeros_like(row_max)
+        else:
+            p_target = torch.where(positive, softmax.gather(1, column).squeeze(1), 0.0)
+        all_reduce(p_target)  # each row's target lives on exactly one rank
+        ctx.save_for_backward(softmax, positive, column)
+        ctx.mark_non_differentiable(p_target)
+        return -torch.log(p_target.clamp(min=1e-30)).mean(), p_target
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, _grad_p: Optional[torch.Tensor]):
+        softmax, positive, column = ctx.saved_tensors
+        grad = softmax.clone()
+        if grad.shape[1] > 0:
+            grad.scatter_add_(1, column, -positive.to(grad.dtype).unsqueeze(1))  # softmax - onehot
+        return grad * (grad_loss / softmax.shape[0]), None
+
+
+def distributed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mean over N of -log softmax(target), the softmax spanning every rank's columns.
+
+    Args:
+        logits: (N, c_local) scaled margin logits of this rank's columns.
+        labels: (N,) column of the target on this rank, -1 where another rank holds it.
+    Returns:
+        (loss, p_target): a 0-dim loss, identical on every rank, and the (N,) target probabilities
+        (clamped at 1e-30 inside the log, as arcface_torch). Backward is the analytic
+        (softmax - onehot) / N, without a host sync.
+    """
+    return _DistributedCrossEntropy.apply(logits, labels)
+
+
+# ---------------------------------------------------------------- modules
+
+class NegativeSampler:
+    """Keeps every positive class and fills up with uniformly random negatives (arcface_torch 3.3).
+
+    Owns its CPU generator (seeded per rank), so a run is reproducible and its state can be saved
+    with the checkpoint; `state_dict` of the heads holds the centres only, for host compatibility.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self, labels: torch.Tensor, num_local: int, num_sample: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Sampled columns (S,) in ascending order, and labels (N,) remapped to positions in them."""
+        positive = torch.unique(labels[labels >= 0])  # sorted
+        if num_sample >= positive.numel():
+            score = torch.rand(num_local, generator=self.generator).to(labels.device)
+            score[positive] = 2.0  # above every random score: positives are always kept
+            index = torch.sort(torch.topk(score, num_sample).indices).values
+        else:  # sample_rate = 0 or more positives than samples: positives only
+            index = positive
+        remapped = torch.where(labels >= 0, torch.searchsorted(index, labels.clamp(min=0)), labels)
+        return index, remapped
+
+    def state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def load_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+
+class ShardedMarginSoftmax(nn.Module):
+    """Gather, sample, cosine logits, margin and distributed cross-entropy for one class shard.
+
+    Args:
+        margin_loss: callable (N, c) cosines, (N,) local labels -> (N, c) scaled logits
+            (`CombinedMarginLoss`).
+        num_classes: C, all ranks together; this rank owns [class_start, class_start + num_local).
+        sample_rate: fraction of local centres per step (positives always kept; 0: positives only).
+        seed: negative-sampling seed; rank r uses seed + r.
+        validate_labels: run `check_labels` on every batch.
+    """
+
+    def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], num_classes: int,
+                 sample_rate: float = 1.0, seed: int = 0, validate_labels: bool = True) -> None:
+        super().__init__()
+        if not callable(margin_loss):
+            raise TypeError(f"margin_loss must be callable (e.g. CombinedMarginLoss), got {type(margin_loss)}")
+        if not 0.0 <= sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be in [0, 1], got {sample_rate}")
+        self.margin_loss = margin_loss
+        self.rank, self.world_size = get_rank(), get_world_size()
+        self.num_classes = num_classes
+        self.class_start, self.num_local = shard_classes(num_classes, self.rank, self.world_size)
+        self.sample_rate = sample_rate
+        self.num_sample = int(sample_rate * self.num_local)
+        self.sampler = NegativeSampler(seed + self.rank) if sample_rate < 1.0 else None
+        self.validate_labels = validate_labels
+        self.last_stats: Dict[str, torch.Tensor] = {}
+
+    def gather_embeddings(self, local_embeddings: torch.Tensor, embedding_size: int) -> torch.Tensor:
+        """(B, E) -> (W*B, E) fp32, differentiable (the local chunk gets the summed gradient)."""
+        if local_embeddings.dim() != 2 or local_embeddings.shape[1] != embedding_size:
+            raise ValueError(f"embeddings must have shape (B, {embedding_size}), got "
+                             f"{tuple(local_embeddings.shape)}")
+        return all_gather_with_grad(local_embeddings.float())
+
+    def gather_labels(self, local_labels: torch.Tensor) -> torch.Tensor:
+        """(B,) or (B, 1) global ids -> (W*B,) columns of this rank's shard, -1 elsewhere."""
+        if get_world_size() != self.world_size:
+            raise RuntimeError(f"this head was built for world size {self.world_size} but the process group "
+                               f"now has {get_world_size()}; build heads after init_distributed()")
+        local_labels = local_labels.reshape(-1)
+        if self.validate_labels:
+            check_labels(local_labels, self.num_classes)
+        return localise_labels(all_gather_tensor(local_labels), self.class_start, self.num_local)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """Global-mean margin-softmax loss (0-dim, identical on all ranks).
+
+        Args:
+            embeddings: (N, E) gathered embeddings, any norm.
+            labels: (N,) from `gather_labels`.
+            centres: (num_local, E) this rank's class centres, any norm.
+        """
+        if self.sampler is not None:
+            index, labels = self.sampler.sample(labels, self.num_local, self.num_sample)
+            centres = centres[index]  # (S, E); a learned weight gets a dense, zero-filled gradient
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):  # fp32 logits, as the host
+            cos = F.normalize(embeddings.float()) @ F.normalize(centres.float()).t()  # (N, c)
+        logits = self.margin_loss(cos.clamp(-1.0, 1.0), labels)
+        loss, p_target = distributed_cross_entropy(logits, labels)
+        self.last_stats = {"target_prob": p_target.mean()}
+        return loss
+
+    def sampler_state(self) -> Optional[torch.Tensor]:
+        return None if self.sampler is None else self.sampler.state()
+
+    def load_sampler_state(self, state: Optional[torch.Tensor]) -> None:
+        if self.sampler is not None and state is not None:
+            self.sampler.load_state(state)
+
+
+class ShardedHead(nn.Module):
+    """What every head shares: its `ShardedMarginSoftmax`, the gathers, stats and sampler state.
+
+    Subclasses add the centres (`weight`) and `forward`. `last_stats` holds detached device
+    tensors of the last step (no host sync); `needs_teacher` says whether forward takes teacher
+    embeddings.
+    """
+
+    needs_teacher = False
+
+    def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], embedding_size: int,
+                 num_classes: int, sample_rate: float = 1.0, seed: int = 0) -> None:
+        super().__init__()
+        self.embedding_size = embedding_size
+        self.margin_softmax = ShardedMarginSoftmax(margin_loss, num_classes, sample_rate, seed)
+        self.last_stats: Dict[str, torch.Tensor] = {}
+
+    @property
+    def num_local(self) -> int:
+        return self.margin_softmax.num_local
+
+    @property
+    def class_start(self) -> int:
+        return self.margin_softmax.class_start
+
+    def gather(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(B, E), (B,) -> (W*B, E) differentiable fp32 embeddings and (W*B,) local columns or -1."""
+        if local_labels.numel() != local_embeddings.shape[0]:
+            raise ValueError(f"{local_embeddings.shape[0]} embeddings but {local_labels.numel()} labels; "
+                             f"pass one label per embedding")
+        embeddings = self.margin_softmax.gather_embeddings(local_embeddings, self.embedding_size)
+        return embeddings, self.margin_softmax.gather_labels(local_labels)
+
+    def check_teacher(self, local_embeddings: torch.Tensor, local_teacher_embeddings: Optional[torch.Tensor],
+                      local_labels: Optional[torch.Tensor]) -> None:
+        """Refuse a missing or mis-shaped teacher batch, naming the head and its argument order."""
+        name = type(self).__name__
+        if local_teacher_embeddings is None or local_labels is None:
+            raise TypeError(f"{name} needs the teacher embeddings and the labels: "
+                            f"head(student, teacher, labels)")
+        if not local_teacher_embeddings.is_floating_point():
+            raise TypeError(f"{name}: teacher embeddings must be floating point, got "
+                            f"{local_teacher_embeddings.dtype}; the order is head(student, teacher, labels)")
+        if local_teacher_embeddings.shape != local_embeddings.shape:
+            raise ValueError(f"{name}: teacher embeddings {tuple(local_teacher_embeddings.shape)} and "
+                             f"student embeddings {tuple(local_embeddings.shape)} must have the same shape")
+
+    def sampler_state(self) -> Optional[torch.Tensor]:
+        """The negative sampler's generator state (None without sampling), for checkpoints."""
+        return self.margin_softmax.sampler_state()
+
+    def load_sampler_state(self, state: Optional[torch.Tensor]) -> None:
+        self.margin_softmax.load_sampler_state(state)
+
+
+class PartialFC(ShardedHead):
+    """Learned, sharded margin-softmax classifier: arcface_torch's `PartialFC_V2`.
+
+    `state_dict()` holds only `weight` (num_local, E), N(0, 0.01) at start, so arcface_torch's
+    `state_dict_softmax_fc` loads unchanged. forward(local_embeddings (B, E), local_labels (B,))
+    -> 0-dim loss; `last_stats`: `target_prob`.
+    """
+
+    def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], embedding_size: int,
+                 num_classes: int, sample_rate: float = 1.0, seed: int = 0) -> None:
+        super().__init__(margin_loss, embedding_size, num_classes, sample_rate, seed)
+        self.weight = nn.Parameter(init_centres(self.num_local, embedding_size))
+
+    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor,
+                local_teacher_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
+        embeddings, labels = self.gather(local_embeddings, local_labels)
+        loss = self.margin_softmax(embeddings, labels, self.weight)
+        self.last_stats = dict(self.margin_softmax.last_stats)
+        return loss
+
+
+# ---------------------------------------------------------------- registrations
+
+@dataclass(frozen=True)
+class HeadArgs:
+    """Everything `build_head` may pass on; each registered factory reads what it needs."""
+
+    margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    embedding_size: int
+    num_classes: int
+    sample_rate: float = 1.0
+    seed: int = 0
+    alpha: Any = "weighted"
+    teacher_classifier: Optional[torch.Tensor] = None
+    feature_kd_weight: float = 1.0
+
+
+@HEADS.register
+def standalone(args: HeadArgs) -> nn.Module:
+    """The student's own learned classifier (arcface_torch behaviour)."""
+    return PartialFC(args.margin_loss, args.embedding_size, args.num_classes, args.sample_rate, args.seed)

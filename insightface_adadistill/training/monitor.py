@@ -1,0 +1,210 @@
+"""Training log, TensorBoard scalars and the progress bar (arcface_torch spec 2.2 and 2.9).
+
+Rank 0 reports; the other ranks do nothing. Losses and statistics arrive as 0-dim device tensors
+every step and are summed on the device; they are read back (`.item()`, a host-device sync) only
+every `frequent` steps, when the log line is written.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, Mapping, Optional, TextIO, Union
+
+import torch
+from tqdm import tqdm
+
+LOG_FORMAT = "Training: %(asctime)s-%(message)s"
+TENSORBOARD_DIR = "tensorboard"
+Number = Union[float, int, torch.Tensor]
+
+module_logger = logging.getLogger(__name__)
+
+
+class _TqdmStreamHandler(logging.StreamHandler):
+    """Writes to the current sys.stdout through `tqdm.write`, so lines print above a live bar."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stdout)
+        except Exception:  # logging's contract: report, never raise from a handler
+            self.handleError(record)
+
+
+def setup_logging(output: str | os.PathLike, rank: int) -> logging.Logger:
+    """The host's logging: rank 0 logs INFO to `<output>/training.log` (appending) and stdout.
+
+    Other ranks get no handlers, so their info messages vanish as in the host (warnings still
+    reach stderr through Python's last-resort handler). Calling it again replaces our handlers.
+    """
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_adadistill", False)]:
+        root.removeHandler(handler)
+        handler.close()
+    if rank != 0:
+        return root
+    Path(output).mkdir(parents=True, exist_ok=True)
+    formatter = logging.Formatter(LOG_FORMAT)
+    for handler in (logging.FileHandler(Path(output) / "training.log"), _TqdmStreamHandler()):
+        handler.setFormatter(formatter)
+        handler._adadistill = True
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.info("rank_id: %d", rank)
+    return root
+
+
+def resolve_progress_bar(setting: Union[str, bool], stream: TextIO = sys.stdout) -> bool:
+    """Config `progress_bar`: 'auto' shows a bar only on a terminal; true/false force it."""
+    if setting in (True, "true"):
+        return True
+    if setting in (False, "false"):
+        return False
+    if setting == "auto":
+        return bool(getattr(stream, "isatty", lambda: False)())
+    raise ValueError(f"progress_bar={setting!r}; use 'auto', true or false")
+
+
+class TrainingMonitor:
+    """Every `frequent` global steps on rank 0: one log line and the TensorBoard scalars.
+
+    The host's first qualifying call only started its timer, so its first line came at
+    2 * frequent and averaged 2 * frequent losses. We start the timer at construction and print
+    from step `frequent` on; each line averages exactly the steps since the previous one, and the
+    first speed includes start-up (data workers, cudnn autotuning).
+
+    Log line (host format, then our extra statistics):
+        Speed 5516.93 samples/sec   Loss 46.4909   LearningRate 0.100000   Epoch: 0   Global Step: 20
+        [Fp16 Grad Scale: 16384   ]Required: 18 hours[   alpha=0.7512 ...]
+    TensorBoard tags: `loss`, `learning_rate`, `time_for_end` (hours), `throughput` (samples/s),
+    `grad_scale` (fp16 only), `grad_norm` (when given), one tag per verification set, and every
+    extra scalar or histogram under the tag it is passed with (e.g. `distill/alpha`).
+    """
+
+    def __init__(self, *, output: str | os.PathLike, rank: int, frequent: int, total_step: int,
+                 batch_size: int, world_size: int, start_step: int = 0, grad_scaler: object = None,
+                 progress_bar: Union[str, bool] = "auto", tensorboard: bool = True,
+                 logger: Optional[logging.Logger] = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        if frequent < 1:
+            raise ValueError(f"frequent={frequent} must be >= 1 (log every N global steps)")
+        self.active = rank == 0
+        self.frequent = frequent
+        self.total_step = total_step
+        self.samples_per_step = batch_size * world_size  # total over ranks, as the host prints
+        self.start_step = start_step
+        self.grad_scaler = grad_scaler
+        self.logger = logger or module_logger
+        self.clock = clock
+        self._start_time = self._last_time = clock()
+        self._last_step = start_step
+        self._sums: Dict[str, Number] = {}
+        self._count = 0
+        self._histograms: Mapping[str, torch.Tensor] = {}
+        self.writer = None
+        self.bar = None
+        if not self.active:
+            return
+        if tensorboard:
+            # Imported here: tensorboard is slow to import and only rank 0 needs it.
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(log_dir=str(Path(output) / TENSORBOARD_DIR))
+        if resolve_progress_bar(progress_bar):
+            self.bar = tqdm(total=total_step, initial=start_step, unit="step", file=sys.stdout,
+                            dynamic_ncols=True)
+
+    def update(self, global_step: int, *, epoch: int, loss: Number, lr: float,
+               grad_norm: Optional[Number] = None, scalars: Optional[Mapping[str, Number]] = None,
+               histograms: Optional[Mapping[str, torch.Tensor]] = None) -> Optional[str]:
+        """Record one iteration; on log steps write the line and TensorBoard, and return the line.
+
+        Args:
+            loss: the step's loss, a 0-dim tensor (left on the device) or a number.
+            lr: the LR used, e.g. `lr_scheduler.get_last_lr()[0]` (a Python float, no sync).
+            grad_norm: the clipped backbone's total norm (0-dim tensor), averaged like the loss.
+            scalars: extra statistics by TensorBoard tag, e.g. {'distill/alpha': mean alpha};
+                averaged over the window and appended to the log line by their last tag part.
+            histograms: tensors by tag (e.g. per-sample alpha, shape (B,)); only the latest
+                values are written, on log steps.
+        """
+        if not self.active:
+            return None
+        self._add("loss", loss)
+        if grad_norm is not None:
+            self._add("grad_norm", grad_norm)
+        for tag, value in (scalars or {}).items():
+            self._add(tag, value)
+        self._count += 1
+        if histograms:
+            self._histograms = histograms
+        if self.bar is not None:
+            self.bar.update(global_step - self.bar.n)
+        if global_step % self.frequent != 0:
+            return None
+        return self._report(global_step, epoch, lr)
+
+    def log_verification(self, global_step: int, accuracies: Mapping[str, float]) -> None:
+        """TensorBoard tag `<set name>` = flip accuracy in [0, 1], as the host's verification does."""
+        if self.writer is None:
+            return
+        for name, accuracy in accuracies.items():
+            self.writer.add_scalar(name, accuracy, global_step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    def _add(self, name: str, value: Number) -> None:
+        if isinstance(value, torch.Tensor):
+            value = value.detach().float()  # stays on its device: no sync here
+        self._sums[name] = self._sums.get(name, 0.0) + value
+
+    def _report(self, global_step: int, epoch: int, lr: float) -> str:
+        # The only host-device syncs: one .item() per statistic, every `frequent` steps.
+        means = {name: (total.item() if isinstance(total, torch.Tensor) else total) / self._count
+                 for name, total in self._sums.items()}
+        now = self.clock()
+        speed = (global_step - self._last_step) * self.samples_per_step / max(now - self._last_time, 1e-9)
+        seconds_per_step = (now - self._start_time) / (global_step - self.start_step + 1)
+        eta_hours = max(seconds_per_step * (self.total_step - global_step - 1) / 3600, 0.0)
+        scale = self.grad_scaler.get_scale() if self._scaler_enabled() else None
+
+        line = "Speed %.2f samples/sec   Loss %.4f   LearningRate %.6f   Epoch: %d   Global Step: %d   " % (
+            speed, means["loss"], lr, epoch, global_step)
+        if scale is not None:
+            line += "Fp16 Grad Scale: %2.f   " % scale
+        line += "Required: %1.f hours" % eta_hours
+        extras = {tag: v for tag, v in means.items() if tag not in ("loss", "grad_norm")}
+        line += "".join("   %s=%.4f" % (tag.rsplit("/", 1)[-1], v) for tag, v in extras.items())
+        self.logger.info(line)
+        self._write_tensorboard(global_step, means, lr, speed, eta_hours, scale)
+        if self.bar is not None:
+            self.bar.set_postfix(loss="%.4f" % means["loss"], lr="%.6f" % lr, refresh=False)
+
+        self._sums, self._count = {}, 0
+        self._last_step, self._last_time = global_step, now
+        return line
+
+    def _scaler_enabled(self) -> bool:
+        return self.grad_scaler is not None and self.grad_scaler.is_enabled()
+
+    def _write_tensorboard(self, global_step: int, means: Mapping[str, float], lr: float, speed: float,
+                           eta_hours: float, scale: Optional[float]) -> None:
+        if self.writer is None:
+            return
+        fixed = {"time_for_end": eta_hours, "learning_rate": lr, "throughput": speed}
+        if scale is not None:
+            fixed["grad_scale"] = scale
+        for tag, value in {**fixed, **means}.items():
+            self.writer.add_scalar(tag, value, global_step)
+        for tag, values in self._histograms.items():
+            self.writer.add_histogram(tag, values.detach().float().cpu(), global_step)
+        self._histograms = {}

@@ -1,0 +1,123 @@
+"""Learning-rate schedules, stepped once per optimizer step (arcface_torch spec 2.6).
+
+Both schedules are closed-form functions of the scheduler counter `k` (= `last_epoch`, the number of
+`step()` calls so far), so a scheduler restored from a `state_dict` continues exactly where it left
+off, and neither passes the `verbose=` keyword that torch 2.7 removed (the host's construction
+fails on current torch).
+"""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+SCHEDULE_KINDS = ("poly", "step")
+
+
+def poly_warmup_factor(k: int, warmup_steps: int, total_steps: int, power: float) -> float:
+    """LR multiplier of the host's `PolynomialLRWarmup` at scheduler counter `k`.
+
+    - k = 0: 1.0. The host runs the first iteration at the full base LR even with warm-up; we keep
+      that for parity.
+    - 1 <= k <= w: k / w (linear warm-up).
+    - w < k <= T: (1 - (k - w) / (T - w)) ** power, i.e. 0 at k = T.
+    - k > T: 0 (the host leaves the LR at its k = T value, which is 0).
+    A negative `warmup_steps` means no warm-up, as in the host (its 3millions config uses -1).
+    """
+    warmup = max(warmup_steps, 0)
+    if k == 0:
+        return 1.0
+    if k <= warmup:
+        return k / warmup
+    if k <= total_steps:
+        return (1.0 - (k - warmup) / (total_steps - warmup)) ** power
+    return 0.0
+
+
+class PolynomialWarmupLR(LRScheduler):
+    """Linear warm-up then polynomial decay to 0 at `total_steps`.
+
+    `power=1` is current arcface_torch; `power=2` is the historical `PolyScheduler` that trained every
+    published model-zoo run. The sequence for w=3, T=10, base 0.1 is
+    0.1, .0333, .0667, .1, .0857, .0714, ..., .0143, 0, 0 (spec 2.6, verified on the host).
+    """
+
+    def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int,
+                 power: float = 1.0) -> None:
+        if total_steps <= max(warmup_steps, 0):
+            raise ValueError(
+                f"total_steps={total_steps} must exceed warmup_steps={warmup_steps}: the decay "
+                "phase would be empty. Lower warmup_epoch or raise num_epoch in the config"
+            )
+        if power <= 0:
+            raise ValueError(f"lr_power={power} must be > 0 (1 = arcface_torch, 2 = model-zoo runs)")
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+        self.power = float(power)
+        super().__init__(optimizer)
+
+    def get_lr(self) -> List[float]:
+        factor = poly_warmup_factor(self.last_epoch, self.warmup_steps, self.total_steps, self.power)
+        return [base * factor for base in self.base_lrs]
+
+
+def step_decay_factor(k: int, steps_per_epoch: int, drop_epochs: Sequence[int], gamma: float) -> float:
+    """LR multiplier at counter `k`: gamma ** (number of drop epochs reached).
+
+    Counter k is the LR for global iteration k + 1, which lies in 1-based epoch
+    k // steps_per_epoch + 1; a drop epoch d applies from the first iteration of epoch d on.
+    """
+    epoch_1based = k // steps_per_epoch + 1
+    return gamma ** sum(1 for d in drop_epochs if d <= epoch_1based)
+
+
+class EpochStepLR(LRScheduler):
+    """Multiply the LR by `gamma` at the start of each 1-based epoch in `drop_epochs`.
+
+    Stepped per optimizer step like `PolynomialWarmupLR`, so both schedules share the loop code.
+    The AdaDistill recipe drops at epochs 8, 14, 20, 25 of 26 (adadistill spec 5).
+    """
+
+    def __init__(self, optimizer: Optimizer, steps_per_epoch: int, drop_epochs: Sequence[int],
+                 gamma: float = 0.1) -> None:
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch={steps_per_epoch} must be >= 1; check num_image "
+                             "and batch_size in the config")
+        bad = [d for d in drop_epochs if not isinstance(d, int) or d < 1]
+        if bad:
+            raise ValueError(f"lr_steps={list(drop_epochs)}: {bad} are not 1-based epoch numbers; "
+                             "write e.g. lr_steps=[8, 14, 20, 25]")
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.drop_epochs = sorted(drop_epochs)
+        self.gamma = float(gamma)
+        super().__init__(optimizer)
+
+    def get_lr(self) -> List[float]:
+        factor = step_decay_factor(self.last_epoch, self.steps_per_epoch, self.drop_epochs, self.gamma)
+        return [base * factor for base in self.base_lrs]
+
+
+def build_scheduler(optimizer: Optimizer, kind: str, *, warmup_steps: int = 0, total_steps: int = 0,
+                    steps_per_epoch: int = 0, power: float = 1.0,
+                    drop_epochs: Sequence[int] = ()) -> LRScheduler:
+    """Build the `lr_schedule` named `kind` ('poly' or 'step'); unused arguments are ignored."""
+    if kind == "poly":
+        return PolynomialWarmupLR(optimizer, warmup_steps, total_steps, power)
+    if kind == "step":
+        return EpochStepLR(optimizer, steps_per_epoch, drop_epochs)
+    raise ValueError(f"unknown lr_schedule {kind!r}; use one of {', '.join(SCHEDULE_KINDS)}")
+
+
+def scaled_lr(lr: float, total_batch_size: int, lr_scale_batch: int | None) -> float:
+    """Linear LR scaling: lr * total_batch_size / lr_scale_batch, or `lr` when not configured.
+
+    arcface_torch never scales the LR by world size; AdaDistill states lr 0.1 for a global batch of
+    512, so its recipe sets lr_scale_batch=512.
+    """
+    if lr_scale_batch is None:
+        return float(lr)
+    if lr_scale_batch <= 0 or total_batch_size <= 0:
+        raise ValueError(f"lr_scale_batch={lr_scale_batch} and total_batch_size={total_batch_size} "
+                         "must be positive; set lr_scale_batch=None to disable LR scaling")
+    return float(lr) * total_batch_size / lr_scale_batch

@@ -1,0 +1,40 @@
+"""One forward of a training step: student (+ frozen teacher) -> head -> loss and statistics.
+
+`DistillStep` is the single branch point between standalone training and distillation: with
+`teacher=None` it is arcface_torch's `loss = pfc(backbone(img), labels)`; with a teacher, the
+same (flipped, normalised) images go through the frozen teacher and the head receives both
+embeddings. Benchmarks time this same object, so what they measure is what training runs.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+
+class DistillStep(nn.Module):
+    """Holds the student, the optional frozen teacher and the head; returns a dict of tensors.
+
+    Returned keys: `loss` (0-dim, global-batch mean, identical on all ranks) plus the head's
+    `last_stats` (detached tensors on the device, e.g. `alpha`, `centre_teacher_cos`), so the loop
+    logs them every `frequent` steps without a host sync on the other steps.
+    """
+
+    def __init__(self, student: nn.Module, head: nn.Module, teacher: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        if head.needs_teacher and teacher is None:
+            raise ValueError(f"{type(head).__name__} distils from a teacher, but none was given; set "
+                             "teacher_network and teacher_weights in the config")
+        self.student = student
+        self.head = head
+        # Kept out of the module tree: the teacher is never wrapped, optimised or checkpointed.
+        self.__dict__["teacher"] = teacher if head.needs_teacher else None
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """images (B, 3, 112, 112) normalised, labels (B,) int64 -> {'loss': 0-dim, **stats}."""
+        local_embeddings = self.student(images)  # (B, E)
+        teacher = self.__dict__["teacher"]
+        local_teacher = teacher(images) if teacher is not None else None  # (B, E), no graph
+        loss = self.head(local_embeddings, local_labels=labels, local_teacher_embeddings=local_teacher)
+        return {"loss": loss, **self.head.last_stats}

@@ -1,0 +1,226 @@
+"""heads/adadistill.py: the centre update by hand, duplicates, the head, and 2 ranks x B == 1 rank x 2B."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dist_utils import run_in_processes
+from insightface_adadistill.heads import AdaDistillHead, CombinedMarginLoss, reshard_weight, update_class_centres
+from insightface_adadistill.heads.partial_fc import ShardedMarginSoftmax
+
+E, C, B = 6, 10, 4
+LABELS = torch.tensor([0, 3, 3, 9, 1, 7, 4, 3])  # 2B labels with duplicates (class 3 three times)
+
+
+def unit(angle_deg: float) -> torch.Tensor:
+    angle = math.radians(angle_deg)
+    return torch.tensor([[math.cos(angle), math.sin(angle)]])
+
+
+# ---------------------------------------------------------------- update_class_centres by hand
+
+def test_plain_weighted_and_fixed_alpha_by_hand():
+    centres = torch.tensor([[0.0, 2.0]])  # raw, not unit: |w| = 2
+    teacher, student = unit(60) * 3.0, unit(0)  # any norm: both are normalised first
+    labels = torch.tensor([0])
+    t = unit(60)
+    cos_st, lam = 0.5, math.sin(math.radians(60))  # cos(s, t) and cos(w, t)
+
+    plain, stats = update_class_centres(centres, teacher, student, labels, "plain")
+    torch.testing.assert_close(plain, 0.5 * centres + 0.5 * t)
+    weighted, stats = update_class_centres(centres, teacher, student, labels, "weighted")
+    alpha_w = cos_st * lam
+    torch.testing.assert_close(weighted, alpha_w * centres + (1 - alpha_w) * t)
+    fixed, _ = update_class_centres(centres, teacher, student, labels, 0.9)
+    torch.testing.assert_close(fixed, 0.9 * centres + 0.1 * t)
+
+    expected = {"alpha": cos_st, "alpha_weighted": alpha_w, "centre_teacher_cos": lam,
+                "student_teacher_cos": cos_st, "momentum": alpha_w}
+    for name, value in expected.items():
+        assert stats[name].item() == pytest.approx(value, rel=1e-6), name
+    assert stats["class_count"].tolist() == [1.0]
+
+
+def test_clamps():
+    centres = torch.tensor([[0.0, -1.0]])  # cos(w, t) < 0 -> lambda = 1e-6
+    teacher, student = unit(60), unit(180)  # cos(s, t) = -0.5 -> alpha = 1e-6
+    _, stats = update_class_centres(centres, teacher, student, torch.tensor([0]), "weighted")
+    assert stats["student_teacher_cos"].item() == pytest.approx(-0.5)
+    assert stats["alpha"].item() == pytest.approx(1e-6)
+    assert stats["centre_teacher_cos"].item() == pytest.approx(1e-6)
+    assert stats["alpha_weighted"].item() == pytest.approx(1e-6)
+
+
+def test_first_visit_moves_the_centre_onto_the_teacher_embedding():
+    centres = torch.normal(0.0, 0.01, (1, 512))
+    teacher, student = torch.randn(1, 512), torch.randn(1, 512)
+    new, _ = update_class_centres(centres, teacher, student, torch.tensor([0]), "weighted")
+    assert F.cosine_similarity(new, teacher).item() > 0.99
+    assert new.norm().item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_unique_labels_equal_the_formula_exactly():
+    centres, teacher, student = torch.randn(C, E), torch.randn(5, E), torch.randn(5, E)
+    labels = torch.tensor([2, 7, -1, 0, 5])
+    new, stats = update_class_centres(centres, teacher, student, labels, "weighted")
+    expected = centres.clone()
+    for i, y in enumerate(labels.tolist()):
+        if y < 0:
+            continue
+        t, s = F.normalize(teacher[i], dim=0), F.normalize(student[i], dim=0)
+        lam = torch.dot(F.normalize(centres[y], dim=0), t).clamp(1e-6, 1)
+        alpha = (torch.dot(s, t).clamp(-1, 1) * lam).clamp(1e-6, 1)
+        expected[y] = alpha * centres[y] + (1 - alpha) * t
+    torch.testing.assert_close(new, expected, rtol=0, atol=1e-6)
+    assert torch.equal(new[[1, 3, 4, 6, 8, 9]], centres[[1, 3, 4, 6, 8, 9]])  # untouched bit for bit
+    assert all(stats[name][2] == 0 for name in ("alpha", "alpha_weighted", "momentum"))  # row owned elsewhere
+
+
+def test_duplicates_take_the_mean_of_updates_from_the_old_centre():
+    centres, teacher, student = torch.randn(C, E), torch.randn(6, E), torch.randn(6, E)
+    labels = torch.tensor([4, 1, 4, 4, 1, 8])
+    new, stats = update_class_centres(centres, teacher, student, labels, "plain")
+    alone = [update_class_centres(centres, teacher[i:i + 1], student[i:i + 1], labels[i:i + 1], "plain")[0]
+             for i in range(6)]  # each sample applied to the OLD centres on its own
+    for y, rows in ((4, [0, 2, 3]), (1, [1, 4]), (8, [5])):
+        torch.testing.assert_close(new[y], torch.stack([alone[i][y] for i in rows]).mean(0))
+    assert stats["class_count"][[1, 4, 8]].tolist() == [2.0, 3.0, 1.0]
+    for _ in range(3):  # deterministic, bit for bit
+        assert torch.equal(update_class_centres(centres, teacher, student, labels, "plain")[0], new)
+
+
+def test_update_has_no_gradient():
+    student = torch.randn(2, E, requires_grad=True)
+    new, stats = update_class_centres(torch.randn(C, E), torch.randn(2, E), student, torch.tensor([1, 2]))
+    assert not new.requires_grad and not stats["alpha"].requires_grad
+
+
+# ---------------------------------------------------------------- the head
+
+def margin() -> CombinedMarginLoss:
+    return CombinedMarginLoss(8.0, 1.0, 0.5, 0.0)
+
+
+def make_head(sample_rate: float = 1.0, centres: torch.Tensor | None = None, alpha="weighted") -> AdaDistillHead:
+    head = AdaDistillHead(margin(), E, C, sample_rate, alpha)
+    if centres is not None:
+        ms = head.margin_softmax
+        head.weight.copy_(reshard_weight(centres, ms.rank, ms.world_size))
+    return head
+
+
+def test_state_dict_and_no_parameters():
+    head = make_head()
+    assert list(head.state_dict()) == ["weight", "visited"]
+    assert list(head.parameters()) == [] and head.needs_teacher
+    assert head.weight.std().item() == pytest.approx(0.01, rel=0.3)
+
+
+@pytest.mark.parametrize("alpha", ["weighted", "plain", 0.5])
+def test_loss_uses_the_updated_centres_and_gives_them_no_gradient(alpha):
+    centres = torch.randn(C, E)
+    head = make_head(centres=centres, alpha=alpha)
+    student, teacher = torch.randn(2 * B, E, requires_grad=True), torch.randn(2 * B, E)
+    loss = head(student, teacher, LABELS)
+    loss.backward()
+    updated, _ = update_class_centres(centres, teacher, student.detach(), LABELS, alpha)
+    torch.testing.assert_close(head.weight, updated)
+    core = ShardedMarginSoftmax(margin(), C)
+    student_ref = student.detach().clone().requires_grad_()
+    ref = core(student_ref, LABELS, updated)
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(student.grad, student_ref.grad)
+    assert head.weight.grad is None and not head.weight.requires_grad
+    assert head.visited.tolist() == [c in LABELS.tolist() for c in range(C)]
+
+
+def test_stats_are_detached_device_tensors():
+    head = make_head()
+    head(torch.randn(2 * B, E), torch.randn(2 * B, E), LABELS)
+    stats = head.last_stats
+    for name in ("alpha", "alpha_weighted", "centre_teacher_cos", "student_teacher_cos", "visited_fraction",
+                 "centre_norm", "target_prob"):
+        assert stats[name].dim() == 0 and not stats[name].requires_grad, name
+    assert stats["alpha_per_sample"].shape == (2 * B,)
+    assert stats["visited_fraction"].item() == pytest.approx(6 / C)
+    torch.testing.assert_close(stats["alpha_per_sample"].mean(), stats["alpha_weighted"])
+
+
+def test_eval_mode_leaves_the_centres_alone():
+    head = make_head().eval()
+    before = head.weight.clone()
+    head(torch.randn(2, E), torch.randn(2, E), torch.tensor([1, 2]))
+    assert torch.equal(head.weight, before) and not head.visited.any()
+    assert set(head.last_stats) == {"target_prob"}
+
+
+def test_argument_errors():
+    head = make_head()
+    student, teacher, labels = torch.randn(2, E), torch.randn(2, E), torch.tensor([1, 2])
+    with pytest.raises(TypeError, match=r"head\(student, teacher, labels\)"):
+        head(student, local_labels=labels)
+    with pytest.raises(TypeError, match="floating point, got torch.int64"):
+        head(student, labels, teacher)  # swapped: labels land in the teacher slot
+    with pytest.raises(ValueError, match="same shape"):
+        head(student, torch.randn(2, E + 1), labels)
+    for bad in ("mean", 1.5, -0.1, True):
+        with pytest.raises(ValueError, match="distill_alpha"):
+            make_head(alpha=bad)
+
+
+def test_keyword_call_is_uniform():
+    head = make_head()
+    student, teacher = torch.randn(2, E), torch.randn(2, E)
+    loss = head(student, local_labels=torch.tensor([1, 2]), local_teacher_embeddings=teacher)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+
+
+# ---------------------------------------------------------------- 2 ranks x B == 1 rank x 2B
+
+STEPS = 2
+
+
+def _run_steps(head, students, teachers, rows):
+    out = []
+    for step in range(STEPS):
+        local = students[step][rows].clone().requires_grad_()
+        loss = head(local, teachers[step][rows], LABELS[rows])
+        loss.backward()
+        out.append((loss.detach(), local.grad, head.weight.clone(),
+                    {k: v.clone() for k, v in head.last_stats.items()}))
+    return out
+
+
+def _sharded_steps(info, centres, students, teachers):
+    rows = slice(info.rank * B, (info.rank + 1) * B)
+    results = {}
+    for sample_rate in (1.0, 0.0):
+        head = make_head(sample_rate, centres)
+        results[sample_rate] = (_run_steps(head, students, teachers, rows), head.class_start, head.num_local,
+                                head.visited.clone())
+    return results
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_rank_with_twice_the_batch():
+    centres = torch.randn(C, E)
+    students = [torch.randn(2 * B, E) for _ in range(STEPS)]
+    teachers = [torch.randn(2 * B, E) for _ in range(STEPS)]
+    per_rank = run_in_processes(_sharded_steps, 2, centres, students, teachers)
+    for sample_rate in (1.0, 0.0):
+        head = make_head(sample_rate, centres)
+        reference = _run_steps(head, students, teachers, slice(0, 2 * B))
+        for rank in range(2):
+            steps, start, count, visited = per_rank[rank][sample_rate]
+            assert torch.equal(visited, head.visited[start:start + count])
+            for (loss, grad, weight, stats), (ref_loss, ref_grad, ref_weight, ref_stats) in zip(steps, reference):
+                torch.testing.assert_close(loss, ref_loss)
+                torch.testing.assert_close(grad, ref_grad[rank * B:(rank + 1) * B])
+                torch.testing.assert_close(weight, ref_weight[start:start + count])
+                assert stats.keys() == ref_stats.keys()
+                for name in stats:
+                    torch.testing.assert_close(stats[name], ref_stats[name], msg=name)

@@ -1,0 +1,134 @@
+"""heads/baselines.py and build_head: the frozen teacher classifier, feature KD, the head registry."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dist_utils import run_in_processes
+from insightface_adadistill.heads import (HEADS, AdaDistillHead, CombinedMarginLoss, FeatureKDHead,
+                                          FixedClassifierHead, PartialFC, build_head, feature_distance)
+from insightface_adadistill.heads import partial_fc
+
+E, C, B = 6, 10, 4
+LABELS = torch.tensor([0, 3, 3, 9, 1, 7, 4, 3])
+
+
+def margin() -> CombinedMarginLoss:
+    return CombinedMarginLoss(8.0, 1.0, 0.0, 0.35)  # CosDistill
+
+
+def dense_loss(embeddings, weight, labels):
+    cos = F.normalize(embeddings) @ F.normalize(weight).t()
+    return F.cross_entropy(margin()(cos, labels), labels)
+
+
+# ---------------------------------------------------------------- FixedClassifierHead
+
+def test_fixed_classifier_is_the_teacher_classifier_frozen():
+    teacher_classifier = torch.randn(C, E)
+    head = FixedClassifierHead(margin(), E, C, teacher_classifier)
+    assert list(head.parameters()) == [] and list(head.state_dict()) == ["weight"]
+    assert torch.equal(head.weight, teacher_classifier) and not head.needs_teacher
+    student = torch.randn(2 * B, E, requires_grad=True)
+    loss = head(student, LABELS)
+    loss.backward()
+    reference = student.detach().clone().requires_grad_()
+    dense_loss(reference, teacher_classifier, LABELS).backward()
+    torch.testing.assert_close(loss, dense_loss(reference.detach(), teacher_classifier, LABELS))
+    torch.testing.assert_close(student.grad, reference.grad)
+    assert head.weight.grad is None
+
+
+def test_fixed_classifier_takes_this_ranks_rows(monkeypatch):
+    monkeypatch.setattr(partial_fc, "get_rank", lambda: 1)
+    monkeypatch.setattr(partial_fc, "get_world_size", lambda: 3)
+    teacher_classifier = torch.arange(float(C * E)).view(C, E)
+    head = FixedClassifierHead(margin(), E, C, teacher_classifier)
+    assert (head.class_start, head.num_local) == (4, 3)  # shards 4, 3, 3
+    assert torch.equal(head.weight, teacher_classifier[4:7])
+
+
+def test_fixed_classifier_shape_errors():
+    with pytest.raises(ValueError, match=r"looks transposed.*kernel.t\(\)"):
+        FixedClassifierHead(margin(), E, C, torch.randn(E, C))
+    with pytest.raises(ValueError, match=r"expected \(num_classes, embedding_size\) = \(10, 6\)"):
+        FixedClassifierHead(margin(), E, C, torch.randn(C + 1, E))
+
+
+# ---------------------------------------------------------------- FeatureKDHead
+
+def test_feature_distance_by_hand():
+    student = torch.tensor([[2.0, 0.0], [0.0, 1.0]])  # unit after normalising
+    teacher = torch.tensor([[1.0, 1.0], [0.0, 3.0]])  # 45 degrees off, then identical
+    expected = ((2 - 2 * math.cos(math.pi / 4)) + 0.0) / 2  # |s - t|^2 summed over dims, mean over batch
+    assert feature_distance(student, teacher, world_size=1).item() == pytest.approx(expected)
+
+
+def test_feature_kd_loss_is_margin_loss_plus_weighted_distance():
+    head = FeatureKDHead(margin(), E, C, kd_weight=2.5)
+    student, teacher = torch.randn(2 * B, E, requires_grad=True), torch.randn(2 * B, E)
+    loss = head(student, teacher, LABELS)
+    loss.backward()
+    reference = student.detach().clone().requires_grad_()
+    distance = (F.normalize(reference) - F.normalize(teacher)).pow(2).sum(1).mean()
+    expected = dense_loss(reference, head.weight.detach(), LABELS) + 2.5 * distance
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(student.grad, reference.grad)
+    torch.testing.assert_close(head.last_stats["feature_distance"], distance.detach())
+    assert head.needs_teacher and list(head.state_dict()) == ["weight"]
+    with pytest.raises(ValueError, match="feature_kd_weight"):
+        FeatureKDHead(margin(), E, C, kd_weight=-1.0)
+
+
+def _sharded_baselines(info, student, teacher, weight, teacher_classifier):
+    rows = slice(info.rank * B, (info.rank + 1) * B)
+    kd = FeatureKDHead(margin(), E, C, kd_weight=2.0)
+    kd.weight.data.copy_(partial_fc.reshard_weight(weight, info.rank, info.world_size))
+    local = student[rows].clone().requires_grad_()
+    loss = kd(local, teacher[rows], LABELS[rows])
+    loss.backward()
+    fixed = FixedClassifierHead(margin(), E, C, teacher_classifier)
+    return loss.detach(), local.grad, fixed.weight, fixed.class_start
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_rank_with_twice_the_batch():
+    student, teacher, weight, teacher_classifier = (torch.randn(2 * B, E), torch.randn(2 * B, E),
+                                                    torch.randn(C, E), torch.randn(C, E))
+    per_rank = run_in_processes(_sharded_baselines, 2, student, teacher, weight, teacher_classifier)
+    kd = FeatureKDHead(margin(), E, C, kd_weight=2.0)
+    kd.weight.data.copy_(weight)
+    full = student.clone().requires_grad_()
+    loss = kd(full, teacher, LABELS)
+    loss.backward()
+    for rank, (rank_loss, grad, fixed_weight, start) in enumerate(per_rank):
+        torch.testing.assert_close(rank_loss, loss.detach())  # the global value on every rank
+        torch.testing.assert_close(grad, full.grad[rank * B:(rank + 1) * B])  # this rank's share
+        assert torch.equal(fixed_weight, teacher_classifier[start:start + 5])
+
+
+# ---------------------------------------------------------------- build_head
+
+@pytest.mark.parametrize("distill, cls", [(None, PartialFC), ("standalone", PartialFC),
+                                          ("adadistill", AdaDistillHead), ("feature_kd", FeatureKDHead)])
+def test_build_head(distill, cls):
+    head = build_head(distill, margin(), E, C, sample_rate=0.5, alpha="plain", feature_kd_weight=0.5)
+    assert type(head) is cls and head.margin_softmax.sample_rate == 0.5
+    assert HEADS.names() == ["adadistill", "arcdistill", "feature_kd", "standalone"]
+
+
+def test_build_head_arcdistill_and_errors():
+    teacher_classifier = torch.randn(C, E)
+    head = build_head("arcdistill", margin(), E, C, teacher_classifier=teacher_classifier)
+    assert isinstance(head, FixedClassifierHead) and torch.equal(head.weight, teacher_classifier)
+    with pytest.raises(ValueError, match="set teacher_classifier"):
+        build_head("arcdistill", margin(), E, C)
+    with pytest.raises(ValueError, match="only used by distill='arcdistill'"):
+        build_head("adadistill", margin(), E, C, teacher_classifier=teacher_classifier)
+    with pytest.raises(ValueError, match="Did you mean 'adadistill'"):
+        build_head("adadistil", margin(), E, C)
+    assert build_head("adadistill", margin(), E, C, alpha=0.7).alpha == 0.7

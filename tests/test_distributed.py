@@ -1,0 +1,157 @@
+"""distributed.py: sharding, the no-process-group fallbacks, single-process init, and 2 gloo ranks."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dist_utils import run_in_processes
+from insightface_adadistill import distributed as D
+
+
+# ---------------------------------------------------------------- sharding
+
+@pytest.mark.parametrize("num_classes, world_size, expected", [
+    (93431, 8, [(0, 11679), (11679, 11679), (23358, 11679), (35037, 11679), (46716, 11679),
+                (58395, 11679), (70074, 11679), (81753, 11678)]),  # MS1MV3 on 8 GPUs (host 3.1)
+    (85742, 8, [(10718 * r, 10718) for r in range(6)] + [(64308, 10717), (75025, 10717)]),  # MS1MV2
+])
+def test_shard_classes_matches_host_examples(num_classes, world_size, expected):
+    assert [D.shard_classes(num_classes, r, world_size) for r in range(world_size)] == expected
+
+
+@pytest.mark.parametrize("num_classes, world_size", [(1, 1), (7, 3), (10, 4), (100, 7)])
+def test_shards_are_contiguous_and_cover_every_class(num_classes, world_size):
+    shards = [D.shard_classes(num_classes, r, world_size) for r in range(world_size)]
+    ends = [start + count for start, count in shards]
+    assert shards[0][0] == 0 and ends[-1] == num_classes
+    assert all(ends[r] == shards[r + 1][0] for r in range(world_size - 1))
+
+
+def test_shard_classes_rejects_bad_input():
+    with pytest.raises(ValueError, match="rank 3"):
+        D.shard_classes(10, 3, 3)
+    with pytest.raises(ValueError, match="every rank must own"):
+        D.shard_classes(2, 0, 4)
+
+
+# ---------------------------------------------------------------- no process group
+
+def test_helpers_without_process_group():
+    assert not dist.is_initialized()
+    assert (D.get_rank(), D.get_world_size()) == (0, 1)
+    D.barrier()
+    D.wait_for_main()
+    t = torch.arange(4.0)
+    assert D.all_reduce(t) is t
+    x = torch.randn(3, 2, requires_grad=True)
+    gathered = D.all_gather_tensor(x)
+    assert torch.equal(gathered, x) and not gathered.requires_grad
+    D.all_gather_with_grad(x).sum().backward()
+    assert torch.equal(x.grad, torch.ones(3, 2))
+    assert D.broadcast_object({"a": 1}) == {"a": 1}
+
+
+@pytest.fixture
+def no_torchrun_env(monkeypatch):
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_single_process_still_initialises_a_group(no_torchrun_env):
+    info = D.init_distributed("cpu")
+    try:
+        assert info == D.DistInfo(0, 0, 1, torch.device("cpu")) and info.is_main
+        assert dist.is_initialized() and dist.get_backend() == "gloo"
+        t = torch.ones(2)
+        assert torch.equal(D.all_reduce(t), torch.ones(2))
+        D.wait_for_main()
+        with pytest.raises(RuntimeError, match="already initialised"):
+            D.init_distributed("cpu")
+    finally:
+        D.destroy_distributed()
+    assert not dist.is_initialized()
+
+
+def test_init_rejects_partial_env_and_bad_device(no_torchrun_env, monkeypatch):
+    with pytest.raises(ValueError, match="'auto', 'cuda' or 'cpu'"):
+        D.init_distributed("tpu")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(RuntimeError, match="LOCAL_RANK"):
+        D.init_distributed("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("MASTER_PORT", "0")
+    with pytest.raises(RuntimeError, match="torchrun --standalone"):
+        D.init_distributed("cpu")
+    assert not dist.is_initialized()
+
+
+# ---------------------------------------------------------------- two gloo processes
+
+MAIN_TIMEOUT_S, WAIT_TIMEOUT_S = 2.0, 4.0
+
+
+def _two_rank_checks(info: D.DistInfo) -> dict:
+    rank, world = info.rank, info.world_size
+    out = {"info": info, "rank": D.get_rank(), "world": D.get_world_size()}
+    local = torch.full((2, 3), float(rank))
+    out["gathered"] = D.all_gather_tensor(local)
+    out["summed"] = D.all_reduce(torch.tensor([rank + 1.0]))
+    out["object"] = D.broadcast_object({"from": rank})
+
+    # all_gather_with_grad: loss_r = sum(c_r * gathered); d loss / d local = sum over r of c_r's chunk
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(rank)).requires_grad_()
+    coeff = torch.arange(12.0).view(4, 3) * (rank + 1)
+    (D.all_gather_with_grad(x) * coeff).sum().backward()
+    out["gather_grad"] = x.grad
+
+    # DDP with the SUM hook: grads are the sum of the per-rank grads, not their mean
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(nn.Linear(3, 1, bias=False))
+    model.register_comm_hook(None, D.ddp_sum_hook)
+    model(torch.full((1, 3), rank + 1.0)).sum().backward()
+    out["ddp_grad"] = model.module.weight.grad.clone()
+
+    # rank 0 works longer than the main group's timeout; the others wait in wait_for_main
+    if rank == 0:
+        time.sleep(MAIN_TIMEOUT_S + 1.0)
+    D.wait_for_main()
+    out["after_wait"] = D.all_reduce(torch.ones(1))  # the main group is still usable
+    D.barrier()
+
+    # rank 0 does not arrive in time (it stays alive, so this is a timeout, not a lost peer):
+    # the others give up after the wait timeout with a clear message
+    if rank == 0:
+        time.sleep(WAIT_TIMEOUT_S + 1.0)
+    else:
+        start = time.monotonic()
+        try:
+            D.wait_for_main()
+        except RuntimeError as err:
+            out["wait_error"] = (str(err), time.monotonic() - start)
+    assert world == 2
+    return out
+
+
+@pytest.mark.slow
+def test_two_processes():
+    results = run_in_processes(_two_rank_checks, 2, init_kwargs={
+        "timeout_minutes": MAIN_TIMEOUT_S / 60, "wait_timeout_minutes": WAIT_TIMEOUT_S / 60})
+    expected_gather = torch.cat([torch.zeros(2, 3), torch.ones(2, 3)])
+    coeff = torch.arange(12.0).view(4, 3)
+    for rank, out in enumerate(results):
+        assert out["info"] == D.DistInfo(rank, rank, 2, torch.device("cpu"))
+        assert (out["rank"], out["world"]) == (rank, 2)
+        assert torch.equal(out["gathered"], expected_gather)
+        assert torch.equal(out["summed"], torch.tensor([3.0]))
+        assert out["object"] == {"from": 0}
+        assert torch.equal(out["gather_grad"], 3 * coeff[2 * rank:2 * rank + 2])  # (1 + 2) * chunk
+        assert torch.equal(out["ddp_grad"], torch.full((1, 3), 3.0))  # 1 + 2, not (1 + 2) / 2
+        assert torch.equal(out["after_wait"], torch.tensor([2.0]))
+    message, waited = results[1]["wait_error"]
+    assert "gave up waiting for rank 0" in message and "wait_timeout_minutes" in message
+    assert WAIT_TIMEOUT_S - 0.5 < waited < WAIT_TIMEOUT_S + 5

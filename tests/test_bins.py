@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from insightface_adadistill.data.decode import encode_jpeg
-from insightface_adadistill.evaluation.bins import BinFormatError, decode_bin, load_bin, write_bin
+from insightface_adadistill.data.bins import BinFormatError, decode_bin, load_bin, write_bin
 
 
 @pytest.fixture(scope="module")

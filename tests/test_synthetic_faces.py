@@ -15,7 +15,7 @@ from insightface_adadistill.data.synthetic_artifacts import (build_synthetic_sui
 from insightface_adadistill.data.synthetic_faces import (ARCFACE_TEMPLATE, SyntheticFaceConfig,
                                                          SyntheticFaces, derive_seeds, identity_traits)
 from insightface_adadistill.evaluation.alignment import align_face, similarity_transform
-from insightface_adadistill.evaluation.bins import decode_bin, load_bin
+from insightface_adadistill.data.bins import decode_bin, load_bin
 from insightface_adadistill.evaluation.ijb import AlignedFaces, read_meta
 
 CLEAN = SyntheticFaceConfig(nuisance=0.0)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import sys
 import time
 from dataclasses import asdict
@@ -28,6 +27,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .bins import write_bin
 from .decode import encode_jpeg
 from .rec_tools import write_insightface_rec
 from .synthetic_faces import SyntheticFaceConfig, SyntheticFaces, derive_seeds
@@ -117,16 +117,9 @@ def verification_pairs(faces: SyntheticFaces, identity_ids: Iterable[int], num_p
 
 def write_verification_bin(path: str | os.PathLike, faces: SyntheticFaces, identity_ids: Iterable[int],
                            num_pairs: int, seed: int, *, quality: int = 95) -> Dict[str, int]:
-    """Write `verification_pairs` as an InsightFace `.bin`: a pickle of (images, issame) (spec 4.8).
-
-    The data layer may not import `evaluation` (tests/test_layering.py), so the two-line pickle is
-    written here; `evaluation.bins.load_bin` reads it back in the tests.
-    """
+    """Write `verification_pairs` as an InsightFace `.bin` (spec 4.8) through `data.bins.write_bin`."""
     images, issame = verification_pairs(faces, identity_ids, num_pairs, seed, quality=quality)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        pickle.dump((images, issame), fh, protocol=4)
+    write_bin(path, images, issame)
     return {"num_pairs": len(issame), "num_genuine": int(sum(issame))}
 
 

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from insightface_adadistill.backbones import get_model
-from insightface_adadistill.evaluation.bins import decode_bin, load_bin
+from insightface_adadistill.data.bins import decode_bin, load_bin
 from insightface_adadistill.teacher.loading import load_backbone_weights
 
 THRESHOLDS = np.arange(0, 4, 0.01)  # the host's grid, same float values

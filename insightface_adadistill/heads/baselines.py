@@ -68,10 +68,7 @@ class FixedClassifierHead(ShardedHead):
 
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor,
                 local_teacher_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
-        embeddings, labels = self.gather(local_embeddings, local_labels)
-        loss = self.margin_softmax(embeddings, labels, self.weight)
-        self.last_stats = dict(self.margin_softmax.last_stats)
-        return loss
+        return self.classify(local_embeddings, local_labels)
 
 
 class FeatureKDHead(ShardedHead):

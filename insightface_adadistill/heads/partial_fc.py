@@ -264,6 +264,13 @@ class ShardedHead(nn.Module):
             raise ValueError(f"{name}: teacher embeddings {tuple(local_teacher_embeddings.shape)} and "
                              f"student embeddings {tuple(local_embeddings.shape)} must have the same shape")
 
+    def classify(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
+        """Gather, then margin softmax against this head's `weight` (num_local, E); sets `last_stats`."""
+        embeddings, labels = self.gather(local_embeddings, local_labels)
+        loss = self.margin_softmax(embeddings, labels, self.weight)
+        self.last_stats = dict(self.margin_softmax.last_stats)
+        return loss
+
     def sampler_state(self) -> Optional[torch.Tensor]:
         """The negative sampler's generator state (None without sampling), for checkpoints."""
         return self.margin_softmax.sampler_state()
@@ -287,10 +294,7 @@ class PartialFC(ShardedHead):
 
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor,
                 local_teacher_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
-        embeddings, labels = self.gather(local_embeddings, local_labels)
-        loss = self.margin_softmax(embeddings, labels, self.weight)
-        self.last_stats = dict(self.margin_softmax.last_stats)
-        return loss
+        return self.classify(local_embeddings, local_labels)
 
 
 # ---------------------------------------------------------------- registrations

@@ -1,0 +1,193 @@
+"""One-off checks of the CUDA-only paths that the CPU test suite cannot reach; under 2 min on one GPU.
+
+1. `process_group`: `init_distributed('cuda')` builds an nccl group at world size 1 and an
+   all-reduce on the GPU works.
+2. `train_fp16_scaler`: 20 steps of the real trainer (tiny recipe, synthetic data) with fp16
+   autocast and GradScaler: finite losses, `model.pt` written, the grad scale logged.
+3. `train_bf16`: the same with bf16 autocast (no GradScaler, so no grad scale in the log).
+4. `distill_half_teacher`: a tiny teacher trained first, then AdaDistill with the teacher in fp16,
+   channels_last, and an fp16 student: finite losses, alpha logged, `model.pt` written.
+5. `recordio_prefetch`: a small synthetic `.rec` (`build_synthetic_suite`) read by 2 workers into
+   the CUDA-stream prefetcher for a few steps, then the final verification on its `.bin`.
+
+Every training run is `python -m insightface_adadistill train` in a subprocess, as users launch it.
+One JSON line per check, then a summary; exit status 1 if any check failed.
+
+    python benchmarks/gpu_check.py                          # on the GPU host
+    .venv/bin/python benchmarks/gpu_check.py --device cpu   # the script's logic only (gloo, no scaler)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from insightface_adadistill import distributed
+from insightface_adadistill.data.synthetic_artifacts import build_synthetic_suite
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "recipes" / "tiny_cpu.py")
+RUN_TIMEOUT_S = 300
+
+
+@dataclass
+class CheckResult:
+    check: str
+    ok: bool
+    detail: str
+    seconds: float = 0.0
+
+
+class Checks:
+    """The five checks, sharing one device, one scratch folder and one trained tiny teacher."""
+
+    def __init__(self, device: str, scratch: Path) -> None:
+        self.device = device
+        self.scratch = scratch
+
+    # ---- helpers -------------------------------------------------------------------------------
+
+    def train(self, name: str, *overrides: str, steps: int = 20) -> tuple[Path, str]:
+        """Run the trainer on the tiny recipe for `steps` steps; returns (output folder, problems or '')."""
+        output = self.scratch / name
+        cmd = [sys.executable, "-m", "insightface_adadistill", "train", TINY, "--set", f"output={output}",
+               f"device={self.device}", "progress_bar=False", "frequent=5", "num_epoch=2", f"max_steps={steps}",
+               *overrides]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        if proc.returncode != 0:
+            return output, f"exit {proc.returncode}: {(proc.stderr or proc.stdout)[-1500:]}"
+        return output, self._check_outputs(output)
+
+    @staticmethod
+    def _check_outputs(output: Path) -> str:
+        log_path = output / "training.log"
+        if not log_path.is_file():
+            return f"no {log_path}"
+        losses = [float(v) for v in re.findall(r"Loss (\S+)", log_path.read_text())]
+        if not losses:
+            return "no loss logged"
+        if not all(math.isfinite(v) for v in losses):
+            return f"non-finite loss logged: {losses}"
+        if not (output / "model.pt").is_file():
+            return "model.pt not written"
+        return ""
+
+    @staticmethod
+    def log(output: Path) -> str:
+        return (output / "training.log").read_text()
+
+    # ---- the checks ----------------------------------------------------------------------------
+
+    def process_group(self) -> str:
+        info = distributed.init_distributed(self.device)
+        try:
+            backend = torch.distributed.get_backend()
+            expected = "nccl" if info.device.type == "cuda" else "gloo"
+            ones = torch.ones(4, device=info.device)
+            torch.distributed.all_reduce(ones)
+            if backend != expected or info.world_size != 1 or not torch.equal(ones.cpu(), torch.ones(4)):
+                return f"backend {backend} (want {expected}), world size {info.world_size}, all_reduce {ones}"
+            return ""
+        finally:
+            distributed.destroy_distributed()
+
+    def train_fp16_scaler(self) -> str:
+        output, problem = self.train("fp16", "fp16=True", "amp_dtype='fp16'")
+        if problem:
+            return problem
+        if self.device == "cuda" and "Fp16 Grad Scale" not in self.log(output):
+            return "GradScaler enabled but no grad scale in training.log"
+        return ""
+
+    def train_bf16(self) -> str:
+        output, problem = self.train("bf16", "fp16=True", "amp_dtype='bf16'")
+        if problem:
+            return problem
+        if "Fp16 Grad Scale" in self.log(output):
+            return "bf16 run logged a grad scale: GradScaler should be off"
+        return ""
+
+    def distill_half_teacher(self) -> str:
+        teacher, problem = self.train("teacher", "network='tiny_resnet'")
+        if problem:
+            return f"teacher run: {problem}"
+        output, problem = self.train("student", "distill='adadistill'", "teacher_network='tiny_resnet'",
+                                     f"teacher_weights='{teacher / 'model.pt'}'", "teacher_dtype='fp16'",
+                                     "teacher_channels_last=True", "fp16=True", "amp_dtype='fp16'")
+        if problem:
+            return problem
+        if "alpha=" not in self.log(output):
+            return "no alpha in training.log"
+        return ""
+
+    def recordio_prefetch(self) -> str:
+        paths = build_synthetic_suite(self.scratch / "synthetic", num_train_ids=16, images_per_id=8,
+                                      num_heldout_ids=8, num_val_pairs=40, ijb_templates_per_identity=2,
+                                      ijb_media_per_template=1, ijb_images_per_media=1)
+        output, problem = self.train("recordio", f"rec='{paths['rec']}'", "num_classes=16", "num_image=128",
+                                     "num_workers=2", "val_targets=['synth_val']", steps=8)
+        if problem:
+            return problem
+        if "Accuracy-Flip" not in self.log(output):
+            return "no verification result in training.log"
+        return ""
+
+    def all(self) -> Dict[str, Callable[[], str]]:
+        return {"process_group": self.process_group, "train_fp16_scaler": self.train_fp16_scaler,
+                "train_bf16": self.train_bf16, "distill_half_teacher": self.distill_half_teacher,
+                "recordio_prefetch": self.recordio_prefetch}
+
+
+def run_check(name: str, check: Callable[[], str]) -> CheckResult:
+    """Run one check; an exception is a failure with its message, never a crash of the whole script."""
+    started = time.perf_counter()
+    try:
+        problem = check()
+    except Exception as err:  # noqa: BLE001  (report every failure, keep checking)
+        problem = f"{type(err).__name__}: {err}"
+    return CheckResult(name, not problem, problem or "ok", round(time.perf_counter() - started, 1))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpu_check", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                        help="cpu: validate this script's logic without a GPU")
+    parser.add_argument("--only", nargs="+", help="run only these checks")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu_check: torch sees no GPU; run it on the GPU host, or with --device cpu "
+                         "to check the script itself")
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        checks = Checks(args.device, Path(scratch)).all()
+        unknown = set(args.only or []) - set(checks)
+        if unknown:
+            raise SystemExit(f"gpu_check: unknown checks {sorted(unknown)}; choose from {list(checks)}")
+        for name, check in checks.items():
+            if args.only and name not in args.only:
+                continue
+            result = run_check(name, check)
+            print(json.dumps(result.__dict__), flush=True)
+            results.append(result)
+    failed = [r.check for r in results if not r.ok]
+    device = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    print(json.dumps({"summary": True, "device": device, "torch": torch.__version__,
+                      "passed": len(results) - len(failed), "failed": failed,
+                      "seconds": round(sum(r.seconds for r in results), 1)}), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,379 @@
+"""Training-step throughput: images/s and peak memory of one full distillation step, data loading excluded.
+
+Each configuration times the real `DistillStep` (student + frozen teacher + head) wrapped as the
+trainer wraps it (DDP student with the sum hook, `build_teacher` from a weight file, SGD, GradScaler
+when the student runs fp16), on random in-memory (B, 3, 112, 112) batches, and compares:
+
+- `dense-fp32` (the baseline): an EMULATION of the published AdaDistill code's head, written here
+  from spec section 3 for comparison only: the full (C, E) centre matrix on every rank as a
+  Parameter that receives an unused gradient (all-reduced, never stepped), a plain softmax over all
+  classes, an fp32 teacher;
+- `ours-*`: `AdaDistillHead` (sharded centres as buffers, no gradient) with the teacher in fp32,
+  or bf16/fp16 autocast with channels_last; `ours-fp16-cl-amp` also runs the student in fp16 with
+  GradScaler.
+
+The teachers are random-init networks whose BatchNorm running statistics are first calibrated by a
+few train-mode forwards on random images (otherwise the eval-mode activations of a random r50/r100
+overflow in half precision). Timing does not depend on the values; non-finite losses are counted.
+
+Every step is timed on its own (synchronised on CUDA); `images_per_s` is batch / median step time,
+which shrugs off bursts from other jobs on a shared host. One JSON line per configuration, then a
+summary line with every variant's speed and peak memory relative to `dense-fp32` for the same
+teacher and batch, measured in the same run. `allreduce_mib_per_step` is the gradient each rank
+would send at world size > 1 (here one process: the collectives run but move nothing between GPUs).
+
+    .venv/bin/python benchmarks/train_throughput.py                      # CPU preset, ~30 s on 2 cores
+    python benchmarks/train_throughput.py --out train_throughput.json    # on CUDA: the paper preset
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data_throughput import cpu_name
+from insightface_adadistill import distributed
+from insightface_adadistill.backbones import get_model
+from insightface_adadistill.heads import build_head, build_margin_loss
+from insightface_adadistill.heads.partial_fc import init_centres
+from insightface_adadistill.serialization import save_file_atomic
+from insightface_adadistill.teacher import build_teacher
+from insightface_adadistill.training.optim import build_optimizer, trainable_param_groups
+from insightface_adadistill.training.step import DistillStep
+from insightface_adadistill.training.train import _optimizer_step, _wrap_ddp
+
+ARC_MARGIN = (1.0, 0.45, 0.0)  # the paper's AdaArcDistill margin
+CLIP_GRAD_NORM = 5.0  # the paper's backbone clip
+BASELINE = "dense-fp32"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to run the step: head kind, teacher precision and layout, student autocast."""
+
+    name: str
+    head: str  # "dense" (published-code emulation) or "adadistill" (ours)
+    teacher_dtype: str
+    channels_last: bool
+    student_amp: Optional[str]  # None: fp32 student (the paper); "fp16": autocast + GradScaler on CUDA
+
+
+VARIANTS = {v.name: v for v in (
+    Variant(BASELINE, "dense", "fp32", False, None),
+    Variant("ours-fp32", "adadistill", "fp32", False, None),
+    Variant("ours-bf16-cl", "adadistill", "bf16", True, None),
+    Variant("ours-fp16-cl", "adadistill", "fp16", True, None),
+    Variant("ours-fp16-cl-amp", "adadistill", "fp16", True, "fp16"),
+)}
+
+
+@dataclass(frozen=True)
+class Preset:
+    teachers: Sequence[str]
+    student: str
+    classes: int
+    embedding_size: int
+    batches: Sequence[int]
+    variants: Sequence[str]
+    warmup: int
+    iters: int
+
+
+PRESETS = {
+    # whole run < 60 s on 2 CPU cores
+    "cpu": Preset(("tiny_resnet",), "tiny_mfn", 1000, 512, (16, 32), (BASELINE, "ours-fp32", "ours-bf16-cl"),
+                  warmup=2, iters=5),
+    # the paper's sizes (MS1MV2 identities, MFN student, r50 and r100 teachers); ~2-3 min on one H100
+    "paper": Preset(("r50", "r100"), "mfn", 85742, 512, (128, 512), tuple(VARIANTS), warmup=5, iters=20),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# the published-code-like head (emulation for comparison; not used by training)
+
+class DenseCentreHead(nn.Module):
+    """EMULATION of the published AdaDistill head (spec 3.1-3.2), to measure what our head saves.
+
+    The full (C, E) centres live on every rank as a Parameter with requires_grad, so backward
+    computes a dense (C, E) gradient that is all-reduced and then thrown away (never stepped);
+    centres are updated with alpha' from the local batch by an indexed write (duplicate labels:
+    one arbitrary sample wins); then a plain margin softmax over all C classes.
+    forward(local_embeddings (B, E), local_teacher_embeddings (B, E), local_labels (B,)) -> 0-dim loss.
+    """
+
+    needs_teacher = True
+
+    def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], embedding_size: int,
+                 num_classes: int) -> None:
+        super().__init__()
+        self.margin_loss = margin_loss
+        self.weight = nn.Parameter(init_centres(num_classes, embedding_size))  # (C, E)
+        self.last_stats: Dict[str, torch.Tensor] = {}
+
+    def forward(self, local_embeddings: torch.Tensor, local_teacher_embeddings: torch.Tensor,
+                local_labels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher, student = F.normalize(local_teacher_embeddings.float()), F.normalize(local_embeddings.float())
+            old = self.weight[local_labels]  # (B, E)
+            centre_teacher_cos = (F.normalize(old) * teacher).sum(dim=1).clamp(1e-6, 1.0)
+            alpha = ((student * teacher).sum(dim=1).clamp(-1.0, 1.0) * centre_teacher_cos).clamp(1e-6, 1.0)
+            self.weight[local_labels] = alpha.unsqueeze(1) * old + (1.0 - alpha).unsqueeze(1) * teacher
+        cos = F.normalize(local_embeddings.float()) @ F.normalize(self.weight).t()  # (B, C), grad to both
+        logits = self.margin_loss(cos.clamp(-1.0, 1.0), local_labels)
+        return F.cross_entropy(logits, local_labels)
+
+    def all_reduce_unused_gradient(self) -> None:
+        """What DDP did with the centres' gradient every step (W x 176 MB at paper size), then drop it."""
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.weight.grad)
+        self.weight.grad = None
+
+
+# ------------------------------------------------------------------------------------------------
+# measurement helpers
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
+def random_images(batch: int, device: torch.device, generator: torch.Generator) -> torch.Tensor:
+    """(B, 3, 112, 112) uniform in [-1, 1], the range of normalised pixels."""
+    return (torch.rand(batch, 3, 112, 112, generator=generator) * 2 - 1).to(device)
+
+
+def calibrated_teacher_file(network: str, embedding_size: int, device: torch.device, folder: Path) -> Path:
+    """A random-init `network` whose BN running stats are averaged over 4 random batches, saved as model.pt.
+
+    Why: a random iResNet (conv init N(0, 0.1)) with BN's initial statistics grows by ~2x per layer
+    in eval mode and overflows fp16/bf16; calibrated statistics keep activations in range, as a
+    trained teacher's do. `momentum=None` makes BN keep the exact running average.
+    """
+    torch.manual_seed(0)
+    model = get_model(network, num_features=embedding_size).to(device)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None
+    generator = torch.Generator().manual_seed(1)
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(random_images(32, device, generator))
+    path = folder / f"{network}.pt"
+    save_file_atomic({k: v.cpu() for k, v in model.state_dict().items()}, path)
+    return path
+
+
+class PeakMemory:
+    """Peak memory of one configuration, in MiB.
+
+    CUDA: `torch.cuda.max_memory_allocated` (weights, optimizer state, activations, workspace).
+    CPU: growth of the process's peak RSS (VmHWM, reset via /proc/self/clear_refs) over the RSS at
+    the start; approximate (glibc keeps freed memory), None where /proc does not allow it.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.start_kib = 0
+
+    @property
+    def kind(self) -> str:
+        if self.device.type == "cuda":
+            return "torch.cuda.max_memory_allocated"
+        return "peak RSS growth (VmHWM after /proc/self/clear_refs reset), approximate"
+
+    @staticmethod
+    def _status_kib(field: str) -> int:
+        return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+
+    def reset(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            self.start_kib = self._status_kib("VmRSS")
+        except (OSError, AttributeError):
+            self.start_kib = -1
+
+    def peak_mib(self) -> Optional[float]:
+        if self.device.type == "cuda":
+            return round(torch.cuda.max_memory_allocated(self.device) / 2 ** 20, 1)
+        if self.start_kib < 0:
+            return None
+        return round((self._status_kib("VmHWM") - self.start_kib) / 1024, 1)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------------------------
+# one configuration
+
+def time_config(variant: Variant, teacher_name: str, teacher_file: Path, preset: Preset, batch: int,
+                dist: distributed.DistInfo, memory: PeakMemory) -> Dict[str, object]:
+    """Build the models as the trainer does, run warm-up + timed optimizer steps, return one result line."""
+    device = dist.device
+    memory.reset()
+    torch.manual_seed(0)
+    student = get_model(preset.student, dropout=0.0, fp16=variant.student_amp is not None,
+                        amp_dtype=variant.student_amp, num_features=preset.embedding_size).to(device)
+    margin_loss = build_margin_loss(ARC_MARGIN)
+    if variant.head == "dense":
+        head = DenseCentreHead(margin_loss, preset.embedding_size, preset.classes).to(device)
+        optimised_head: nn.Module = nn.Module()  # its gradient is never stepped
+    else:
+        head = build_head("adadistill", margin_loss, preset.embedding_size, preset.classes).to(device)
+        optimised_head = head
+    teacher = build_teacher(teacher_name, teacher_file, preset.embedding_size, device,
+                            dtype=variant.teacher_dtype, channels_last=variant.channels_last)
+    step_fn = DistillStep(_wrap_ddp(student, dist), head, teacher)
+    optimizer = build_optimizer("sgd", trainable_param_groups(student, optimised_head), lr=0.1)
+    scaler = torch.amp.GradScaler(device.type, growth_interval=100,
+                                  enabled=variant.student_amp == "fp16" and device.type == "cuda")
+    generator = torch.Generator().manual_seed(2)
+    images = random_images(batch, device, generator)
+    labels = torch.randint(0, preset.classes, (batch,), generator=generator).to(device)
+
+    def one_step() -> torch.Tensor:
+        loss = step_fn(images, labels)["loss"]
+        scaler.scale(loss).backward()
+        if isinstance(head, DenseCentreHead):
+            head.all_reduce_unused_gradient()
+        _optimizer_step(optimizer, scaler, student, CLIP_GRAD_NORM)
+        return loss.detach()
+
+    for _ in range(preset.warmup):
+        one_step()
+    synchronize(device)
+    losses, seconds = [], []
+    for _ in range(preset.iters):  # per-step times: the median shrugs off other jobs' bursts on a shared host
+        started = time.perf_counter()
+        losses.append(one_step())
+        synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    median_s = statistics.median(seconds)
+    student_mib = sum(p.numel() * 4 for p in student.parameters() if p.requires_grad) / 2 ** 20
+    head_grad_mib = head.weight.numel() * 4 / 2 ** 20 if variant.head == "dense" else 0.0
+    return {
+        "device": device_name(device), "teacher": teacher_name, "student": preset.student,
+        "classes": preset.classes, "embedding_size": preset.embedding_size, "batch": batch,
+        "variant": variant.name, "head": "dense-emulated" if variant.head == "dense" else "AdaDistillHead",
+        "teacher_dtype": variant.teacher_dtype, "channels_last": variant.channels_last,
+        "student_amp": variant.student_amp or "fp32",
+        "images_per_s": round(batch / median_s, 1),
+        "ms_per_step": round(1000 * median_s, 2),
+        "ms_per_step_mean": round(1000 * statistics.mean(seconds), 2),
+        "peak_memory_mib": memory.peak_mib(),
+        "allreduce_mib_per_step": round(student_mib + head_grad_mib, 3),  # gradient bytes each rank sends at W > 1
+        "nonfinite_losses": int((~torch.isfinite(torch.stack(losses))).sum()),
+        "grad_scale": scaler.get_scale() if scaler.is_enabled() else None,
+    }
+
+
+def ratios(results: List[Dict[str, object]]) -> List[Dict[str, object]]:
+    """Each variant against the baseline of the same teacher and batch: speed-up and memory ratio."""
+    base = {(r["teacher"], r["batch"]): r for r in results if r["variant"] == BASELINE and "error" not in r}
+    rows = []
+    for r in results:
+        b = base.get((r["teacher"], r["batch"]))
+        if b is None or "error" in r or r is b:
+            continue
+        row = {"teacher": r["teacher"], "batch": r["batch"], "variant": r["variant"],
+               "speedup_vs_baseline": round(r["images_per_s"] / b["images_per_s"], 3)}
+        if r["peak_memory_mib"] and b["peak_memory_mib"]:
+            row["peak_memory_vs_baseline"] = round(r["peak_memory_mib"] / b["peak_memory_mib"], 3)
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# command line
+
+def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="train_throughput", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=["auto", *PRESETS], default="auto",
+                        help="auto: 'paper' on CUDA, 'cpu' otherwise")
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    parser.add_argument("--teachers", nargs="+", help="teacher networks (override the preset)")
+    parser.add_argument("--student", help="student network")
+    parser.add_argument("--classes", type=int)
+    parser.add_argument("--embedding-size", type=int)
+    parser.add_argument("--batches", type=int, nargs="+")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS))
+    parser.add_argument("--warmup", type=int, help="untimed steps per configuration")
+    parser.add_argument("--iters", type=int, help="timed steps per configuration")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="torch.backends.cudnn.benchmark=True (arcface_torch sets it; our trainer does not)")
+    parser.add_argument("--out", type=Path, help="also write every JSON line to this file")
+    return parser.parse_args(argv)
+
+
+def _preset(args: argparse.Namespace, device: torch.device) -> Tuple[str, Preset]:
+    """The named preset (auto: by device) with the command line's overrides."""
+    name = args.preset if args.preset != "auto" else ("paper" if device.type == "cuda" else "cpu")
+    overrides = {field: getattr(args, field) for field in
+                 ("teachers", "student", "classes", "embedding_size", "batches", "variants", "warmup", "iters")
+                 if getattr(args, field) is not None}
+    preset = replace(PRESETS[name], **overrides)
+    if preset.iters < 1 or preset.warmup < 0:
+        raise ValueError(f"--iters must be >= 1 and --warmup >= 0, got {preset.iters} and {preset.warmup}")
+    return name, preset
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parse_args(argv)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    dist = distributed.init_distributed(args.device)  # world size 1, as `adadistill train` on one device
+    lines: List[Dict[str, object]] = []
+    try:
+        preset_name, preset = _preset(args, dist.device)
+        memory = PeakMemory(dist.device)
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as folder:
+            for teacher_name in preset.teachers:
+                teacher_file = calibrated_teacher_file(teacher_name, preset.embedding_size, dist.device, Path(folder))
+                for batch in preset.batches:
+                    for name in preset.variants:
+                        try:
+                            line = time_config(VARIANTS[name], teacher_name, teacher_file, preset, batch, dist,
+                                               memory)
+                        except torch.cuda.OutOfMemoryError:
+                            line = {"device": device_name(dist.device), "teacher": teacher_name, "batch": batch,
+                                    "variant": name, "error": "out of memory"}
+                        print(json.dumps(line), flush=True)
+                        lines.append(line)
+        summary = {"summary": True, "device": device_name(dist.device), "device_type": dist.device.type,
+                   "torch": torch.__version__, "preset": preset_name, "student": preset.student,
+                   "classes": preset.classes, "warmup": preset.warmup, "iters": preset.iters,
+                   "cudnn_benchmark": args.cudnn_benchmark,
+                   "cudnn_tf32": torch.backends.cudnn.allow_tf32, "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+                   "memory": memory.kind, "baseline": BASELINE, "ratios": ratios(lines),
+                   "wall_s": round(time.perf_counter() - started, 1)}
+        print(json.dumps(summary), flush=True)
+        lines.append(summary)
+    finally:
+        distributed.destroy_distributed()
+    if args.out is not None:
+        args.out.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

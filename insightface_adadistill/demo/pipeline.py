@@ -1,0 +1,95 @@
+"""The demo's three stages on the user-facing code paths: write data, train, evaluate.
+
+Data comes from `build_synthetic_suite` (a real train.rec, a .bin and an IJB folder), training
+from `load_config` + `train` (the trainer `adadistill train` runs), evaluation from the functions
+behind `adadistill verify` and `adadistill eval-ijb`. Nothing here is demo-only maths.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from insightface_adadistill.config import load_config
+from insightface_adadistill.data.synthetic_artifacts import build_synthetic_suite
+from insightface_adadistill.data.synthetic_faces import SyntheticFaceConfig
+from insightface_adadistill.demo.presets import DemoPreset
+from insightface_adadistill.distributed import DistInfo
+from insightface_adadistill.evaluation.ijb import backbone_embedder, evaluate_ijb
+from insightface_adadistill.evaluation.roc import tar_at_fars
+from insightface_adadistill.evaluation.verification import VerificationSet, evaluate_backbone, load_backbone
+from insightface_adadistill.training.train import train
+
+IJB_TARGET = "IJBC"
+IJB_NAME = "IJB-C"  # how tables name it
+# A FAR is reported only where at least this many impostor pairs score above the threshold;
+# below that the TAR is decided by a handful of pairs.
+MIN_FALSE_ACCEPTS = 20
+CANDIDATE_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+
+
+def generate_data(preset: DemoPreset, out_dir: Path, seed: int) -> Dict[str, str]:
+    """Write the preset's synthetic train.rec, synth_val.bin and IJB folder under `out_dir`.
+
+    Returns `build_synthetic_suite`'s paths: rec, train_rec, synth_val, ijb, manifest.
+    """
+    return build_synthetic_suite(out_dir, preset.train_ids, preset.images_per_id, preset.heldout_ids, seed,
+                                 config=SyntheticFaceConfig.difficulty(preset.difficulty),
+                                 num_val_pairs=preset.val_pairs, ijb_target=IJB_TARGET)
+
+
+def train_run(config_path: Path, dist: DistInfo, overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """Load a config file exactly as `adadistill train` does and train it in this process.
+
+    Returns:
+        dict(output, network, embedding_size, steps, seconds).
+    """
+    cfg = load_config(config_path, list(overrides), world_size=dist.world_size)
+    started = time.perf_counter()
+    output = train(cfg, dist)
+    steps = cfg.total_step if cfg.max_steps <= 0 else min(cfg.total_step, cfg.max_steps)
+    return {"output": str(output), "network": cfg.network, "embedding_size": cfg.embedding_size,
+            "steps": steps, "seconds": time.perf_counter() - started}
+
+
+def supported_fars(num_impostor: int, min_false_accepts: int = MIN_FALSE_ACCEPTS) -> List[float]:
+    """The FARs at which `num_impostor` impostor pairs give at least `min_false_accepts` accepts."""
+    return [far for far in CANDIDATE_FARS if far * num_impostor >= min_false_accepts]
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def evaluate_run(run: Mapping[str, Any], vset: VerificationSet, ijb_root: str, *,
+                 device: torch.device, ijb_workers: int = 0) -> Dict[str, Any]:
+    """Verification accuracy on `vset` and IJB 1:1 TAR@FAR of a finished run's `model.pt`.
+
+    Returns:
+        dict(params, accuracy, std, xnorm, auc, tar_at_far {far: tar}, num_genuine,
+        num_impostor, fpr (K,), tpr (K,)); fpr/tpr are numpy arrays for the ROC plot.
+    """
+    model = load_backbone(run["network"], Path(run["output"]) / "model.pt", run["embedding_size"]).to(device)
+    verification = evaluate_backbone(model, vset, batch_size=128, device=device)
+    ijb = evaluate_ijb(backbone_embedder(model, device), ijb_root, IJB_TARGET, batch_size=128,
+                       workers=ijb_workers)
+    counts = ijb["counts"]
+    fars = supported_fars(counts["impostor"])
+    return {"params": count_parameters(model), "accuracy": verification["accuracy"],
+            "std": verification["std"], "xnorm": verification["xnorm"], "auc": ijb["auc"],
+            "tar_at_far": tar_at_fars(ijb["fpr"], ijb["tpr"], fars), "num_genuine": counts["genuine"],
+            "num_impostor": counts["impostor"], "fpr": np.asarray(ijb["fpr"]), "tpr": np.asarray(ijb["tpr"])}
+
+
+def ijb_workers_for(device: torch.device, preset: DemoPreset) -> int:
+    """Spawned alignment workers pay ~2 s start-up each: none on CPU, the preset's on a GPU."""
+    return preset.num_workers if device.type == "cuda" else 0
+
+
+def max_steps_overrides(max_steps: Optional[int]) -> List[str]:
+    """`--set` keys for a smoke test of a preset: every run stops after `max_steps` steps and
+    saves a checkpoint set there (the teacher's classifier then still exists for ArcDistill)."""
+    return [] if not max_steps else [f"max_steps={max_steps}", f"save_every_steps={max_steps}"]

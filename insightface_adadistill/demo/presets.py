@@ -1,0 +1,117 @@
+"""What the demo trains: dataset size, networks and budgets per preset, and the compared methods.
+
+A preset fixes everything that decides the cost of the demo. The methods are the rows of the
+paper's table that the demo and `benchmarks/synthetic_kd.py` compare: each is a handful of config
+keys on top of one shared student config, so the students differ in the distillation only.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, Tuple
+
+import torch
+
+# lr / 10 after half and after three quarters of the run. The paper's drops (epochs 8, 14, 20, 25
+# of 26) assume 26 epochs; scaled to a few epochs they would leave most of a short run at lr <= 1e-3.
+DROP_FRACTIONS = (0.5, 0.75)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoPreset:
+    """Sizes and budgets of one demo run.
+
+    Attributes:
+        name: preset name (quick, cpu, gpu).
+        teacher_network, student_network: registered backbone names.
+        embedding_size: E of both networks (teacher and student must match).
+        train_ids, images_per_id: training identities and images per identity.
+        heldout_ids: unseen identities for synth_val.bin and the IJB folder.
+        val_pairs: pairs in synth_val.bin.
+        difficulty: SyntheticFaceConfig preset (easy, medium, hard).
+        batch_size: per-step batch of every run.
+        teacher_epochs, student_epochs: epochs of the teacher and of every student.
+        lr: SGD learning rate at `batch_size` (the paper: 0.1 at 512; see README).
+        teacher_fp16: autocast the teacher's training (the paper's students train in fp32).
+        num_workers: DataLoader workers of the training runs.
+        frequent: log / TensorBoard interval in steps (the alpha curves' resolution).
+    """
+
+    name: str
+    teacher_network: str
+    student_network: str
+    embedding_size: int
+    train_ids: int
+    images_per_id: int
+    heldout_ids: int
+    val_pairs: int
+    difficulty: str
+    batch_size: int
+    teacher_epochs: int
+    student_epochs: int
+    lr: float
+    teacher_fp16: bool
+    num_workers: int
+    frequent: int
+
+    @property
+    def num_images(self) -> int:
+        return self.train_ids * self.images_per_id
+
+    def steps(self, epochs: int) -> int:
+        return self.num_images // self.batch_size * epochs
+
+
+PRESETS: Dict[str, DemoPreset] = {
+    # seconds: for the end-to-end test
+    "quick": DemoPreset("quick", "tiny_resnet", "tiny_mfn", 64, train_ids=24, images_per_id=8,
+                        heldout_ids=16, val_pairs=100, difficulty="easy", batch_size=32,
+                        teacher_epochs=2, student_epochs=2, lr=0.1, teacher_fp16=False,
+                        num_workers=0, frequent=2),
+    # `make demo` on 2 CPU cores in well under 10 minutes
+    "cpu": DemoPreset("cpu", "tiny_resnet", "tiny_mfn", 128, train_ids=300, images_per_id=20,
+                      heldout_ids=100, val_pairs=1000, difficulty="medium", batch_size=128,
+                      teacher_epochs=6, student_epochs=6, lr=0.1, teacher_fp16=False,
+                      num_workers=0, frequent=5),
+    # one GPU: the paper's networks
+    "gpu": DemoPreset("gpu", "r50", "mfn", 512, train_ids=2000, images_per_id=40,
+                      heldout_ids=500, val_pairs=3000, difficulty="medium", batch_size=128,
+                      teacher_epochs=10, student_epochs=10, lr=0.1, teacher_fp16=True,
+                      num_workers=4, frequent=20),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One compared row: its label in the report and the config keys it sets on the student."""
+
+    label: str
+    keys: Dict[str, Any]
+    needs_teacher_weights: bool = False
+    needs_teacher_classifier: bool = False
+
+
+# The student rows share the paper's student settings (ArcFace m 0.45, exact margin gradient).
+METHODS: Dict[str, Method] = {
+    "standalone": Method("standalone student", {"distill": None}),
+    "arcdistill": Method("ArcDistill student", {"distill": "arcdistill"}, needs_teacher_classifier=True),
+    "adadistill_alpha": Method("AdaDistill α student", {"distill": "adadistill", "distill_alpha": "plain"},
+                               needs_teacher_weights=True),
+    "adadistill": Method("AdaDistill α′ student", {"distill": "adadistill", "distill_alpha": "weighted"},
+                         needs_teacher_weights=True),
+}
+DEMO_STUDENTS: Tuple[str, ...] = ("standalone", "adadistill")
+TEACHER = "teacher"
+
+
+def pick_preset(name: str, device: str) -> DemoPreset:
+    """The preset by name; 'auto' is 'gpu' when CUDA is usable for `device`, else 'cpu'."""
+    if name == "auto":
+        name = "gpu" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose auto or one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def lr_drop_epochs(num_epoch: int) -> List[int]:
+    """1-based epochs at whose start lr is divided by 10 (`DROP_FRACTIONS` of `num_epoch`)."""
+    return sorted({int(num_epoch * f) + 1 for f in DROP_FRACTIONS} & set(range(2, num_epoch + 1)))

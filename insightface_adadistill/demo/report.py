@@ -1,0 +1,138 @@
+"""The demo's outputs: the results table, the alpha/lambda curves, the ROC plot and report.md.
+
+Curves are read back from the AdaDistill run's TensorBoard events (the tags the trainer writes,
+e.g. `distill/alpha`), so the plot shows exactly what `tensorboard --logdir` shows.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+Curve = Tuple[np.ndarray, np.ndarray]
+
+# tag -> legend label: the paper's symbols
+DISTILL_CURVES = {
+    "distill/alpha": "α = cos(student, teacher)  (Eq. 7)",
+    "distill/alpha_weighted": "α′ = α · λ  (Eq. 8)",
+    "distill/centre_teacher_cos": "λ = cos(centre, teacher)",
+}
+LR_TAG = "learning_rate"
+
+
+def read_scalars(tensorboard_dir: Path, tags: Sequence[str]) -> Dict[str, Curve]:
+    """{tag: (steps (K,), values (K,))} of the scalar tags present in a run's event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tensorboard_dir), size_guidance={"scalars": 0})  # 0: keep all
+    quiet = logging.getLogger("tensorboard")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # its "No path found after <event file>" info is not news
+    try:
+        events.Reload()
+    finally:
+        quiet.setLevel(level)
+    present = set(events.Tags().get("scalars", []))
+    curves = {}
+    for tag in tags:
+        if tag in present:
+            points = events.Scalars(tag)
+            curves[tag] = (np.array([p.step for p in points]), np.array([p.value for p in points]))
+    return curves
+
+
+def _figure(width: float = 7.0, height: float = 4.5):
+    """A matplotlib Figure on the Agg canvas (no global backend switch, works without a display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_distill_curves(curves: Mapping[str, Curve], path: Path, title: str) -> None:
+    """α, α′ and λ over the training steps, with the lr drops as dotted lines."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    for tag, label in DISTILL_CURVES.items():
+        if tag in curves:
+            ax.plot(*curves[tag], lw=1.5, label=label)
+    if LR_TAG in curves:
+        steps, lr = curves[LR_TAG]
+        for step in steps[1:][np.diff(lr) < 0]:
+            ax.axvline(step, color="grey", ls=":", lw=1)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("training step (dotted: lr / 10)")
+    ax.set_ylabel("batch mean")
+    ax.set_title(title)
+    ax.grid(ls="--", lw=0.5)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_roc_curves(curves: Mapping[str, Curve], path: Path, num_impostor: int, title: str) -> None:
+    """TAR against FAR on a log axis from one impostor pair (1 / num_impostor) up to 1."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    for label, (fpr, tpr) in curves.items():
+        ax.plot(fpr, tpr, lw=1.5, label=label)
+    low = 10 ** math.floor(math.log10(1.0 / max(num_impostor, 1)))
+    ax.set_xscale("log")
+    ax.set_xlim(low, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel(f"FAR (false accept rate; {num_impostor} impostor pairs)")
+    ax.set_ylabel("TAR (true accept rate)")
+    ax.set_title(title)
+    ax.grid(ls="--", lw=0.5)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def far_label(far: float) -> str:
+    return f"{far:.0e}".replace("e-0", "e-")
+
+
+def results_table(rows: Sequence[Mapping[str, Any]], fars: Sequence[float], target: str) -> str:
+    """Markdown table: model, network, parameters, verification accuracy ± std (10 folds),
+    TAR (%) at each FAR, ROC AUC (%) and training time."""
+    header = (["model", "network", "params", "synth_val accuracy (%)"]
+              + [f"{target} TAR@FAR={far_label(f)} (%)" for f in fars] + ["AUC (%)", "train time"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["label"], f"`{row['network']}`", f"{row['params']:,}",
+                 f"{100 * row['accuracy']:.2f} ± {100 * row['std']:.2f}"]
+        cells += [f"{100 * row['tar_at_far'][f]:.2f}" for f in fars]
+        cells += [f"{100 * row['auc']:.2f}", f"{row['seconds']:.0f} s"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def json_ready(value: Any) -> Any:
+    """Numbers, dicts and lists as JSON can hold them (numpy scalars -> Python, float keys -> str)."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(json_ready(dict(payload)), indent=1) + "\n")
+
+
+def final_means(curves: Mapping[str, Curve], tail: int = 5) -> Dict[str, float]:
+    """Mean of the last `tail` logged values of each curve (the end-of-training level)."""
+    return {tag: float(np.mean(values[-tail:])) for tag, (_, values) in curves.items() if len(values)}
+
+
+def summary_lines(items: Mapping[str, str]) -> List[str]:
+    return [f"- {name}: {text}" for name, text in items.items()]

@@ -1,0 +1,48 @@
+"""Smoke tests of the benchmark scripts: they run end to end on CPU and print the documented JSON.
+
+The scripts are run as users run them (`python benchmarks/<name>.py ...`) in a subprocess, in
+their smallest configuration, so a broken import or a changed training API shows up here.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_KEYS = {"device", "teacher", "student", "classes", "embedding_size", "batch", "variant", "head",
+               "teacher_dtype", "channels_last", "student_amp", "images_per_s", "ms_per_step",
+               "ms_per_step_mean", "peak_memory_mib", "allreduce_mib_per_step", "nonfinite_losses", "grad_scale"}
+
+
+def _run(script: str, *args: str) -> list[dict]:
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_train_throughput_smallest_cpu_run(tmp_path: Path) -> None:
+    out = tmp_path / "train_throughput.json"
+    lines = _run("train_throughput.py", "--device", "cpu", "--preset", "cpu", "--batches", "4", "--classes", "50",
+                 "--embedding-size", "64", "--warmup", "0", "--iters", "1", "--variants", "dense-fp32",
+                 "ours-bf16-cl", "--out", str(out))
+    *configs, summary = lines
+    assert [c["variant"] for c in configs] == ["dense-fp32", "ours-bf16-cl"]
+    for config in configs:
+        assert set(config) == CONFIG_KEYS
+        assert config["images_per_s"] > 0 and config["nonfinite_losses"] == 0
+        assert (config["teacher"], config["student"], config["batch"]) == ("tiny_resnet", "tiny_mfn", 4)
+    assert configs[0]["head"] == "dense-emulated" and configs[1]["head"] == "AdaDistillHead"
+    assert configs[0]["allreduce_mib_per_step"] > configs[1]["allreduce_mib_per_step"]  # + the (C, E) gradient
+    assert summary["summary"] is True and summary["device_type"] == "cpu" and summary["preset"] == "cpu"
+    (ratio,) = summary["ratios"]
+    assert ratio["variant"] == "ours-bf16-cl" and ratio["speedup_vs_baseline"] > 0
+    assert [json.loads(line) for line in out.read_text().splitlines()] == lines
+
+
+def test_gpu_check_script_logic_on_cpu() -> None:
+    *checks, summary = _run("gpu_check.py", "--device", "cpu", "--only", "process_group")
+    assert checks == [{"check": "process_group", "ok": True, "detail": "ok", "seconds": checks[0]["seconds"]}]
+    assert summary["failed"] == [] and summary["passed"] == 1

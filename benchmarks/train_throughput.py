@@ -22,12 +22,13 @@ summary line with every variant's speed and peak memory relative to `dense-fp32`
 teacher and batch, measured in the same run. `allreduce_mib_per_step` is the gradient each rank
 would send at world size > 1 (here one process: the collectives run but move nothing between GPUs).
 
-    .venv/bin/python benchmarks/train_throughput.py                      # CPU preset, ~30 s on 2 cores
+    .venv/bin/python benchmarks/train_throughput.py --threads 1          # CPU preset, ~5 s
     python benchmarks/train_throughput.py --out train_throughput.json    # on CUDA: the paper preset
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import re
@@ -37,7 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ from insightface_adadistill.serialization import save_file_atomic
 from insightface_adadistill.teacher import build_teacher
 from insightface_adadistill.training.optim import build_optimizer, trainable_param_groups
 from insightface_adadistill.training.step import DistillStep
-from insightface_adadistill.training.train import _optimizer_step, _wrap_ddp
+from insightface_adadistill.training.train import optimizer_step, wrap_ddp
 
 ARC_MARGIN = (1.0, 0.45, 0.0)  # the paper's AdaArcDistill margin
 CLIP_GRAD_NORM = 5.0  # the paper's backbone clip
@@ -94,7 +95,7 @@ class Preset:
 PRESETS = {
     # whole run < 60 s on 2 CPU cores
     "cpu": Preset(("tiny_resnet",), "tiny_mfn", 1000, 512, (16, 32), (BASELINE, "ours-fp32", "ours-bf16-cl"),
-                  warmup=2, iters=5),
+                  warmup=2, iters=10),
     # the paper's sizes (MS1MV2 identities, MFN student, r50 and r100 teachers); ~2-3 min on one H100
     "paper": Preset(("r50", "r100"), "mfn", 85742, 512, (128, 512), tuple(VARIANTS), warmup=5, iters=20),
 }
@@ -181,7 +182,8 @@ class PeakMemory:
 
     CUDA: `torch.cuda.max_memory_allocated` (weights, optimizer state, activations, workspace).
     CPU: growth of the process's peak RSS (VmHWM, reset via /proc/self/clear_refs) over the RSS at
-    the start; approximate (glibc keeps freed memory), None where /proc does not allow it.
+    the start, after gc and malloc_trim; approximate (the allocator may reuse memory it kept from
+    earlier configurations), None where /proc or glibc is missing.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -205,6 +207,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             return
         try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so RSS starts near live memory
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
             self.start_kib = self._status_kib("VmRSS")
         except (OSError, AttributeError):
@@ -243,7 +246,7 @@ def time_config(variant: Variant, teacher_name: str, teacher_file: Path, preset:
         optimised_head = head
     teacher = build_teacher(teacher_name, teacher_file, preset.embedding_size, device,
                             dtype=variant.teacher_dtype, channels_last=variant.channels_last)
-    step_fn = DistillStep(_wrap_ddp(student, dist), head, teacher)
+    step_fn = DistillStep(wrap_ddp(student, dist), head, teacher)
     optimizer = build_optimizer("sgd", trainable_param_groups(student, optimised_head), lr=0.1)
     scaler = torch.amp.GradScaler(device.type, growth_interval=100,
                                   enabled=variant.student_amp == "fp16" and device.type == "cuda")
@@ -256,7 +259,7 @@ def time_config(variant: Variant, teacher_name: str, teacher_file: Path, preset:
         scaler.scale(loss).backward()
         if isinstance(head, DenseCentreHead):
             head.all_reduce_unused_gradient()
-        _optimizer_step(optimizer, scaler, student, CLIP_GRAD_NORM)
+        optimizer_step(optimizer, scaler, student, CLIP_GRAD_NORM)
         return loss.detach()
 
     for _ in range(preset.warmup):
@@ -279,6 +282,7 @@ def time_config(variant: Variant, teacher_name: str, teacher_file: Path, preset:
         "student_amp": variant.student_amp or "fp32",
         "images_per_s": round(batch / median_s, 1),
         "ms_per_step": round(1000 * median_s, 2),
+        "ms_per_step_min": round(1000 * min(seconds), 2),
         "ms_per_step_mean": round(1000 * statistics.mean(seconds), 2),
         "peak_memory_mib": memory.peak_mib(),
         "allreduce_mib_per_step": round(student_mib + head_grad_mib, 3),  # gradient bytes each rank sends at W > 1
@@ -319,6 +323,8 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS))
     parser.add_argument("--warmup", type=int, help="untimed steps per configuration")
     parser.add_argument("--iters", type=int, help="timed steps per configuration")
+    parser.add_argument("--threads", type=int, help="CPU intra-op threads (default: torch's); 1 is steadier on a "
+                        "busy shared machine, where threads wait on each other")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="torch.backends.cudnn.benchmark=True (arcface_torch sets it; our trainer does not)")
     parser.add_argument("--out", type=Path, help="also write every JSON line to this file")
@@ -337,41 +343,57 @@ def _preset(args: argparse.Namespace, device: torch.device) -> Tuple[str, Preset
     return name, preset
 
 
+def run_configs(preset: Preset, dist: distributed.DistInfo, memory: PeakMemory) -> Iterator[Dict[str, object]]:
+    """Yield one result line per (teacher, batch, variant); an out-of-memory configuration is a line too."""
+    with tempfile.TemporaryDirectory() as folder:
+        for teacher_name in preset.teachers:
+            teacher_file = calibrated_teacher_file(teacher_name, preset.embedding_size, dist.device, Path(folder))
+            # One untimed step first: lazy one-off set-up (kernels, library workspaces, imports)
+            # would otherwise land in the first configuration's time and peak memory.
+            time_config(VARIANTS[preset.variants[0]], teacher_name, teacher_file,
+                        replace(preset, warmup=0, iters=1), min(preset.batches), dist, memory)
+            for batch in preset.batches:
+                for name in preset.variants:
+                    try:
+                        yield time_config(VARIANTS[name], teacher_name, teacher_file, preset, batch, dist, memory)
+                    except torch.cuda.OutOfMemoryError:
+                        yield {"device": device_name(dist.device), "teacher": teacher_name, "batch": batch,
+                               "variant": name, "error": "out of memory"}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parse_args(argv)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     dist = distributed.init_distributed(args.device)  # world size 1, as `adadistill train` on one device
-    lines: List[Dict[str, object]] = []
+    out = args.out.open("w") if args.out is not None else None
     try:
         preset_name, preset = _preset(args, dist.device)
         memory = PeakMemory(dist.device)
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory() as folder:
-            for teacher_name in preset.teachers:
-                teacher_file = calibrated_teacher_file(teacher_name, preset.embedding_size, dist.device, Path(folder))
-                for batch in preset.batches:
-                    for name in preset.variants:
-                        try:
-                            line = time_config(VARIANTS[name], teacher_name, teacher_file, preset, batch, dist,
-                                               memory)
-                        except torch.cuda.OutOfMemoryError:
-                            line = {"device": device_name(dist.device), "teacher": teacher_name, "batch": batch,
-                                    "variant": name, "error": "out of memory"}
-                        print(json.dumps(line), flush=True)
-                        lines.append(line)
-        summary = {"summary": True, "device": device_name(dist.device), "device_type": dist.device.type,
-                   "torch": torch.__version__, "preset": preset_name, "student": preset.student,
-                   "classes": preset.classes, "warmup": preset.warmup, "iters": preset.iters,
-                   "cudnn_benchmark": args.cudnn_benchmark,
-                   "cudnn_tf32": torch.backends.cudnn.allow_tf32, "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
-                   "memory": memory.kind, "baseline": BASELINE, "ratios": ratios(lines),
-                   "wall_s": round(time.perf_counter() - started, 1)}
-        print(json.dumps(summary), flush=True)
-        lines.append(summary)
+        lines: List[Dict[str, object]] = []
+
+        def emit(line: Dict[str, object]) -> None:
+            print(json.dumps(line), flush=True)
+            if out is not None:  # line by line, so a crash keeps what was measured
+                out.write(json.dumps(line) + "\n")
+                out.flush()
+
+        for line in run_configs(preset, dist, memory):
+            lines.append(line)
+            emit(line)
+        emit({"summary": True, "device": device_name(dist.device), "device_type": dist.device.type,
+              "torch": torch.__version__, "preset": preset_name, "student": preset.student, "classes": preset.classes,
+              "warmup": preset.warmup, "iters": preset.iters, "cpu_threads": torch.get_num_threads(),
+              "cudnn_benchmark": args.cudnn_benchmark,
+              "cudnn_tf32": torch.backends.cudnn.allow_tf32, "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+              "memory": memory.kind, "baseline": BASELINE, "ratios": ratios(lines),
+              "wall_s": round(time.perf_counter() - started, 1)})
     finally:
         distributed.destroy_distributed()
-    if args.out is not None:
-        args.out.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        if out is not None:
+            out.close()
     return 0
 
 

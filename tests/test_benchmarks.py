@@ -12,7 +12,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_KEYS = {"device", "teacher", "student", "classes", "embedding_size", "batch", "variant", "head",
-               "teacher_dtype", "channels_last", "student_amp", "images_per_s", "ms_per_step",
+               "teacher_dtype", "channels_last", "student_amp", "images_per_s", "ms_per_step", "ms_per_step_min",
                "ms_per_step_mean", "peak_memory_mib", "allreduce_mib_per_step", "nonfinite_losses", "grad_scale"}
 
 
@@ -26,8 +26,8 @@ def _run(script: str, *args: str) -> list[dict]:
 def test_train_throughput_smallest_cpu_run(tmp_path: Path) -> None:
     out = tmp_path / "train_throughput.json"
     lines = _run("train_throughput.py", "--device", "cpu", "--preset", "cpu", "--batches", "4", "--classes", "50",
-                 "--embedding-size", "64", "--warmup", "0", "--iters", "1", "--variants", "dense-fp32",
-                 "ours-bf16-cl", "--out", str(out))
+                 "--embedding-size", "64", "--warmup", "0", "--iters", "1", "--threads", "1",
+                 "--variants", "dense-fp32", "ours-bf16-cl", "--out", str(out))
     *configs, summary = lines
     assert [c["variant"] for c in configs] == ["dense-fp32", "ours-bf16-cl"]
     for config in configs:

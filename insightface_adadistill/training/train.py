@@ -50,6 +50,7 @@ def train(cfg: Any, dist: distributed.DistInfo) -> Path:
     fingerprint = _fingerprint(cfg)
     resume_from = ckpt.check_output_dir(output, fingerprint, cfg.resume)
     _seed_everything(cfg.seed)
+    torch.backends.cudnn.benchmark = True  # fixed 112x112 input: autotuned kernels pay off (host does it)
     setup_logging(output, dist.rank)
     for line in format_config(cfg):
         logger.info(line)
@@ -71,7 +72,7 @@ def train(cfg: Any, dist: distributed.DistInfo) -> Path:
                       alpha=cfg.distill_alpha, feature_kd_weight=cfg.feature_kd_weight,
                       teacher_classifier=_teacher_classifier(cfg), seed=cfg.seed).to(dist.device)
     teacher = _build_teacher(cfg, dist.device) if head.needs_teacher else None
-    ddp_student = _wrap_ddp(student, dist)
+    ddp_student = wrap_ddp(student, dist)
     step_fn = DistillStep(ddp_student, head, teacher)
 
     # ---- optimizer and schedule -------------------------------------------------------------
@@ -125,7 +126,7 @@ def train(cfg: Any, dist: distributed.DistInfo) -> Path:
                 scaler.scale(loss / acc).backward()
             grad_norm = None
             if sync_grads:
-                grad_norm = _optimizer_step(optimizer, scaler, student, cfg.clip_grad_norm)
+                grad_norm = optimizer_step(optimizer, scaler, student, cfg.clip_grad_norm)
                 scheduler.step()
             window_loss += loss.detach()
             monitor.update(global_step, epoch=epoch, loss=loss.detach(), lr=scheduler.get_last_lr()[0],
@@ -191,7 +192,7 @@ def _teacher_classifier(cfg: Any) -> Optional[torch.Tensor]:
     return load_teacher_classifier(cfg.teacher_classifier, cfg.num_classes, cfg.embedding_size)
 
 
-def _wrap_ddp(student: torch.nn.Module, dist: distributed.DistInfo) -> torch.nn.Module:
+def wrap_ddp(student: torch.nn.Module, dist: distributed.DistInfo) -> torch.nn.Module:
     """DDP over the student only; gradients are SUMMED across ranks (see distributed.ddp_sum_hook).
 
     The heads' all-gather already returns each rank the true gradient of the global-mean loss for
@@ -222,7 +223,7 @@ class _maybe_no_sync:
             self.context.__exit__(*exc)
 
 
-def _optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                     student: torch.nn.Module, max_norm: float) -> Optional[torch.Tensor]:
     """Unscale, clip the backbone only (host behaviour), step, update the scale, clear grads."""
     scaler.unscale_(optimizer)

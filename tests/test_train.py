@@ -81,6 +81,19 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     _assert_same_states(_latest_states(straight, 1)[0], _latest_states(split, 1)[0])
 
 
+def test_distillation_resume_is_exact(tmp_path: Path, teacher_run: Path) -> None:
+    """AdaDistill centres, the visited mask, the sampler and the optimizer resume bit for bit."""
+    args = ("distill=adadistill", "teacher_network=tiny_resnet", f"teacher_weights={teacher_run / 'model.pt'}",
+            "sample_rate=0.5", "save_every_steps=4")
+    straight = _train(tmp_path / "straight", *args, "max_steps=12")
+    split = tmp_path / "split"
+    _train(split, *args, "max_steps=6")
+    _train(split, *args, "max_steps=12", "resume=True")
+    a, b = _latest_states(straight, 1)[0], _latest_states(split, 1)[0]
+    _assert_same_states(a, b)
+    assert set(a["state_dict_softmax_fc"]) == {"weight", "visited"}
+
+
 def test_refuses_output_of_another_run(tmp_path: Path) -> None:
     out = _train(tmp_path / "run", "max_steps=2")
     with pytest.raises(FileExistsError, match="resume=True"):

@@ -124,6 +124,23 @@ def test_two_processes_keep_one_model_and_sharded_head(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_two_process_distillation_then_resume_on_one_process(tmp_path: Path, teacher_run: Path) -> None:
+    """AdaDistill under torchrun x2 with sampling; the 2-rank set resumes on 1 rank (re-sharded)."""
+    out = tmp_path / "run"
+    args = ("distill=adadistill", "teacher_network=tiny_resnet", f"teacher_weights={teacher_run / 'model.pt'}",
+            "sample_rate=0.5", "batch_size=8", "save_every_steps=4", "num_classes=15")
+    two = _torchrun(out, *args, "max_steps=4")
+    assert two.returncode == 0, two.stderr[-3000:]
+    shards = _latest_states(out, 2)
+    centres = torch.cat([s["state_dict_softmax_fc"]["weight"] for s in shards])  # (15, E) in class order
+    assert "alpha=" in (out / "training.log").read_text()
+    _train(out, *args, "max_steps=8", "resume=True")  # world size 2 -> 1
+    assert "re-sharding" in (out / "training.log").read_text()
+    resumed = ckpt.load_checkpoint_set(ckpt.find_latest_complete(out), 0, 1)
+    assert resumed["state_dict_softmax_fc"]["weight"].shape == centres.shape
+
+
+@pytest.mark.slow
 def test_kill_one_rank_then_torchrun_restart_resumes_exactly(tmp_path: Path) -> None:
     """kill -9 of one gloo rank; torchrun restarts the group, which resumes from the last set."""
     straight = _torchrun(tmp_path / "straight", "max_steps=12", "save_every_steps=4", "batch_size=8")

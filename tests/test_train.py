@@ -150,15 +150,19 @@ def test_kill_one_rank_then_torchrun_restart_resumes_exactly(tmp_path: Path) -> 
            "insightface_adadistill", "train", TINY, "--set", f"output={out}", "progress_bar=false",
            "max_steps=12", "save_every_steps=4", "batch_size=8", "resume=True"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 240
-    while ckpt.find_latest_complete(out) is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert ckpt.find_latest_complete(out) is not None, "no checkpoint set appeared"
-    worker = subprocess.run(["pgrep", "-f", f"output={out}"], capture_output=True, text=True).stdout.split()
-    victims = [int(p) for p in worker if int(p) != proc.pid]
-    os.kill(max(victims), signal.SIGKILL)
-    log, _ = proc.communicate(timeout=300)
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while ckpt.find_latest_complete(out) is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert ckpt.find_latest_complete(out) is not None, "no checkpoint set appeared"
+        worker = subprocess.run(["pgrep", "-f", f"output={out}"], capture_output=True, text=True).stdout.split()
+        victims = [int(p) for p in worker if int(p) != proc.pid]
+        os.kill(max(victims), signal.SIGKILL)
+        log, _ = proc.communicate(timeout=300)
+    finally:  # never leave a hung process group behind a failed assertion
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, log[-3000:]
     for a, b in zip(_latest_states(tmp_path / "straight", 2), _latest_states(out, 2)):
         _assert_same_states(a, b)

@@ -7,8 +7,10 @@ writes its own synthetic data, trains its own teacher, then every student with i
 i.e. through `load_config` + `train` and the `verify` / `eval-ijb` evaluation code.
 
 Prints one JSON line per (method, seed), then one summary line: mean ± std per method over seeds,
-the paired difference to the standalone student (same seed, same data), the end-of-training alpha
-levels of the AdaDistill runs, the device and the wall time. The trainers' own log lines go to
+paired differences on the same seed (each method minus the next in the paper's ordering, and
+minus the standalone student, with the number of seeds it is ahead), the end-of-training alpha
+levels of the AdaDistill runs, whether the means follow the paper's ordering, the device and the
+wall time. The trainers' own log lines go to
 <out>/seed<N>/train_stdout.log, so stdout holds only JSON.
 
     .venv/bin/python benchmarks/synthetic_kd.py                      # cpu preset, seeds 0 1 2
@@ -71,32 +73,42 @@ def _mean_std(values: Sequence[float]) -> Dict[str, float]:
     return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
 
 
+def _metrics(row: Mapping[str, Any]) -> Dict[str, float]:
+    """accuracy, auc and tar@<far> of one result row."""
+    return {**{m: row[m] for m in METRICS}, **{f"tar@{far:g}": tar for far, tar in row["tar_at_far"].items()}}
+
+
+def paired(by_seed_a: Mapping[int, Mapping[str, Any]], by_seed_b: Mapping[int, Mapping[str, Any]]
+           ) -> Dict[str, Dict[str, float]]:
+    """Per metric: mean ± std over seeds of (a - b) on the same seed and data, and in how many
+    seeds a is ahead. Seeds share the data and the teacher, so this cancels most of the noise
+    that separates one seed's dataset from another's."""
+    seeds = sorted(set(by_seed_a) & set(by_seed_b))
+    diffs = [{k: v - _metrics(by_seed_b[s])[k] for k, v in _metrics(by_seed_a[s]).items()} for s in seeds]
+    return {k: {**_mean_std([d[k] for d in diffs]), "ahead": sum(d[k] > 0 for d in diffs), "of": len(seeds)}
+            for k in diffs[0]}
+
+
 def summarise(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
-    """Mean ± std (sample std over seeds) per method and metric, and the paired difference to the
-    standalone student of the same seed."""
-    fars = sorted(rows[0]["tar_at_far"])
+    """Mean ± std (sample std over seeds) per method and metric, the alpha levels of the AdaDistill
+    runs, and paired differences: each method minus the next one in the paper's ordering, and
+    each student minus the standalone student."""
     by_method: Dict[str, Dict[int, Mapping[str, Any]]] = {}
     for row in rows:
         by_method.setdefault(row["method"], {})[row["seed"]] = row
-
-    def metrics(row: Mapping[str, Any]) -> Dict[str, float]:
-        return {**{m: row[m] for m in METRICS}, **{f"tar@{far:g}": row["tar_at_far"][far] for far in fars}}
-
+    present = [m for m in ORDER if m in by_method]
     summary: Dict[str, Any] = {}
-    base = by_method.get("standalone", {})
-    for method in [m for m in ORDER if m in by_method]:
-        seeds = sorted(by_method[method])
-        values = [metrics(by_method[method][s]) for s in seeds]
-        entry = {name: _mean_std([v[name] for v in values]) for name in values[0]}
-        paired = [s for s in seeds if s in base]
-        if method != "standalone" and paired:
-            entry["minus_standalone"] = {
-                name: _mean_std([metrics(by_method[method][s])[name] - metrics(base[s])[name] for s in paired])
-                for name in values[0]}
-        alpha = [by_method[method][s]["distill_final_means"] for s in seeds]
+    for method in present:
+        values = [_metrics(r) for r in by_method[method].values()]
+        entry: Dict[str, Any] = {name: _mean_std([v[name] for v in values]) for name in values[0]}
+        alpha = [r["distill_final_means"] for r in by_method[method].values()]
         if alpha[0]:
             entry["distill_final_means"] = {tag: _mean_std([a[tag] for a in alpha]) for tag in alpha[0]}
         summary[method] = entry
+    pairs = list(zip(present, present[1:]))
+    pairs += [(m, "standalone") for m in present if m not in ("standalone", TEACHER) and
+              (m, "standalone") not in pairs and "standalone" in by_method]
+    summary["paired"] = {f"{a} - {b}": paired(by_method[a], by_method[b]) for a, b in pairs}
     return summary
 
 
@@ -107,6 +119,32 @@ def ordering(summary: Mapping[str, Any], metric: str) -> Dict[str, Any]:
     return {"ranked": ranked, "matches_paper": ranked == present}
 
 
+def orderings(summary: Mapping[str, Any]) -> Dict[str, Any]:
+    """`ordering` for every metric the teacher has (accuracy, auc, tar@<far>)."""
+    return {metric: ordering(summary, metric) for metric, value in summary[TEACHER].items()
+            if "mean" in value}
+
+
+def read_rows(paths: Sequence[Path]) -> List[Dict[str, Any]]:
+    """The (method, seed) JSON lines of earlier runs (other lines are skipped), FAR keys as floats."""
+    rows = []
+    for path in paths:
+        for line in path.read_text().splitlines():
+            row = json.loads(line) if line.startswith("{") else {}
+            if "method" in row:
+                row["tar_at_far"] = {float(far): tar for far, tar in row["tar_at_far"].items()}
+                rows.append(row)
+    if not rows:
+        raise SystemExit(f"no result lines in {', '.join(map(str, paths))}")
+    return rows
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -115,13 +153,22 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("work_dirs/synthetic_kd"),
                         help="where data and runs go (replaced per seed)")
     parser.add_argument("--max-steps", type=int, default=None, help="cap every run (smoke test)")
+    parser.add_argument("--from-results", type=Path, nargs="+", metavar="JSONL",
+                        help="train nothing: summarise the result lines of earlier runs (e.g. seeds "
+                             "run as separate jobs; every seed is deterministic on its own)")
     return parser.parse_args()
 
 
 def main() -> int:
     args = _parse_args()
-    preset = pick_preset(args.preset, args.device)
     started = time.perf_counter()
+    if args.from_results:
+        rows = read_rows(args.from_results)
+        summary = summarise(rows)
+        print(json.dumps(json_ready({"summary": summary, "ordering": orderings(summary),
+                                     "seeds": sorted({r["seed"] for r in rows})})), flush=True)
+        return 0
+    preset = pick_preset(args.preset, args.device)
     dist = distributed.init_distributed(args.device)
     rows: List[Dict[str, Any]] = []
     try:
@@ -134,12 +181,9 @@ def main() -> int:
     finally:
         distributed.destroy_distributed()
     summary = summarise(rows)
-    device = torch.cuda.get_device_name(dist.device) if dist.device.type == "cuda" else (
-        f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
     print(json.dumps(json_ready({
-        "summary": summary, "ordering": {m: ordering(summary, m) for m in ("accuracy", "auc")},
-        "preset": preset.name, "seeds": args.seeds, "device": device,
-        "seconds": round(time.perf_counter() - started, 1)})), flush=True)
+        "summary": summary, "ordering": orderings(summary), "preset": preset.name, "seeds": args.seeds,
+        "device": device_name(dist.device), "seconds": round(time.perf_counter() - started, 1)})), flush=True)
     return 0
 
 

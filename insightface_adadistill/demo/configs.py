@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterable
 
-from insightface_adadistill.demo.presets import METHODS, TEACHER, DemoPreset, lr_drop_epochs
+from insightface_adadistill.demo.presets import LR_BATCH, METHODS, TEACHER, DemoPreset, lr_drop_epochs
 
 _HEADER = """\
 # Written by `adadistill demo` (preset {preset}): {what}.
@@ -37,13 +37,13 @@ class RunPlace:
 
 
 def _shared_keys(preset: DemoPreset, place: RunPlace, epochs: int) -> Dict[str, Any]:
-    """Keys every run shares: the paper's optimiser (SGD 0.9, wd 5e-4, clip 5, no warm-up) and a
-    step schedule, scaled to the preset's data and epochs."""
+    """Keys every run shares: the paper's optimiser (SGD 0.9, wd 5e-4, clip 5, no warm-up, lr 0.1
+    per 512 samples) and a step schedule, scaled to the preset's data and epochs."""
     return {
         "embedding_size": preset.embedding_size, "sample_rate": 1.0, "optimizer": "sgd",
         "momentum": 0.9, "weight_decay": 5e-4, "batch_size": preset.batch_size, "lr": preset.lr,
-        "lr_schedule": "step", "lr_steps": lr_drop_epochs(epochs), "warmup_epoch": 0,
-        "clip_grad_norm": 5.0, "margin_grad": "exact", "frequent": preset.frequent,
+        "lr_scale_batch": LR_BATCH, "lr_schedule": "step", "lr_steps": lr_drop_epochs(epochs),
+        "warmup_epoch": 0, "clip_grad_norm": 5.0, "margin_grad": "exact", "frequent": preset.frequent,
         "verbose": preset.steps(epochs) // 2, "num_workers": preset.num_workers, "seed": place.seed,
         "device": place.device, "progress_bar": "auto", "resume": False, "dali": False,
         "rec": place.rec, "num_classes": preset.train_ids, "num_image": preset.num_images,

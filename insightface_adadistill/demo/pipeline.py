@@ -38,7 +38,9 @@ def generate_data(preset: DemoPreset, out_dir: Path, seed: int) -> Dict[str, str
     """
     return build_synthetic_suite(out_dir, preset.train_ids, preset.images_per_id, preset.heldout_ids, seed,
                                  config=SyntheticFaceConfig.difficulty(preset.difficulty),
-                                 num_val_pairs=preset.val_pairs, ijb_target=IJB_TARGET)
+                                 num_val_pairs=preset.val_pairs, ijb_target=IJB_TARGET,
+                                 ijb_templates_per_identity=preset.ijb_templates_per_id,
+                                 ijb_media_per_template=1, ijb_images_per_media=preset.ijb_images_per_template)
 
 
 def train_run(config_path: Path, dist: DistInfo, overrides: Sequence[str] = ()) -> Dict[str, Any]:

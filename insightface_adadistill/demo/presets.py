@@ -14,6 +14,7 @@ import torch
 # lr / 10 after half and after three quarters of the run. The paper's drops (epochs 8, 14, 20, 25
 # of 26) assume 26 epochs; scaled to a few epochs they would leave most of a short run at lr <= 1e-3.
 DROP_FRACTIONS = (0.5, 0.75)
+LR_BATCH = 512  # the paper: lr 0.1 at a global batch of 512, scaled linearly to other batches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,10 +28,12 @@ class DemoPreset:
         train_ids, images_per_id: training identities and images per identity.
         heldout_ids: unseen identities for synth_val.bin and the IJB folder.
         val_pairs: pairs in synth_val.bin.
+        ijb_templates_per_id, ijb_images_per_template: IJB templates of each held-out identity
+            and loose crops per template (one media each).
         difficulty: SyntheticFaceConfig preset (easy, medium, hard).
         batch_size: per-step batch of every run.
         teacher_epochs, student_epochs: epochs of the teacher and of every student.
-        lr: SGD learning rate at `batch_size` (the paper: 0.1 at 512; see README).
+        lr: SGD learning rate per 512 samples, scaled linearly to `batch_size` (the paper: 0.1).
         teacher_fp16: autocast the teacher's training (the paper's students train in fp32).
         num_workers: DataLoader workers of the training runs.
         frequent: log / TensorBoard interval in steps (the alpha curves' resolution).
@@ -44,6 +47,8 @@ class DemoPreset:
     images_per_id: int
     heldout_ids: int
     val_pairs: int
+    ijb_templates_per_id: int
+    ijb_images_per_template: int
     difficulty: str
     batch_size: int
     teacher_epochs: int
@@ -60,23 +65,28 @@ class DemoPreset:
     def steps(self, epochs: int) -> int:
         return self.num_images // self.batch_size * epochs
 
+    @property
+    def scaled_lr(self) -> float:
+        """The lr the runs use: `lr` x batch_size / 512 (the paper's linear scaling)."""
+        return self.lr * self.batch_size / LR_BATCH
+
 
 PRESETS: Dict[str, DemoPreset] = {
     # seconds: for the end-to-end test
-    "quick": DemoPreset("quick", "tiny_resnet", "tiny_mfn", 64, train_ids=24, images_per_id=8,
-                        heldout_ids=16, val_pairs=100, difficulty="easy", batch_size=32,
-                        teacher_epochs=2, student_epochs=2, lr=0.1, teacher_fp16=False,
-                        num_workers=0, frequent=2),
+    "quick": DemoPreset("quick", "tiny_resnet", "tiny_mfn", 64, train_ids=32, images_per_id=16,
+                        heldout_ids=24, val_pairs=200, ijb_templates_per_id=2, ijb_images_per_template=2,
+                        difficulty="easy", batch_size=32, teacher_epochs=4, student_epochs=4, lr=0.4,
+                        teacher_fp16=False, num_workers=0, frequent=4),
     # `make demo` on 2 CPU cores in well under 10 minutes
-    "cpu": DemoPreset("cpu", "tiny_resnet", "tiny_mfn", 128, train_ids=300, images_per_id=20,
-                      heldout_ids=100, val_pairs=1000, difficulty="medium", batch_size=128,
-                      teacher_epochs=6, student_epochs=6, lr=0.1, teacher_fp16=False,
-                      num_workers=0, frequent=5),
+    "cpu": DemoPreset("cpu", "tiny_resnet", "tiny_mfn", 128, train_ids=500, images_per_id=20,
+                      heldout_ids=200, val_pairs=3000, ijb_templates_per_id=4, ijb_images_per_template=1,
+                      difficulty="medium", batch_size=128, teacher_epochs=16, student_epochs=8, lr=0.1,
+                      teacher_fp16=False, num_workers=0, frequent=5),
     # one GPU: the paper's networks
     "gpu": DemoPreset("gpu", "r50", "mfn", 512, train_ids=2000, images_per_id=40,
-                      heldout_ids=500, val_pairs=3000, difficulty="medium", batch_size=128,
-                      teacher_epochs=10, student_epochs=10, lr=0.1, teacher_fp16=True,
-                      num_workers=4, frequent=20),
+                      heldout_ids=500, val_pairs=6000, ijb_templates_per_id=4, ijb_images_per_template=2,
+                      difficulty="medium", batch_size=128, teacher_epochs=16, student_epochs=8, lr=0.1,
+                      teacher_fp16=True, num_workers=4, frequent=20),
 }
 
 

@@ -76,18 +76,21 @@ def plot_distill_curves(curves: Mapping[str, Curve], path: Path, title: str) -> 
     fig.savefig(path)
 
 
-def plot_roc_curves(curves: Mapping[str, Curve], path: Path, num_impostor: int, title: str) -> None:
-    """TAR against FAR on a log axis from one impostor pair (1 / num_impostor) up to 1."""
+def plot_roc_curves(curves: Mapping[str, Curve], path: Path, num_impostor: int, lowest_far: float,
+                    title: str) -> None:
+    """TAR against FAR on a log axis from one impostor pair (1 / num_impostor) up to 1; FARs
+    below `lowest_far` (too few false accepts to be trusted) are shaded."""
     fig = _figure()
     ax = fig.add_subplot()
     for label, (fpr, tpr) in curves.items():
         ax.plot(fpr, tpr, lw=1.5, label=label)
     low = 10 ** math.floor(math.log10(1.0 / max(num_impostor, 1)))
+    ax.axvspan(low, lowest_far, color="grey", alpha=0.15, lw=0)
     ax.set_xscale("log")
     ax.set_xlim(low, 1.0)
     ax.set_ylim(0.0, 1.0)
-    ax.set_xlabel(f"FAR (false accept rate; {num_impostor} impostor pairs)")
-    ax.set_ylabel("TAR (true accept rate)")
+    ax.set_xlabel(f"FAR ({num_impostor} impostor pairs; shaded: too few false accepts to report)")
+    ax.set_ylabel("TAR")
     ax.set_title(title)
     ax.grid(ls="--", lw=0.5)
     ax.legend(loc="lower right")

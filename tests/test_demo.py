@@ -11,7 +11,7 @@ from insightface_adadistill.config import load_config
 from insightface_adadistill.demo import main
 from insightface_adadistill.demo.command import MARKER, prepare_output
 from insightface_adadistill.demo.configs import RunPlace, write_run_configs
-from insightface_adadistill.demo.pipeline import supported_fars
+from insightface_adadistill.demo.pipeline import finished_normally, supported_fars
 from insightface_adadistill.demo.presets import METHODS, PRESETS, lr_drop_epochs, pick_preset
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -106,3 +106,12 @@ def test_supported_fars_need_twenty_false_accepts() -> None:
     assert supported_fars(44_550) == [1e-3, 1e-2, 1e-1]
     assert supported_fars(100_000) == [1e-3, 1e-2, 1e-1]
     assert supported_fars(200_000) == [1e-4, 1e-3, 1e-2, 1e-1]
+
+
+def test_a_run_stopped_by_sigterm_is_not_taken_for_finished(tmp_path: Path) -> None:
+    log = tmp_path / "training.log"
+    log.write_text("Training: 2026-01-01 00:00:00,000-finished: /x/model.pt\n")
+    assert finished_normally(tmp_path)
+    log.write_text("Training: 2026-01-01 00:00:00,000-stopped by signal at global step 530; resume with "
+                   "--set resume=True\n")
+    assert not finished_normally(tmp_path)

@@ -6,6 +6,7 @@ behind `adadistill verify` and `adadistill eval-ijb`. Nothing here is demo-only 
 """
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -43,18 +44,41 @@ def generate_data(preset: DemoPreset, out_dir: Path, seed: int) -> Dict[str, str
                                  ijb_media_per_template=1, ijb_images_per_media=preset.ijb_images_per_template)
 
 
+class TrainingStopped(RuntimeError):
+    """A run ended before its last step (SIGTERM), so its model.pt is not the trained model."""
+
+
 def train_run(config_path: Path, dist: DistInfo, overrides: Sequence[str] = ()) -> Dict[str, Any]:
     """Load a config file exactly as `adadistill train` does and train it in this process.
 
     Returns:
         dict(output, network, embedding_size, steps, seconds).
+
+    Raises:
+        TrainingStopped: the trainer stopped early on SIGTERM (it saves and returns normally).
     """
     cfg = load_config(config_path, list(overrides), world_size=dist.world_size)
+    previous_handler = signal.getsignal(signal.SIGTERM)
     started = time.perf_counter()
-    output = train(cfg, dist)
+    try:
+        output = train(cfg, dist)
+    finally:
+        # train() leaves its SIGTERM handler installed; it would swallow a SIGTERM that arrives
+        # during evaluation or the next run
+        signal.signal(signal.SIGTERM, previous_handler)
+    if not finished_normally(output):
+        raise TrainingStopped(f"{output}: training stopped before its last step (SIGTERM). Resume it "
+                              f"with `adadistill train {config_path} --set resume=True`, or rerun")
     steps = cfg.total_step if cfg.max_steps <= 0 else min(cfg.total_step, cfg.max_steps)
     return {"output": str(output), "network": cfg.network, "embedding_size": cfg.embedding_size,
             "steps": steps, "seconds": time.perf_counter() - started}
+
+
+def finished_normally(output: Path) -> bool:
+    """Whether the trainer's last word in `training.log` is 'finished' (not 'stopped by signal')."""
+    verdicts = [line for line in (output / "training.log").read_text().splitlines()
+                if "-finished: " in line or "-stopped by signal" in line]
+    return bool(verdicts) and "-finished: " in verdicts[-1]
 
 
 def supported_fars(num_impostor: int, min_false_accepts: int = MIN_FALSE_ACCEPTS) -> List[float]:

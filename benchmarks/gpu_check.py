@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from insightface_adadistill import distributed
-from insightface_adadistill.data.synthetic_artifacts import build_synthetic_suite
+from insightface_adadistill.synthetic.suite import build_synthetic_suite
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "recipes" / "tiny_cpu.py")

@@ -23,7 +23,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
                    "ICCV21-MFR submission checks on an ONNX model"),
     "make-rec": ("insightface_adadistill.data.rec_tools", "make_rec_main",
                  "build an insightface-style .rec/.idx from an image folder"),
-    "make-synthetic": ("insightface_adadistill.data.synthetic_artifacts", "make_synthetic_main",
+    "make-synthetic": ("insightface_adadistill.synthetic.suite", "make_synthetic_main",
                        "write the built-in synthetic identities as .rec, .bin and an IJB folder"),
     "inspect-rec": ("insightface_adadistill.data.rec_tools", "inspect_rec_main",
                     "print the layout, counts and first records of a .rec"),

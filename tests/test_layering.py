@@ -22,8 +22,10 @@ ALLOWED = {
     "export": {"backbones", "teacher", "data", "registry", "serialization"},
     "training": {"config", "data", "backbones", "heads", "teacher", "evaluation", "registry",
                  "serialization", "distributed"},
+    # a fixture generator: writes real file formats through the data and evaluation writers
+    "synthetic": {"data", "evaluation", "backbones", "registry", "serialization", "distributed"},
     "demo": {"config", "data", "backbones", "heads", "teacher", "evaluation", "export", "training",
-             "registry", "serialization", "distributed"},
+             "synthetic", "registry", "serialization", "distributed"},
     "cli": set(),  # dispatches by module name only
     "__init__": set(),
     "__main__": {"cli"},

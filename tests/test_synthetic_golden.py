@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from insightface_adadistill.data.synthetic_artifacts import build_synthetic_suite
-from insightface_adadistill.data.synthetic_faces import SyntheticFaceConfig, SyntheticFaces
+from insightface_adadistill.synthetic.identities import SyntheticFaceConfig
+from insightface_adadistill.synthetic.renderer import SyntheticFaces
+from insightface_adadistill.synthetic.suite import build_synthetic_suite
 
 SUITE_FILES = {
     "IJBC/meta/ijbc_face_tid_mid.txt": "55ce7d2d9aa90738",

@@ -22,12 +22,12 @@ import torch
 from torch.utils.data import Dataset
 
 from .decode import decode_image
+from .hashing import MASK64, splitmix64
 from .recordio import IRHeader, RecordIOError, RecordIOReader, unpack
 
 IMAGE_SIZE = 112
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 _FLOAT32_EXACT_LIMIT = 2 ** 24  # float32 holds every integer up to here, not beyond
-_MASK64 = (1 << 64) - 1
 _log = logging.getLogger(__name__)
 
 
@@ -52,21 +52,14 @@ class Sample(NamedTuple):
     flipped: bool
 
 
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
 def flip_decision(seed: int, epoch: int, index: int) -> bool:
     """Whether sample `index` is flipped in `epoch`: a SplitMix64 hash chain, p = 0.5.
 
     Pure, so any process (worker, rank, resumed run) computes the same answer.
     """
-    state = _splitmix64(seed & _MASK64)
-    state = _splitmix64(state ^ (epoch & _MASK64))
-    state = _splitmix64(state ^ (index & _MASK64))
+    state = splitmix64(seed & MASK64)
+    state = splitmix64(state ^ (epoch & MASK64))
+    state = splitmix64(state ^ (index & MASK64))
     return bool(state >> 63)
 
 

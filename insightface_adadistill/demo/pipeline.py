@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from insightface_adadistill.config import load_config
-from insightface_adadistill.data.synthetic_artifacts import build_synthetic_suite
-from insightface_adadistill.data.synthetic_faces import SyntheticFaceConfig
 from insightface_adadistill.demo.presets import DemoPreset
 from insightface_adadistill.distributed import DistInfo
 from insightface_adadistill.evaluation.ijb import backbone_embedder, evaluate_ijb
 from insightface_adadistill.evaluation.roc import tar_at_fars
 from insightface_adadistill.evaluation.verification import VerificationSet, evaluate_backbone, load_backbone
+from insightface_adadistill.synthetic.identities import SyntheticFaceConfig
+from insightface_adadistill.synthetic.suite import build_synthetic_suite
 from insightface_adadistill.training.train import train
 
 IJB_TARGET = "IJBC"

@@ -1,24 +1,27 @@
-"""5-point face alignment to the ArcFace 112x112 template (spec 6.2, the IJB protocol).
+"""5-point face alignment to the ArcFace 112x112 template (arcface_torch's IJB protocol).
 
 The host estimates a `skimage` SimilarityTransform (Umeyama's least-squares similarity with scale)
 from the 5 landmarks to the template and warps with `cv2.warpAffine` (bilinear, border 0).
 `insightface.utils.face_align.norm_crop` does exactly that, but it calls a scikit-image API that is
 deprecated since 0.26 and the `insightface` import itself pulls in onnxruntime and edits
 `os.environ`; so we solve the same least-squares problem in numpy, in the same arithmetic (tests
-check the crops are identical to `norm_crop`'s).
+check the crops are identical to `norm_crop`'s). OpenCV is imported only to warp, so the template
+serves numpy-only code (the synthetic renderer) too.
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 ALIGNED_SIZE = 112
 # (x, y) of left eye, right eye, nose tip, left and right mouth corner: the classic 96x112 ArcFace
-# template, shifted +8 in x for the 112x112 crop. Built in float32 exactly as the host does (the
-# shifted right-mouth x is 1 ulp away from float32(70.7299)), so our crops match its bit for bit.
-ARCFACE_TEMPLATE = np.array(
-    [[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366], [33.5493, 92.3655],
-     [62.7299, 92.2041]], dtype=np.float32) + np.array([8.0, 0.0], dtype=np.float32)
+# template, shifted +8 in x for the 112x112 crop.
+_TEMPLATE_96X112 = ((30.2946, 51.6963), (65.5318, 51.5014), (48.0252, 71.7366), (33.5493, 92.3655),
+                    (62.7299, 92.2041))
+# Built in float32 exactly as the host does (the shifted right-mouth x is 1 ulp away from
+# float32(70.7299)), so our crops match its bit for bit.
+ARCFACE_TEMPLATE = np.array(_TEMPLATE_96X112, dtype=np.float32) + np.array([8.0, 0.0], dtype=np.float32)
+# The same points in float64, for geometry that is not the host's warp (the synthetic renderer).
+ARCFACE_TEMPLATE_64 = np.array(_TEMPLATE_96X112, dtype=np.float64) + np.array([8.0, 0.0])
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -64,6 +67,8 @@ def align_face(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     Returns:
         (112, 112, 3) uint8, pixels outside the source image are 0.
     """
+    import cv2
+
     landmarks = np.asarray(landmarks, dtype=np.float32)
     if landmarks.shape != (5, 2) or not np.all(np.isfinite(landmarks)):
         raise ValueError(f"expected 5 finite (x, y) landmarks, got shape {landmarks.shape}: "

@@ -1,10 +1,11 @@
-"""IJB-B / IJB-C 1:1 template verification, as arcface_torch's `eval_ijbc.py` (spec 6.2, 6.3).
+"""IJB-B / IJB-C 1:1 template verification, as arcface_torch's `eval_ijbc.py`.
 
 Pipeline: read the three meta files -> align every loose crop to the ArcFace template (BGR read,
 warp, BGR->RGB) in DataLoader workers -> embed the face and its horizontal flip -> combine per image
 (F1: orig + flip; N1: keep the norm, N0: L2-normalise; D1: times the faceness score) -> media pooling
 inside templates -> template = L2-normalised sum of media features -> cosine score per pair ->
-ROC and TAR@FAR by the nearest-point rule.
+ROC and TAR@FAR by the nearest-point rule. The meta files are read by `ijb_meta`; the protocol
+and its switches are described in docs/evaluation.md.
 
 Where we differ from the host: the N/D/F switches are flags instead of constants; pooling runs in
 float64 with sorted reductions instead of per-template Python loops; the pair chunk loop never
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import os
 import sys
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from insightface_adadistill.evaluation.alignment import ALIGNED_SIZE, align_face
+from insightface_adadistill.evaluation.ijb_meta import TARGETS, IJBDataError, IJBMeta, read_meta
 from insightface_adadistill.evaluation.roc import (REPORT_FARS, auc, format_tar_table, plot_roc,
                                                    roc_curve, tar_at_far, tar_at_fars)
 from insightface_adadistill.evaluation.verification import (l2_normalize, load_backbone,
@@ -39,168 +40,10 @@ __all__ = ["IJBDataError", "IJBMeta", "read_meta", "AlignedFaces", "embed_faces"
            "pool_templates", "pair_scores", "tar_at_far", "evaluate_ijb", "write_results",
            "backbone_embedder", "onnx_embedder", "ijb_main"]
 
-TARGETS = ("IJBC", "IJBB")
 PAIR_CHUNK = 100_000  # pairs scored at once, as the host (bounds memory to ~2 x 100k x D floats)
 
 EmbedFn = Callable[[Tensor], np.ndarray]
 """(B, 3, 112, 112) float32 CPU network input -> (B, D) raw embeddings."""
-
-
-class IJBDataError(ValueError):
-    """The IJB folder or one of its meta files does not have the layout of spec 6.2."""
-
-
-@dataclasses.dataclass(frozen=True)
-class IJBMeta:
-    """The IJB meta files; row i of the image arrays is line i+1 of both image meta files.
-
-    Attributes:
-        image_dir: the `loose_crop` folder.
-        image_names: (N,) file names inside `image_dir`.
-        templates, medias: (N,) int64 template and media id of each image.
-        landmarks: (N, 5, 2) float32 pixel (x, y): eyes, nose, mouth corners.
-        faceness: (N,) float32 detector score.
-        pairs: (M, 2) int64 template ids; labels: (M,) int64, 1 = genuine.
-    """
-
-    image_dir: Path
-    image_names: List[str]
-    templates: np.ndarray
-    medias: np.ndarray
-    landmarks: np.ndarray
-    faceness: np.ndarray
-    pairs: np.ndarray
-    labels: np.ndarray
-
-
-def meta_files(image_root: Path, target: str) -> Dict[str, Path]:
-    """The three meta files of `target` ('IJBC' or 'IJBB') under `image_root`."""
-    t = target.lower()
-    meta = Path(image_root) / "meta"
-    return {"tid_mid": meta / f"{t}_face_tid_mid.txt",
-            "pairs": meta / f"{t}_template_pair_label.txt",
-            "landmarks": meta / f"{t}_name_5pts_score.txt"}
-
-
-def _text_rows(path: Path, layout: str, n_fields: int) -> List[List[str]]:
-    """Whitespace-split lines; every line must have `n_fields` fields (row i = line i+1)."""
-    rows = path.read_text().strip().splitlines()
-    fields = [line.split() for line in rows]
-    for lineno, row in enumerate(fields, start=1):
-        if len(row) != n_fields:
-            raise IJBDataError(f"{path}:{lineno}: expected {n_fields} fields '{layout}', got "
-                               f"{rows[lineno - 1]!r}")
-    return fields
-
-
-def _numbers(path: Path, layout: str, fields: List[List[str]], columns: slice, dtype: type
-             ) -> np.ndarray:
-    """The given columns of parsed rows as an array; a bad value is reported with its line."""
-    values = []
-    for lineno, row in enumerate(fields, start=1):
-        try:
-            values.append([dtype(v) for v in row[columns]])
-        except ValueError as exc:
-            raise IJBDataError(f"{path}:{lineno}: {exc}; the line must read '{layout}'") from exc
-    return np.array(values)
-
-
-def _read_tid_mid(path: Path) -> Tuple[List[str], np.ndarray, np.ndarray]:
-    layout = "image_name template_id media_id"
-    fields = _text_rows(path, layout, 3)
-    ids = _numbers(path, layout, fields, slice(1, 3), int).reshape(-1, 2)
-    return [row[0] for row in fields], ids[:, 0].astype(np.int64), ids[:, 1].astype(np.int64)
-
-
-def _read_landmarks(path: Path) -> Tuple[List[str], np.ndarray, np.ndarray]:
-    layout = "image_name x1 y1 x2 y2 x3 y3 x4 y4 x5 y5 faceness_score"
-    fields = _text_rows(path, layout, 12)
-    values = _numbers(path, layout, fields, slice(1, 12), float).reshape(-1, 11).astype(np.float32)
-    return [row[0] for row in fields], values[:, :10].reshape(-1, 5, 2), values[:, 10]
-
-
-def _read_pairs(path: Path) -> np.ndarray:
-    """(M, 3) int64 rows `tid1 tid2 label`; numpy parses the ~16M lines, Python locates errors."""
-    layout = "template_id_1 template_id_2 label"
-    body = path.read_text().strip()
-    n_lines = body.count("\n") + 1 if body else 0
-    try:
-        values = np.fromstring(body, dtype=np.int64, sep=" ")
-    except ValueError:
-        values = None
-    if values is None or values.size != 3 * n_lines:
-        fields = _text_rows(path, layout, 3)  # raises on the first malformed line
-        values = _numbers(path, layout, fields, slice(0, 3), int)
-    rows = values.reshape(-1, 3)  # (M, 3)
-    bad = np.flatnonzero(~np.isin(rows[:, 2], (0, 1)))
-    if bad.size:
-        raise IJBDataError(f"{path}:{bad[0] + 1}: label {rows[bad[0], 2]} is not 0 (impostor) or "
-                           f"1 (genuine); the line must read '{layout}'")
-    return rows
-
-
-def _require_files(paths: Dict[str, Path], image_dir: Path) -> None:
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    if missing:
-        raise IJBDataError(f"missing IJB meta file(s): {', '.join(missing)}. --image-path must be the "
-                           "IJB root holding meta/ and loose_crop/ (e.g. IJB_release/IJBC), and "
-                           "--target must name the set (IJBC or IJBB)")
-    if not image_dir.is_dir():
-        raise IJBDataError(f"{image_dir}: image folder not found; --image-path must hold loose_crop/")
-
-
-def _check_rows_match(files: Dict[str, Path], names: List[str], lmk_names: List[str]) -> None:
-    """The landmark file is aligned with the tid_mid file by row index (as the host reads them)."""
-    if len(names) != len(lmk_names):
-        raise IJBDataError(f"{files['landmarks']} has {len(lmk_names)} lines but {files['tid_mid']} "
-                           f"has {len(names)}; both list the same images in the same order")
-    for lineno, (name, lmk_name) in enumerate(zip(names, lmk_names), start=1):
-        if name != lmk_name:
-            raise IJBDataError(f"{files['landmarks']}:{lineno}: image {lmk_name!r}, but line {lineno} "
-                               f"of {files['tid_mid']} is {name!r}; the files are matched row by row, "
-                               "so both must list the images in the same order")
-
-
-def _check_pair_templates(path: Path, pairs: np.ndarray, templates: np.ndarray) -> None:
-    known = np.isin(pairs, np.unique(templates))  # (M, 2)
-    bad = np.flatnonzero(~known.all(axis=1))
-    if bad.size:
-        tid = pairs[bad[0]][~known[bad[0]]][0]
-        raise IJBDataError(f"{path}:{bad[0] + 1}: template {tid} has no image in the tid_mid file "
-                           f"({bad.size} pairs affected); use the pair file of the same IJB release")
-
-
-def _check_images(image_dir: Path, names: List[str], listing_file: Path) -> None:
-    """Fail before any embedding if a listed image is absent (one directory listing, not N stats)."""
-    present = set(os.listdir(image_dir))
-    missing = [(i, n) for i, n in enumerate(names)
-               if n not in present and not (os.sep in n and (image_dir / n).is_file())]
-    if missing:
-        lineno, name = missing[0][0] + 1, missing[0][1]
-        raise IJBDataError(f"{len(missing)} image(s) listed in {listing_file} are missing from "
-                           f"{image_dir}, first {name!r} (line {lineno}); download the complete "
-                           "loose_crop folder")
-
-
-def read_meta(image_root: str | os.PathLike, target: str) -> IJBMeta:
-    """Read and cross-check the meta files of `target` under `image_root` (spec 6.2 layout)."""
-    if target not in TARGETS:
-        raise IJBDataError(f"target {target!r} is not one of {TARGETS}")
-    files = meta_files(Path(image_root), target)
-    image_dir = Path(image_root) / "loose_crop"
-    _require_files(files, image_dir)
-    names, templates, medias = _read_tid_mid(files["tid_mid"])
-    if not names:
-        raise IJBDataError(f"{files['tid_mid']} lists no images")
-    lmk_names, landmarks, faceness = _read_landmarks(files["landmarks"])
-    _check_rows_match(files, names, lmk_names)
-    rows = _read_pairs(files["pairs"])
-    if not len(rows):
-        raise IJBDataError(f"{files['pairs']} lists no template pairs")
-    _check_pair_templates(files["pairs"], rows[:, :2], templates)
-    _check_images(image_dir, names, files["tid_mid"])
-    return IJBMeta(image_dir, names, templates, medias, landmarks, faceness,
-                   np.ascontiguousarray(rows[:, :2]), rows[:, 2].copy())
 
 
 class AlignedFaces(Dataset):
@@ -267,7 +110,7 @@ def embed_faces(embed_fn: EmbedFn, faces: Dataset, batch_size: int = 128, worker
 
 def image_features(orig: np.ndarray, flipped: Optional[np.ndarray], faceness: np.ndarray,
                    norm_score: bool = True, detector_score: bool = True) -> np.ndarray:
-    """Per-image features before pooling, (N, D) (spec 6.2 step 3).
+    """Per-image features before pooling, (N, D) (step 3 of the protocol in docs/evaluation.md).
 
     F1 (`flipped` given): orig + flip, F0: orig. N1 (`norm_score`): keep the embedding norm as a
     quality weight, N0: L2-normalise each image. D1 (`detector_score`): multiply by faceness.
@@ -282,7 +125,7 @@ def image_features(orig: np.ndarray, flipped: Optional[np.ndarray], faceness: np
 
 def pool_templates(features: np.ndarray, templates: np.ndarray, medias: np.ndarray
                    ) -> Tuple[np.ndarray, np.ndarray]:
-    """Media pooling (spec 6.2 step 4): mean over images of one media, sum over a template's media.
+    """Media pooling (as the host's `image2template_feature`): mean over images of one media, sum over a template's media.
 
     Args:
         features: (N, D) per-image features.

@@ -1,17 +1,20 @@
-"""Write a synthetic face population as the artefacts real data comes in.
+"""Write a synthetic face population as the files real data comes in (a fixture generator).
 
 - `write_training_rec`: aligned 112x112 JPEGs in an InsightFace `train.rec` / `train.idx` /
-  `property` (spec 4.7), through `rec_tools.write_insightface_rec`, so training reads it with the
-  same `RecordDataset` as MS1M.
+  `property` through `data.rec_tools.write_insightface_rec`, so training reads it with the same
+  `RecordDataset` as MS1M.
 - `write_verification_bin`: held-out identities as an LFW-style `.bin` of (2P JPEGs, P issame)
-  (spec 4.8). Genuine and impostor pairs are shuffled together because the 10-fold protocol cuts
-  the pair list into consecutive folds; a quarter of the impostors are siblings (same family).
-- `write_ijb_folder`: held-out identities as an IJB-B/C folder (spec 6.2): unaligned `loose_crop/`
-  JPEGs plus `meta/` with template and media ids, the exact 5-point landmarks of each render and a
-  faceness score (same row order), and template pairs (genuine = two templates of one identity).
+  through `data.bins.write_bin`. Genuine and impostor pairs are shuffled together because the
+  10-fold protocol cuts the pair list into consecutive folds; a quarter of the impostors are
+  siblings (same family).
+- `write_ijb_folder`: held-out identities as an IJB-B/C folder: unaligned `loose_crop/` JPEGs plus
+  the meta files (`evaluation.ijb_meta.write_meta`) with template and media ids, the exact 5-point
+  landmarks of each render and a faceness score, and template pairs (genuine = two templates of
+  one identity).
 - `build_synthetic_suite`: all three plus `manifest.json`; held-out identities start at a family
-  boundary, so no sibling of a training identity is ever tested. `adadistill make-synthetic`
-  (`make_synthetic_main`) runs it from the command line.
+  boundary, so no sibling of a training identity is ever tested.
+
+See docs/synthetic.md.
 """
 from __future__ import annotations
 
@@ -27,10 +30,12 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .bins import write_bin
-from .decode import encode_jpeg
-from .rec_tools import write_insightface_rec
-from .synthetic_faces import SyntheticFaceConfig, SyntheticFaces, derive_seeds
+from insightface_adadistill.data.bins import write_bin
+from insightface_adadistill.data.decode import encode_jpeg
+from insightface_adadistill.data.rec_tools import write_insightface_rec
+from insightface_adadistill.evaluation.ijb_meta import write_meta
+from insightface_adadistill.synthetic.identities import SyntheticFaceConfig, derive_seeds
+from insightface_adadistill.synthetic.renderer import SyntheticFaces
 
 _PURPOSE_TRAIN, _PURPOSE_BIN, _PURPOSE_IJB = 1, 2, 3
 _RENDER_BATCH = 256
@@ -117,7 +122,7 @@ def verification_pairs(faces: SyntheticFaces, identity_ids: Iterable[int], num_p
 
 def write_verification_bin(path: str | os.PathLike, faces: SyntheticFaces, identity_ids: Iterable[int],
                            num_pairs: int, seed: int, *, quality: int = 95) -> Dict[str, int]:
-    """Write `verification_pairs` as an InsightFace `.bin` (spec 4.8) through `data.bins.write_bin`."""
+    """Write `verification_pairs` as an InsightFace `.bin` through `data.bins.write_bin`."""
     images, issame = verification_pairs(faces, identity_ids, num_pairs, seed, quality=quality)
     write_bin(path, images, issame)
     return {"num_pairs": len(issame), "num_genuine": int(sum(issame))}
@@ -142,27 +147,28 @@ def _template_pairs(identity_of_template: np.ndarray, max_impostor_pairs: int,
 
 
 def _write_loose_crops(image_dir: Path, faces: SyntheticFaces, ids: np.ndarray, seeds: np.ndarray, *,
-                       quality: int, what: str) -> List[str]:
+                       quality: int, what: str) -> Tuple[List[str], np.ndarray, np.ndarray]:
     """Render (ids, seeds) (N,) unaligned into `image_dir/<n>.jpg`, n = 1..N.
 
-    Returns the N lines `name x1 y1 ... x5 y5 faceness` of the landmark file, in image order.
+    Returns the N names, landmarks (N, 5, 2) and faceness (N,) float32, in image order.
     """
     image_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    names, landmarks, faceness = [], [], []
     for batch in _batches(len(ids), what):
-        images, landmarks, faceness = faces.render_unaligned(ids[batch], seeds[batch])
-        numbers = range(batch.start + 1, batch.stop + 1)
-        for n, image, points, score in zip(numbers, images, landmarks, faceness):
+        images, points, scores = faces.render_unaligned(ids[batch], seeds[batch])
+        for n, image in zip(range(batch.start + 1, batch.stop + 1), images):
             (image_dir / f"{n}.jpg").write_bytes(encode_jpeg(image, quality))
-            rows.append(" ".join([f"{n}.jpg", *(f"{v:.3f}" for v in points.reshape(-1)), f"{score:.3f}"]))
-    return rows
+            names.append(f"{n}.jpg")
+        landmarks.append(points)
+        faceness.append(scores)
+    return names, np.concatenate(landmarks), np.concatenate(faceness)
 
 
 def write_ijb_folder(root: str | os.PathLike, faces: SyntheticFaces, identity_ids: Iterable[int], *,
                      target: str = "IJBC", templates_per_identity: int = 2, media_per_template: int = 2,
                      images_per_media: int = 2, max_impostor_pairs: int = 100_000, seed: int = 0,
                      quality: int = 90) -> Dict[str, int]:
-    """Write an IJB-layout folder: `root/loose_crop/<n>.jpg` and `root/meta/<t>_*.txt` (spec 6.2).
+    """Write an IJB-layout folder: `root/loose_crop/<n>.jpg` and `root/meta/<t>_*.txt`.
 
     Image n (1-based, `<n>.jpg`) belongs to template `tid` (1-based) and media `mid` (10001-based,
     unique per media); both image meta files list the images in that order. Returns the counts:
@@ -182,18 +188,13 @@ def write_ijb_folder(root: str | os.PathLike, faces: SyntheticFaces, identity_id
     media_of_image = 10000 + np.repeat(np.arange(1, n_templates * media_per_template + 1), images_per_media)
     image_ids = identity_of_template[template_of_image - 1]  # (N,)
     seeds = derive_seeds(seed, _PURPOSE_IJB, image_ids, np.arange(len(image_ids)))
-    root, t = Path(root), target.lower()
-    landmark_rows = _write_loose_crops(root / "loose_crop", faces, image_ids, seeds, quality=quality,
-                                       what=f"{target} loose crops")
+    root = Path(root)
+    names, landmarks, faceness = _write_loose_crops(root / "loose_crop", faces, image_ids, seeds,
+                                                    quality=quality, what=f"{target} loose crops")
     rng = np.random.default_rng([seed, _PURPOSE_IJB])
     pairs = _template_pairs(identity_of_template, max_impostor_pairs, rng)
-    meta = root / "meta"
-    meta.mkdir(parents=True, exist_ok=True)
-    (meta / f"{t}_face_tid_mid.txt").write_text("".join(
-        f"{n}.jpg {tid} {mid}\n" for n, tid, mid in zip(range(1, len(image_ids) + 1), template_of_image,
-                                                        media_of_image)))
-    (meta / f"{t}_name_5pts_score.txt").write_text("".join(row + "\n" for row in landmark_rows))
-    (meta / f"{t}_template_pair_label.txt").write_text("".join(f"{a} {b} {label}\n" for a, b, label in pairs))
+    write_meta(root, target, image_names=names, templates=template_of_image, medias=media_of_image,
+               landmarks=landmarks, faceness=faceness, pairs=pairs[:, :2], labels=pairs[:, 2])
     num_genuine = int(pairs[:, 2].sum())
     return {"num_images": len(image_ids), "num_templates": n_templates, "num_genuine": num_genuine,
             "num_impostor": len(pairs) - num_genuine}
@@ -237,7 +238,7 @@ def build_synthetic_suite(out_dir: str | os.PathLike, num_train_ids: int = 200, 
     paths = {"rec": str(train_dir), "train_rec": str(train_dir / "train.rec"),
              "synth_val": str(train_dir / "synth_val.bin"), "ijb": str(ijb_dir),
              "manifest": str(out_dir / "manifest.json")}
-    manifest = {"generator": "insightface_adadistill.data.synthetic_faces", "seed": seed,
+    manifest = {"generator": "insightface_adadistill.synthetic", "seed": seed,
                 "config": asdict(config), "train_identities": [0, num_train_ids],
                 "heldout_identities": [start, start + num_heldout_ids], "ijb_target": ijb_target,
                 "written": written, "paths": {k: os.path.relpath(v, out_dir) for k, v in paths.items()}}

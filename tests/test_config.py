@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from insightface_adadistill.config import (ConfigError, config_main, config_table_markdown, derive,
-                                           format_config, load_config, parse_overrides,
-                                           resolve_config_path, validate)
+from insightface_adadistill.commands.config import main as config_main
+from insightface_adadistill.config import (ConfigError, config_table_markdown, derive, format_config, load_config,
+                                           parse_overrides, resolve_config_path, validate)
 from insightface_adadistill.config import defaults
 
 # The keys arcface_torch's configs/ms1mv3_r50.py sets (spec 1.3), as a user's file would.

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from insightface_adadistill.config import load_config
-from insightface_adadistill.demo import main
-from insightface_adadistill.demo.command import MARKER, prepare_output
+from insightface_adadistill.commands.demo import main
+from insightface_adadistill.demo.run import MARKER, prepare_output
 from insightface_adadistill.demo.configs import RunPlace, write_run_configs
 from insightface_adadistill.demo.pipeline import finished_normally, supported_fars
 from insightface_adadistill.demo.presets import METHODS, PRESETS, lr_drop_epochs, pick_preset

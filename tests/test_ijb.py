@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from insightface_adadistill.backbones import get_model
+from insightface_adadistill.commands.eval_ijb import main as ijb_main
 from insightface_adadistill.evaluation.alignment import ARCFACE_TEMPLATE
 from insightface_adadistill.evaluation.ijb import (
-    AlignedFaces, IJBDataError, backbone_embedder, evaluate_ijb, ijb_main, image_features,
-    onnx_embedder, pair_scores, pool_templates, read_meta, tar_at_far)
+    AlignedFaces, IJBDataError, backbone_embedder, evaluate_ijb, image_features, onnx_embedder, pair_scores,
+    pool_templates, read_meta, tar_at_far)
 
 # subject -> templates -> medias -> number of images
 LAYOUT = {0: {1: {10: 2, 11: 1}, 2: {12: 1}},

@@ -11,7 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from insightface_adadistill.export import mfr_check
-from insightface_adadistill.export.mfr_check import check_onnx, main
+from insightface_adadistill.commands.check_onnx import main
+from insightface_adadistill.export.mfr_check import check_onnx
 
 CHANNELS = 8
 

@@ -9,7 +9,9 @@ from PIL import Image
 
 from insightface_adadistill.data.datasets import LabelError, build_dataset
 from insightface_adadistill.data.decode import encode_jpeg
-from insightface_adadistill.data.rec_tools import inspect_rec_main, make_rec_main, write_insightface_rec
+from insightface_adadistill.commands.inspect_rec import main as inspect_rec_main
+from insightface_adadistill.commands.make_rec import main as make_rec_main
+from insightface_adadistill.data.rec_tools import write_insightface_rec
 from insightface_adadistill.data.recordio import RecordIOReader, unpack
 
 

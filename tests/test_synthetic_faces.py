@@ -9,14 +9,14 @@ import pytest
 
 from insightface_adadistill.data.datasets import RecordDataset
 from insightface_adadistill.data.decode import decode_image
+from insightface_adadistill.commands.make_synthetic import main as make_synthetic_main
 from insightface_adadistill.data.bins import decode_bin, load_bin
 from insightface_adadistill.evaluation.alignment import ARCFACE_TEMPLATE, align_face, similarity_transform
 from insightface_adadistill.evaluation.ijb import AlignedFaces, read_meta
 from insightface_adadistill.synthetic.identities import SyntheticFaceConfig, derive_seeds, identity_traits
 from insightface_adadistill.synthetic.renderer import SyntheticFaces
-from insightface_adadistill.synthetic.suite import (build_synthetic_suite, heldout_start, make_synthetic_main,
-                                                    write_ijb_folder, write_training_rec,
-                                                    write_verification_bin)
+from insightface_adadistill.synthetic.suite import (build_synthetic_suite, heldout_start, write_ijb_folder,
+                                                    write_training_rec, write_verification_bin)
 
 CLEAN = SyntheticFaceConfig(nuisance=0.0)
 

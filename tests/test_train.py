@@ -18,7 +18,8 @@ import torch
 from insightface_adadistill.backbones import get_model
 from insightface_adadistill.serialization import load_file
 from insightface_adadistill.training import checkpoint as ckpt
-from insightface_adadistill.training.train import NonFiniteLossError, main
+from insightface_adadistill.commands.train import main
+from insightface_adadistill.training.train import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "recipes" / "tiny_cpu.py")

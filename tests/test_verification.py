@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from insightface_adadistill.backbones import get_model
+from insightface_adadistill.commands.verify import main as verify_main
 from insightface_adadistill.evaluation.verification import (
     THRESHOLDS, VerificationSet, embed_images, evaluate_backbone, evaluate_embeddings, kfold_accuracy,
-    kfold_splits, load_backbone, pair_distances, pixels_to_input, verify_main)
+    kfold_splits, load_backbone, pair_distances, pixels_to_input)
 
 
 @pytest.mark.parametrize("n", [10, 12, 25, 101, 6000])

@@ -4,14 +4,11 @@
 key once. The package imports nothing outside `easydict` and the standard library.
 """
 from .defaults import config_table_markdown
-from .loader import (add_config_arguments, config_main, derive, format_config, load_config,
-                     parse_overrides, resolve_config_path)
+from .loader import derive, format_config, load_config, parse_overrides, resolve_config_path
 from .validate import ConfigError, validate
 
 __all__ = [
     "ConfigError",
-    "add_config_arguments",
-    "config_main",
     "config_table_markdown",
     "derive",
     "format_config",

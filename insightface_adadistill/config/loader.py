@@ -10,13 +10,11 @@ applied after the file, and the result is validated before anything is built.
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import copy
 import difflib
 import os
 import runpy
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
@@ -210,30 +208,3 @@ def format_config(cfg: Mapping[str, Any]) -> List[str]:
     A key of 25 or more characters gets no space (`interclass_filtering_threshold0`).
     """
     return [": " + key + " " * (25 - len(key)) + str(value) for key, value in cfg.items()]
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `CONFIG [--set KEY=VALUE ...]` arguments every command that reads a config takes."""
-    parser.add_argument("config", help="arcface_torch config file (any path) or a recipe name "
-                                       "from recipes/, e.g. ms1mv2_r50")
-    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+",
-                        action="extend", default=[],
-                        help="override config keys, typed by the key: --set lr=0.05 fp16=false "
-                             "val_targets=lfw,cfp_fp teacher_weights=None")
-
-
-def config_main(argv: Optional[List[str]] = None) -> int:
-    """`adadistill config CONFIG [--set ...] [--world-size N]`: print the merged, validated config
-    in the host's log format, or the problems and exit status 2."""
-    parser = argparse.ArgumentParser(prog="adadistill config", description=config_main.__doc__)
-    add_config_arguments(parser)
-    parser.add_argument("--world-size", type=int, default=1,
-                        help="number of training processes, for the derived keys (default 1)")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides, world_size=args.world_size)
-    except ConfigError as exc:
-        print(f"adadistill config: {exc}", file=sys.stderr)
-        return 2
-    print("\n".join(format_config(cfg)))
-    return 0

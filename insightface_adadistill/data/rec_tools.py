@@ -1,32 +1,28 @@
-"""`adadistill make-rec` and `adadistill inspect-rec`: build and look inside InsightFace `.rec` files.
+"""Build and look inside InsightFace `.rec` files (behind `adadistill make-rec` and `inspect-rec`).
 
-make-rec writes the layout of faces_emore / MS1M (spec 4.7): header record 0 with labels [A, B],
-image records 1..A-1 (flag 0, scalar label, id = key), one identity record per class with
+`write_insightface_rec` writes the layout of faces_emore / MS1M (spec 4.7): header record 0 with
+labels [A, B], image records 1..A-1 (flag 0, scalar label, id = key), one identity record per class with
 [first key, last key + 1), plus the `property` file. JPEG sources are stored byte for byte; other
-formats are encoded to JPEG at --quality.
+formats are encoded to JPEG at the given quality.
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
-import sys
-import time
 from functools import partial
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple, TypeVar
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
-from .datasets import (IMAGE_SIZE, LabelError, check_image_size, detect_layout, scan_image_folder,
-                       scan_labels)
+from .datasets import IMAGE_SIZE, LabelError, check_image_size, detect_layout, scan_labels
 from .decode import ImageDecodeError, decode_image, encode_jpeg
 from .recordio import IRHeader, RecordIOReader, RecordIOWriter, pack, unpack
 
 _JPEG_SOI = b"\xff\xd8"
-_PROGRESS_SECONDS = 10.0
 _MAX_LISTED_ERRORS = 10
-T = TypeVar("T")
+Progress = Callable[[Iterable[Any], int], Iterable[Any]]
+"""Wraps a stream of `total` items, e.g. in a progress bar: (items, total) -> the same items."""
 
 
 class RecSummary(NamedTuple):
@@ -94,31 +90,20 @@ def read_face(path: Path, quality: int) -> tuple[bytes, str | None]:
     return (buf if buf[:2] == _JPEG_SOI else encode_jpeg(rgb, quality)), None
 
 
-def _progress(items: Iterable[T], total: int, what: str) -> Iterator[T]:
-    """A tqdm bar on a terminal, otherwise a plain line every ~10 s (for logs)."""
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-        yield from tqdm(items, total=total, desc=what, unit="img")
-        return
-    started = last = time.monotonic()
-    for done, item in enumerate(items, 1):
-        now = time.monotonic()
-        if now - last >= _PROGRESS_SECONDS:
-            rate = done / (now - started)
-            print(f"{what}: {done}/{total} images, {rate:.0f} img/s", file=sys.stderr, flush=True)
-            last = now
-        yield item
+def validated_samples(paths: list[Path], labels: np.ndarray, workers: int, quality: int,
+                      progress: Optional[Progress] = None) -> Iterator[tuple[int, bytes]]:
+    """(label, jpeg) in folder order, read in parallel; raises once at the end listing bad files.
 
-
-def _validated_samples(paths: list[Path], labels: np.ndarray, workers: int,
-                       quality: int) -> Iterator[tuple[int, bytes]]:
-    """(label, jpeg) in folder order, read in parallel; raises once at the end listing bad files."""
+    `progress(results, total)` may wrap the stream of read results (the command shows a bar).
+    """
     errors: list[str] = []
     read = partial(read_face, quality=quality)
     pool = multiprocessing.Pool(workers) if workers > 1 else None
     try:
         results = pool.imap(read, paths, chunksize=64) if pool else map(read, paths)
-        for label, (jpeg, error) in zip(labels.tolist(), _progress(results, len(paths), "make-rec")):
+        if progress is not None:
+            results = progress(results, len(paths))
+        for label, (jpeg, error) in zip(labels.tolist(), results):
             if error is not None:
                 errors.append(error)
             elif not errors:  # after the first error nothing more is written; keep scanning to list all
@@ -132,37 +117,6 @@ def _validated_samples(paths: list[Path], labels: np.ndarray, workers: int,
         more = f"\n  ... and {unlisted} more" if unlisted > 0 else ""
         raise ValueError(f"{len(errors)} of {len(paths)} images are unusable (nothing was written):\n  "
                          f"{listed}{more}")
-
-
-def make_rec_main(argv: list[str] | None = None) -> int:
-    """`adadistill make-rec SRC_FOLDER OUT_DIR`: pack aligned 112x112 faces into an InsightFace .rec."""
-    parser = argparse.ArgumentParser(
-        prog="adadistill make-rec",
-        description="Pack a folder of aligned 112x112 faces (one sub-folder per identity, sorted "
-                    "names give labels 0..C-1) into OUT_DIR/train.rec, train.idx and property.")
-    parser.add_argument("src", type=Path, help="folder with one sub-folder of images per identity")
-    parser.add_argument("out_dir", type=Path, help="where train.rec, train.idx and property go")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="processes reading and checking images (default: all cores)")
-    parser.add_argument("--quality", type=int, default=95,
-                        help="JPEG quality for non-JPEG sources (JPEGs are stored unchanged)")
-    parser.add_argument("--force", action="store_true", help="replace an existing OUT_DIR/train.rec")
-    args = parser.parse_args(argv)
-    if (args.out_dir / "train.rec").exists() and not args.force:
-        print(f"adadistill make-rec: error: {args.out_dir / 'train.rec'} exists; pass --force to replace it",
-              file=sys.stderr)
-        return 1
-    try:
-        classes, paths, labels = scan_image_folder(args.src)
-        started = time.monotonic()
-        summary = write_insightface_rec(
-            args.out_dir, _validated_samples(paths, labels, args.workers, args.quality), len(classes))
-    except (OSError, ValueError) as exc:
-        print(f"adadistill make-rec: error: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out_dir / 'train.rec'}: {summary.num_images} images, {summary.num_classes} "
-          f"identities, header {list(summary.header)} ({time.monotonic() - started:.1f} s)")
-    return 0
 
 
 def _describe_labels(labels: np.ndarray) -> str:
@@ -193,31 +147,8 @@ def _record_row(reader: RecordIOReader, key: int) -> str:
     return f"{key:>8}  {header.flag:>4}  {labels:<20}  {len(payload):>9,} B  {size}"
 
 
-def inspect_rec_main(argv: list[str] | None = None) -> int:
-    """`adadistill inspect-rec DIR`: layout, counts and the first records of a RecordIO dataset."""
-    parser = argparse.ArgumentParser(
-        prog="adadistill inspect-rec",
-        description="Show the layout (insightface / glint / header-less), image and class counts and "
-                    "the first records of DIR/train.rec.")
-    parser.add_argument("dir", type=Path, help="dataset folder with train.rec (or the .rec file itself)")
-    parser.add_argument("--rebuild-index", action="store_true",
-                        help="rewrite train.idx by scanning train.rec (keys = record ids)")
-    parser.add_argument("-n", "--num-records", type=int, default=5, help="records to list (default 5)")
-    args = parser.parse_args(argv)
-    rec_path = args.dir if args.dir.suffix == ".rec" else args.dir / "train.rec"
-    try:
-        if args.rebuild_index:
-            count = RecordIOReader.rebuild_index(rec_path)
-            print(f"rebuilt {rec_path.with_suffix('.idx')}: {count} records")
-        with RecordIOReader(rec_path) as reader:
-            print("\n".join(_describe(reader, args.num_records)))
-    except (OSError, ValueError) as exc:
-        print(f"adadistill inspect-rec: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _describe(reader: RecordIOReader, num_records: int) -> list[str]:
+def describe_rec(reader: RecordIOReader, num_records: int) -> list[str]:
+    """What `adadistill inspect-rec` prints: file, layout, counts, property and the first records."""
     layout = detect_layout(reader)
     keys = layout.image_keys
     lines = [f"file:     {reader.rec_path} ({reader.file_size:,} bytes, {len(reader)} records in "

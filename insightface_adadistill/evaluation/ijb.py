@@ -14,7 +14,6 @@ the table and the plot label the run with `--job`; we also write a PNG, a CSV an
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -33,12 +32,11 @@ from insightface_adadistill.evaluation.alignment import ALIGNED_SIZE, align_face
 from insightface_adadistill.evaluation.ijb_meta import TARGETS, IJBDataError, IJBMeta, read_meta
 from insightface_adadistill.evaluation.roc import (REPORT_FARS, auc, format_tar_table, plot_roc,
                                                    roc_curve, tar_at_far, tar_at_fars)
-from insightface_adadistill.evaluation.verification import (l2_normalize, load_backbone,
-                                                            pixels_to_input, unwrap)
+from insightface_adadistill.evaluation.verification import l2_normalize, pixels_to_input, unwrap
 
 __all__ = ["IJBDataError", "IJBMeta", "read_meta", "AlignedFaces", "embed_faces", "image_features",
            "pool_templates", "pair_scores", "tar_at_far", "evaluate_ijb", "write_results",
-           "backbone_embedder", "onnx_embedder", "ijb_main"]
+           "backbone_embedder", "onnx_embedder"]
 
 PAIR_CHUNK = 100_000  # pairs scored at once, as the host (bounds memory to ~2 x 100k x D floats)
 
@@ -274,57 +272,3 @@ def onnx_embedder(path: str | os.PathLike, device: torch.device) -> EmbedFn:
         return np.concatenate(parts)
 
     return embed
-
-
-def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="adadistill eval-ijb",
-        description="IJB-B / IJB-C 1:1 verification (arcface_torch eval_ijbc.py protocol).")
-    parser.add_argument("--model-prefix", help="backbone weights (model.pt / backbone.pth / "
-                                               "checkpoint_gpu_0.pt); needs --network")
-    parser.add_argument("--network", help="backbone name, e.g. r50, r100, mbf")
-    parser.add_argument("--embedding-size", type=int, help="num_features of the backbone "
-                                                            "(default: the network's, 512)")
-    parser.add_argument("--onnx", metavar="PATH", help="evaluate this ONNX model instead of "
-                                                       "--model-prefix/--network")
-    parser.add_argument("--image-path", required=True, help="IJB root holding meta/ and loose_crop/")
-    parser.add_argument("--target", default="IJBC", choices=TARGETS)
-    parser.add_argument("--result-dir", default=".", help="outputs go to <result-dir>/<job>/")
-    parser.add_argument("--job", default="insightface", help="output sub-folder and method label")
-    parser.add_argument("--batch-size", type=int, default=128,
-                        help="images per batch (the model sees twice that with the flip)")
-    parser.add_argument("--no-flip", action="store_true", help="F0: no flip test")
-    parser.add_argument("--no-norm-score", action="store_true",
-                        help="N0: L2-normalise each image embedding before pooling")
-    parser.add_argument("--no-detector-score", action="store_true",
-                        help="D0: do not weight images by their faceness score")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="image decoding/alignment processes (0 = in the main process)")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    args = parser.parse_args(argv)
-    if args.onnx is None and (args.model_prefix is None or args.network is None):
-        parser.error("give --model-prefix and --network, or --onnx")
-    if args.onnx is not None and args.model_prefix is not None:
-        parser.error("--onnx and --model-prefix are exclusive: evaluate one model per run")
-    return args
-
-
-def ijb_main(argv: Optional[Sequence[str]] = None) -> int:
-    """`adadistill eval-ijb`: evaluate one model on IJB-B or IJB-C and write the results."""
-    args = _parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.onnx is not None:
-        embed_fn, model = onnx_embedder(args.onnx, device), {"onnx": str(args.onnx)}
-    else:
-        backbone = load_backbone(args.network, args.model_prefix, args.embedding_size)
-        embed_fn = backbone_embedder(backbone, device)
-        model = {"network": args.network, "model": str(args.model_prefix)}
-    result = evaluate_ijb(embed_fn, args.image_path, args.target, batch_size=args.batch_size,
-                          workers=args.workers, flip=not args.no_flip,
-                          norm_score=not args.no_norm_score,
-                          detector_score=not args.no_detector_score)
-    paths = write_results(result, Path(args.result_dir) / args.job, args.job, model)
-    print(paths["txt"].read_text(), end="")
-    print(f"{result['mode']}, AUC {result['auc'] * 100:.4f} %, results in {paths['json'].parent}",
-          flush=True)
-    return 0

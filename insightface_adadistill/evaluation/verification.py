@@ -13,14 +13,11 @@ never reads them).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
-import json
 import os
-import sys
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -207,40 +204,3 @@ def load_backbone(network: str, path: str | os.PathLike, embedding_size: Optiona
                          f"{embedding_size or 'default'}): {exc}; pass the network and "
                          "--embedding-size the checkpoint was trained with") from exc
     return model.eval()
-
-
-def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="adadistill verify",
-        description="10-fold verification accuracy (arcface_torch protocol) on .bin sets.")
-    parser.add_argument("bins", nargs="+", metavar="BIN", help="lfw.bin, cfp_fp.bin, agedb_30.bin, ...")
-    parser.add_argument("--network", required=True, help="backbone name, e.g. r50 or mbf")
-    parser.add_argument("--model", required=True,
-                        help="model.pt / backbone.pth / checkpoint_gpu_0.pt with the backbone weights")
-    parser.add_argument("--embedding-size", type=int, help="num_features of the backbone "
-                                                            "(default: the network's, 512)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return parser.parse_args(argv)
-
-
-def verify_main(argv: Optional[Sequence[str]] = None) -> int:
-    """`adadistill verify`: print `name: accuracy ± std, XNorm` per set; optionally write JSON."""
-    args = _parse_args(argv)
-    device = torch.device(args.device)
-    backbone = load_backbone(args.network, args.model, args.embedding_size).to(device)
-    results: Dict[str, Dict[str, float]] = {}
-    for path in args.bins:
-        vset = VerificationSet.load(path)
-        result = evaluate_backbone(backbone, vset, args.batch_size, device)
-        results[vset.name] = {"pairs": int(vset.issame.shape[0]), **result}
-        print(f"{vset.name}: {result['accuracy']:.5f} ± {result['std']:.5f}, "
-              f"XNorm {result['xnorm']:.4f}", flush=True)
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"network": args.network, "model": str(args.model), "sets": results}
-        out.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {out}", file=sys.stderr)
-    return 0

@@ -1,7 +1,7 @@
 """Deployment: ONNX export for insightface / ICCV21-MFR, and our implementation of the MFR checks.
 
-- `onnx`: `export_onnx(backbone, path)`, `verify_onnx`, and `adadistill export-onnx` (`export_main`);
-- `mfr_check`: `check_onnx(path, track)` and `adadistill check-onnx` (`check_onnx_main`).
+- `onnx`: `export_onnx(backbone, path)` and `verify_onnx`, behind `adadistill export-onnx`;
+- `mfr_check`: `check_onnx(path, track)`, behind `adadistill check-onnx`.
 
 Names resolve lazily so that `check-onnx` does not import torch.
 """
@@ -12,9 +12,7 @@ _PUBLIC = {
     "export_onnx": ("insightface_adadistill.export.onnx", "export_onnx"),
     "verify_onnx": ("insightface_adadistill.export.onnx", "verify_onnx"),
     "load_backbone": ("insightface_adadistill.export.onnx", "load_backbone"),
-    "export_main": ("insightface_adadistill.export.onnx", "main"),
     "check_onnx": ("insightface_adadistill.export.mfr_check", "check_onnx"),
-    "check_onnx_main": ("insightface_adadistill.export.mfr_check", "main"),
 }
 
 __all__ = sorted(_PUBLIC)

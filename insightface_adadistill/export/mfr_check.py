@@ -1,4 +1,4 @@
-"""`adadistill check-onnx`: the ICCV21-MFR submission checks, as our own implementation.
+"""The ICCV21-MFR submission checks behind `adadistill check-onnx`, as our own implementation.
 
 The rules follow arcface_torch's `onnx_helper.ArcFaceORT.check` (spec 6.4) so that a model that
 passes here also passes the MFR server's gate. Where we differ, and why:
@@ -16,13 +16,10 @@ passes here also passes the MFR server's gate. Where we differ, and why:
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import onnx
@@ -314,33 +311,3 @@ def format_table(report: CheckReport) -> str:
              for row in [header, *rows]]
     lines.insert(1, "-+-".join("-" * w for w in widths) + "-+-" + "-" * len(header[3]))
     return "\n".join(lines)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="adadistill check-onnx",
-        description="Check an exported face-recognition ONNX model against the ICCV21-MFR submission rules.")
-    parser.add_argument("model", metavar="MODEL_OR_DIR", type=Path,
-                        help="a .onnx file, or a folder whose lexicographically last *.onnx is checked")
-    parser.add_argument("--track", choices=sorted(TRACKS), default="cfat", help="MFR track limits (default: cfat)")
-    parser.add_argument("--provider", choices=("default", "cpu"), default="default",
-                        help="onnxruntime provider: its preferred one (default) or the CPU")
-    parser.add_argument("--json", metavar="OUT", type=Path, help="also write the report as JSON to OUT")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Print the rule table; exit 0 when every enforced rule passes, 1 otherwise."""
-    args = _parser().parse_args(argv)
-    try:
-        report = check_onnx(args.model, track=args.track, provider=args.provider)
-    except FileNotFoundError as exc:
-        print(f"adadistill check-onnx: error: {exc}", file=sys.stderr)
-        return 1
-    print(f"checking {report.model} (track {report.track}, provider {report.provider})")
-    print(format_table(report))
-    print("PASS: all MFR rules hold" if report.passed else f"FAIL: {', '.join(report.failed_rules())}")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    return 0 if report.passed else 1

@@ -1,4 +1,4 @@
-"""`adadistill export-onnx`: a trained backbone as an ONNX file for insightface and the MFR checker.
+"""A trained backbone as an ONNX file for insightface and the MFR checker.
 
 The file keeps the host's deployment contract (spec 5.5, 6.5): fp32 weights, one input `data` of
 shape (batch, 3, 112, 112) holding RGB pixels normalised as (p - 127.5) / 127.5, and exactly one
@@ -22,13 +22,11 @@ Where we differ from arcface_torch's `torch2onnx.py` (opset 11, TorchScript expo
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import os
-import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional
 
 import numpy as np
 import onnx
@@ -220,44 +218,15 @@ def load_backbone(network: str, weights: str | os.PathLike, embedding_size: Opti
     return backbone.eval()
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="adadistill export-onnx",
-        description="Export a trained backbone to ONNX for insightface and the ICCV21-MFR checker, "
-                    "then check the file against PyTorch with onnxruntime.")
-    parser.add_argument("output", metavar="OUT.onnx", type=Path, help="the ONNX file to write")
-    parser.add_argument("--network", required=True, help="backbone name, e.g. r50, mbf, mfn")
-    parser.add_argument("--model", required=True, type=Path,
-                        help="weights: model.pt, backbone.pth or checkpoint_gpu_*.pt")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    parser.add_argument("--embedding-size", type=int, default=None,
-                        help="num_features the model was trained with (default: the backbone's, 512)")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Export, verify with onnxruntime, print a summary; exit 1 with a message on any failure."""
-    args = _parser().parse_args(argv)
-    try:
-        backbone = load_backbone(args.network, args.model, args.embedding_size)
-        path = export_onnx(backbone, args.output, opset=args.opset)
-    except (FileNotFoundError, ValueError, ExportError) as exc:
-        print(f"adadistill export-onnx: error: {exc}", file=sys.stderr)
-        return 1
-    try:
-        parity = verify_onnx(backbone, path)
-    except ExportError as exc:
-        path.unlink()  # an unfaithful file must not be deployed by a script that ignores the exit code
-        print(f"adadistill export-onnx: error: {exc}; {path} was removed", file=sys.stderr)
-        return 1
-    exporter = "torch.export" if args.opset >= DYNAMO_MIN_OPSET else "TorchScript"
+def describe_export(path: Path, opset: int, parity: ParityReport) -> List[str]:
+    """The summary lines `adadistill export-onnx` prints under its first line: the exporter, the
+    input/output contract, the file's size and the onnxruntime-vs-PyTorch difference."""
+    exporter = "torch.export" if opset >= DYNAMO_MIN_OPSET else "TorchScript"
     graph = onnx.load(str(path), load_external_data=False).graph
     embedding_size = graph.output[0].type.tensor_type.shape.dim[1].dim_value
-    print(f"exported {args.network} ({args.model}) -> {path}")
-    print(f"  opset {args.opset} ({exporter} exporter), "
-          f"input {INPUT_NAME} [batch, 3, {IMAGE_SIZE}, {IMAGE_SIZE}] float32 RGB "
-          f"(p - 127.5) / 127.5, output {OUTPUT_NAME} [batch, {embedding_size}] (not L2-normalised)")
-    print(f"  {path.stat().st_size / 2**20:.1f} MiB, {len(graph.node)} nodes, all initializers >= fp32")
-    print(f"  onnxruntime vs PyTorch on {parity.batch_size} random images: max abs diff {parity.max_abs_diff:.2e} "
-          f"(relative {parity.relative:.2e}, limit {PARITY_RTOL:g})")
-    return 0
+    return [f"  opset {opset} ({exporter} exporter), "
+            f"input {INPUT_NAME} [batch, 3, {IMAGE_SIZE}, {IMAGE_SIZE}] float32 RGB "
+            f"(p - 127.5) / 127.5, output {OUTPUT_NAME} [batch, {embedding_size}] (not L2-normalised)",
+            f"  {path.stat().st_size / 2**20:.1f} MiB, {len(graph.node)} nodes, all initializers >= fp32",
+            f"  onnxruntime vs PyTorch on {parity.batch_size} random images: max abs diff "
+            f"{parity.max_abs_diff:.2e} (relative {parity.relative:.2e}, limit {PARITY_RTOL:g})"]

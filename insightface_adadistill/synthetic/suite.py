@@ -12,21 +12,20 @@
   landmarks of each render and a faceness score, and template pairs (genuine = two templates of
   one identity).
 - `build_synthetic_suite`: all three plus `manifest.json`; held-out identities start at a family
-  boundary, so no sibling of a training identity is ever tested.
+  boundary, so no sibling of a training identity is ever tested. `adadistill make-synthetic`
+  runs it from the command line.
 
 See docs/synthetic.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-import time
 from dataclasses import asdict
 from itertools import combinations
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -244,36 +243,3 @@ def build_synthetic_suite(out_dir: str | os.PathLike, num_train_ids: int = 200, 
                 "written": written, "paths": {k: os.path.relpath(v, out_dir) for k, v in paths.items()}}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return paths
-
-
-def make_synthetic_main(argv: Optional[Sequence[str]] = None) -> int:
-    """`adadistill make-synthetic OUT_DIR`: write a synthetic train.rec, synth_val.bin and IJB folder."""
-    parser = argparse.ArgumentParser(
-        prog="adadistill make-synthetic",
-        description="Render procedural face identities into OUT_DIR/train (train.rec, train.idx, "
-                    "property, synth_val.bin), OUT_DIR/<target> (IJB layout) and OUT_DIR/manifest.json.")
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--train-ids", type=int, default=200, help="training identities (classes)")
-    parser.add_argument("--images-per-id", type=int, default=20, help="training images per identity")
-    parser.add_argument("--heldout-ids", type=int, default=100, help="unseen identities for the tests")
-    parser.add_argument("--val-pairs", type=int, default=1000, help="pairs in synth_val.bin")
-    parser.add_argument("--difficulty", default="medium", choices=("easy", "medium", "hard"))
-    parser.add_argument("--target", default="IJBC", choices=("IJBC", "IJBB"))
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    try:
-        paths = build_synthetic_suite(
-            args.out_dir, args.train_ids, args.images_per_id, args.heldout_ids, args.seed,
-            config=SyntheticFaceConfig.difficulty(args.difficulty), num_val_pairs=args.val_pairs,
-            ijb_target=args.target)
-    except (OSError, ValueError) as exc:
-        print(f"adadistill make-synthetic: error: {exc}", file=sys.stderr)
-        return 1
-    written = json.loads(Path(paths["manifest"]).read_text())["written"]
-    print(f"wrote {args.out_dir} in {time.monotonic() - started:.1f} s")
-    for name, counts in written.items():
-        print(f"  {name}: " + ", ".join(f"{key} {value}" for key, value in counts.items()))
-    print(f"train with rec={paths['rec']!r} val_targets=['synth_val']; evaluate IJB with "
-          f"--image-path {paths['ijb']} --target {args.target}")
-    return 0

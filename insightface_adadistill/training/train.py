@@ -1,4 +1,4 @@
-"""`adadistill train CONFIG [--set key=value ...]`: arcface_torch's training loop, plus distillation.
+"""arcface_torch's training loop, plus distillation (what `adadistill train CONFIG` runs).
 
 One process on CPU (gloo) or one GPU (nccl) with `adadistill train`, or many with
 `torchrun --nproc_per_node=N -m insightface_adadistill train CONFIG`: the same code runs in both.
@@ -7,7 +7,6 @@ optimizer and schedule -> resume -> loop -> save. Everything else is a named hel
 """
 from __future__ import annotations
 
-import argparse
 import inspect
 import logging
 import os
@@ -22,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from insightface_adadistill import distributed
 from insightface_adadistill.backbones import get_model
-from insightface_adadistill.config import add_config_arguments, format_config, load_config
+from insightface_adadistill.config import format_config
 from insightface_adadistill.data.datasets import build_dataset
 from insightface_adadistill.data.loader import build_dataloader
 from insightface_adadistill.evaluation.verification import VerificationSet, evaluate_backbone
@@ -318,22 +317,3 @@ class _Saver:
             head_extra={"sampler": self.head.sampler_state()})
         ckpt.save_checkpoint_set(self.output, state, barrier=distributed.barrier,
                                  keep=self.cfg.keep_checkpoints, fingerprint=self.fingerprint)
-
-
-def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="adadistill train", description=__doc__.splitlines()[0])
-    add_config_arguments(parser)
-    return parser.parse_args(argv)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of `adadistill train` and `torchrun -m insightface_adadistill train`."""
-    args = _parse_args(argv)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    cfg = load_config(args.config, args.overrides, world_size=world_size)
-    dist = distributed.init_distributed(cfg.device)
-    try:
-        train(cfg, dist)
-    finally:
-        distributed.destroy_distributed()
-    return 0

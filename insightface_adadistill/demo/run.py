@@ -1,27 +1,23 @@
-"""`adadistill demo [--out DIR] [--device auto|cpu|cuda] [--preset auto|quick|cpu|gpu]`.
+"""The demo from nothing to a results table, as `adadistill demo` runs it.
 
-One command from nothing to a results table: synthetic identities -> a teacher, a standalone
-student and an AdaDistill (alpha') student with identical budgets -> verification accuracy and
-IJB-style TAR@FAR of all three -> DIR/report.md with plots, and the TensorBoard logs.
+Synthetic identities -> a teacher, a standalone student and an AdaDistill (alpha') student with
+identical budgets -> verification accuracy and IJB-style TAR@FAR of all three -> DIR/report.md
+with plots, and the TensorBoard logs.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shutil
-import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
-
-import torch
+from typing import Any, Callable, Dict, List, Optional
 
 from insightface_adadistill import distributed
 from insightface_adadistill.demo import report
 from insightface_adadistill.demo.configs import RunPlace, write_run_configs
 from insightface_adadistill.demo.pipeline import (IJB_NAME, MIN_FALSE_ACCEPTS, evaluate_run, generate_data,
                                                   ijb_workers_for, max_steps_overrides, train_run)
-from insightface_adadistill.demo.presets import DEMO_STUDENTS, METHODS, PRESETS, TEACHER, DemoPreset, pick_preset
+from insightface_adadistill.demo.presets import DEMO_STUDENTS, METHODS, TEACHER, DemoPreset
 from insightface_adadistill.evaluation.verification import VerificationSet
 
 MARKER = ".adadistill-demo"  # marks a folder the demo wrote, so a rerun may replace it
@@ -46,16 +42,16 @@ def prepare_output(out: Path) -> Path:
     return out
 
 
-def _stage(number: int, text: str) -> None:
-    print(f"\n[demo {number}/4] {text}", flush=True)
-
-
 def run_pipeline(preset: DemoPreset, out: Path, dist: distributed.DistInfo, *, seed: int,
-                 device: str, max_steps: Optional[int] = None) -> Dict[str, Any]:
-    """Data -> configs -> teacher and students -> evaluation; returns everything the report needs."""
+                 device: str, max_steps: Optional[int] = None,
+                 on_stage: Callable[[int, str], None] = lambda number, text: None) -> Dict[str, Any]:
+    """Data -> configs -> teacher and students -> evaluation; returns everything the report needs.
+
+    `on_stage(number, text)` is called as each of the stages 1-3 starts (the command prints it).
+    """
     seconds: Dict[str, float] = {}
     started = time.perf_counter()
-    _stage(1, f"writing {preset.train_ids} x {preset.images_per_id} synthetic training faces, "
+    on_stage(1, f"writing {preset.train_ids} x {preset.images_per_id} synthetic training faces, "
               f"{preset.val_pairs} verification pairs and an {IJB_NAME}-style folder")
     data = generate_data(preset, out / "data", seed)
     seconds["data"] = time.perf_counter() - started
@@ -64,11 +60,11 @@ def run_pipeline(preset: DemoPreset, out: Path, dist: distributed.DistInfo, *, s
     configs = write_run_configs(preset, place, out / "configs", DEMO_STUDENTS)
     runs = {}
     for name, path in configs.items():
-        _stage(2, f"training {name} ({path})")
+        on_stage(2, f"training {name} ({path})")
         runs[name] = train_run(path, dist, max_steps_overrides(max_steps))
     seconds["training"] = sum(run["seconds"] for run in runs.values())
 
-    _stage(3, f"evaluating on synth_val.bin and the {IJB_NAME}-style folder")
+    on_stage(3, f"evaluating on synth_val.bin and the {IJB_NAME}-style folder")
     started = time.perf_counter()
     vset = VerificationSet.load(data["synth_val"])
     results = {name: {**run, **evaluate_run(run, vset, data["ijb"], device=dist.device,
@@ -178,42 +174,3 @@ def render_markdown(preset: DemoPreset, out: Path, outcome: Dict[str, Any], tabl
         "",
     ]
     return "\n".join(lines)
-
-
-def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="adadistill demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--preset", default="auto", choices=("auto", *PRESETS),
-                        help="auto: gpu when CUDA is available and allowed by --device, else cpu; "
-                             "quick: a seconds-long smoke run")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of every run")
-    parser.add_argument("--max-steps", type=int, default=None,
-                        help="stop every run after N steps (a smoke test of a preset)")
-    return parser.parse_args(argv)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of `adadistill demo`; returns 0 and prints where the report is."""
-    args = _parse_args(argv)
-    started = time.perf_counter()
-    preset = pick_preset(args.preset, args.device)
-    try:
-        out = prepare_output(args.out)
-    except FileExistsError as exc:
-        print(f"adadistill demo: {exc}", file=sys.stderr)
-        return 2
-    dist = distributed.init_distributed(args.device)
-    try:
-        outcome = run_pipeline(preset, out, dist, seed=args.seed, device=args.device, max_steps=args.max_steps)
-    finally:
-        distributed.destroy_distributed()
-    _stage(4, "writing the report")
-    meta = {"device": torch.cuda.get_device_name(dist.device) if dist.device.type == "cuda" else "cpu",
-            "seed": args.seed, "total_seconds": time.perf_counter() - started}
-    files = write_outputs(preset, out, outcome, meta)
-    print(f"\nDemo finished in {time.perf_counter() - started:.0f} s.")
-    print(f"  report:      {files['report']}")
-    print(f"  plots:       {files['alpha_curves']}, {files['roc']}")
-    print(f"  TensorBoard: tensorboard --logdir {out / 'runs'}")
-    return 0

@@ -1,0 +1,55 @@
+"""`adadistill export-onnx OUT.onnx --network N --model M`: a trained backbone as an ONNX file.
+
+The export is checked against PyTorch with onnxruntime before the command succeeds; an unfaithful
+file is removed.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import List, Optional
+
+from insightface_adadistill.commands.common import print_error
+
+SUMMARY = "export a backbone to ONNX for the insightface runtime"
+COMMAND = "export-onnx"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from insightface_adadistill.export.onnx import DEFAULT_OPSET
+
+    parser = argparse.ArgumentParser(
+        prog="adadistill export-onnx",
+        description="Export a trained backbone to ONNX for insightface and the ICCV21-MFR checker, "
+                    "then check the file against PyTorch with onnxruntime.")
+    parser.add_argument("output", metavar="OUT.onnx", type=Path, help="the ONNX file to write")
+    parser.add_argument("--network", required=True, help="backbone name, e.g. r50, mbf, mfn")
+    parser.add_argument("--model", required=True, type=Path,
+                        help="weights: model.pt, backbone.pth or checkpoint_gpu_*.pt")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--embedding-size", type=int, default=None,
+                        help="num_features the model was trained with (default: the backbone's, 512)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Export, verify with onnxruntime, print a summary; exit 1 with a message on any failure."""
+    args = build_parser().parse_args(argv)
+    from insightface_adadistill.export.onnx import (ExportError, describe_export, export_onnx, load_backbone,
+                                                    verify_onnx)
+
+    try:
+        backbone = load_backbone(args.network, args.model, args.embedding_size)
+        path = export_onnx(backbone, args.output, opset=args.opset)
+    except (FileNotFoundError, ValueError, ExportError) as exc:
+        print_error(COMMAND, exc)
+        return 1
+    try:
+        parity = verify_onnx(backbone, path)
+    except ExportError as exc:
+        path.unlink()  # an unfaithful file must not be deployed by a script that ignores the exit code
+        print_error(COMMAND, f"{exc}; {path} was removed")
+        return 1
+    print(f"exported {args.network} ({args.model}) -> {path}")
+    print("\n".join(describe_export(path, args.opset, parity)))
+    return 0

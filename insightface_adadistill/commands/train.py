@@ -1,0 +1,37 @@
+"""`adadistill train CONFIG [--set key=value ...]`: arcface_torch's training loop, plus distillation.
+
+One process on CPU (gloo) or one GPU (nccl) with `adadistill train`, or many with
+`torchrun --nproc_per_node=N -m insightface_adadistill train CONFIG`: the same code runs in both.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import List, Optional
+
+from insightface_adadistill.commands.common import add_config_arguments
+
+SUMMARY = "train or distil from an arcface_torch config (1 process, or under torchrun)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adadistill train", description=__doc__.splitlines()[0])
+    add_config_arguments(parser)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of `adadistill train` and `torchrun -m insightface_adadistill train`."""
+    args = build_parser().parse_args(argv)
+    from insightface_adadistill import distributed
+    from insightface_adadistill.config import load_config
+    from insightface_adadistill.training.train import train
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun; the derived keys need it
+    cfg = load_config(args.config, args.overrides, world_size=world_size)
+    dist = distributed.init_distributed(cfg.device)
+    try:
+        train(cfg, dist)
+    finally:
+        distributed.destroy_distributed()
+    return 0

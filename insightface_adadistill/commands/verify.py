@@ -1,0 +1,51 @@
+"""`adadistill verify BIN... --network N --model M`: 10-fold accuracy on `.bin` verification sets."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+SUMMARY = "10-fold accuracy on .bin verification sets"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adadistill verify",
+        description="10-fold verification accuracy (arcface_torch protocol) on .bin sets.")
+    parser.add_argument("bins", nargs="+", metavar="BIN", help="lfw.bin, cfp_fp.bin, agedb_30.bin, ...")
+    parser.add_argument("--network", required=True, help="backbone name, e.g. r50 or mbf")
+    parser.add_argument("--model", required=True,
+                        help="model.pt / backbone.pth / checkpoint_gpu_0.pt with the backbone weights")
+    parser.add_argument("--embedding-size", type=int, help="num_features of the backbone "
+                                                            "(default: the network's, 512)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Print `name: accuracy ± std, XNorm` per set; optionally write JSON."""
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from insightface_adadistill.evaluation.verification import VerificationSet, evaluate_backbone, load_backbone
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    backbone = load_backbone(args.network, args.model, args.embedding_size).to(device)
+    results: Dict[str, Dict[str, float]] = {}
+    for path in args.bins:
+        vset = VerificationSet.load(path)
+        result = evaluate_backbone(backbone, vset, args.batch_size, device)
+        results[vset.name] = {"pairs": int(vset.issame.shape[0]), **result}
+        print(f"{vset.name}: {result['accuracy']:.5f} ± {result['std']:.5f}, "
+              f"XNorm {result['xnorm']:.4f}", flush=True)
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"network": args.network, "model": str(args.model), "sets": results}
+        out.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {out}", file=sys.stderr)
+    return 0

@@ -10,7 +10,7 @@ SUMMARY = "IJB-B / IJB-C 1:1 verification (TAR@FAR)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from insightface_adadistill.evaluation.ijb import TARGETS
+    from insightface_adadistill.evaluation.ijb_meta import TARGETS
 
     parser = argparse.ArgumentParser(
         prog="adadistill eval-ijb",

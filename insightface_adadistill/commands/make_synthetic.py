@@ -13,6 +13,8 @@ SUMMARY = "write the built-in synthetic identities as .rec, .bin and an IJB fold
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from insightface_adadistill.evaluation.ijb_meta import TARGETS
+
     parser = argparse.ArgumentParser(
         prog="adadistill make-synthetic",
         description="Render procedural face identities into OUT_DIR/train (train.rec, train.idx, "
@@ -23,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heldout-ids", type=int, default=100, help="unseen identities for the tests")
     parser.add_argument("--val-pairs", type=int, default=1000, help="pairs in synth_val.bin")
     parser.add_argument("--difficulty", default="medium", choices=("easy", "medium", "hard"))
-    parser.add_argument("--target", default="IJBC", choices=("IJBC", "IJBB"))
+    parser.add_argument("--target", default="IJBC", choices=TARGETS)
     parser.add_argument("--seed", type=int, default=0)
     return parser
 

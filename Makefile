@@ -1,12 +1,15 @@
 # Two commands: `make demo` and `make test`. Both create the virtual environments they need.
+# `make test-fast` is the inner loop: the suite without the slow and the MXNet tests.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 TORCH_SPEC ?= torch==2.13.0
 VENV := .venv
 MXNET_VENV := .venv-mxnet
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
+# Spinning OpenMP threads of two torch processes on few cores slow both 20-30x (multi-process tests).
+export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test venv venv-mxnet clean
+.PHONY: demo test test-fast venv venv-mxnet clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -25,6 +28,10 @@ $(MXNET_VENV)/.installed:
 
 test: venv venv-mxnet
 	ADADISTILL_MXNET_PYTHON=$(abspath $(MXNET_VENV))/bin/python $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The inner loop: no multi-process / end-to-end runs, no MXNet venv.
+test-fast: venv
+	$(VENV)/bin/python -m pytest -m "not slow and not mxnet" $(PYTEST_ARGS)
 
 demo: venv
 	$(VENV)/bin/adadistill demo --out $(DEMO_OUT)

@@ -270,11 +270,18 @@ def test_every_problem_is_reported_at_once(tmp_path):
     {"margin_list": [1.0, 0.0, 0.0], "progress_bar": True, "lr_scale_batch": 512},
 ])
 def test_valid_variants_pass(tmp_path, changes):
-    load_with(tmp_path, **changes)
+    cfg = load_with(tmp_path, **changes)
+    kept = {key: list(cfg[key]) if isinstance(changes[key], tuple) else cfg[key] for key in changes}
+    assert kept == {key: list(v) if isinstance(v, tuple) else v for key, v in changes.items()}
 
 
 def test_validate_accepts_a_loaded_config_with_derived_keys(tmp_path):
-    validate(load_config(write_config(tmp_path), world_size=8))
+    cfg = load_config(write_config(tmp_path), world_size=8)
+    steps_per_epoch = 5179510 // (128 * 8)
+    assert (cfg.total_batch_size, cfg.warmup_step, cfg.total_step) == (1024, 0, steps_per_epoch * 20)
+    assert validate(cfg) is None
+    with pytest.raises(ConfigError, match="lr = -1.0 must be"):  # still checked beside the derived keys
+        validate({**cfg, "lr": -1.0})
 
 
 # ---- log format, README table, command --------------------------------------------------------

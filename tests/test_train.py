@@ -186,25 +186,49 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path: Path) -> None:
     assert "stopped by signal" in (out / "training.log").read_text()
 
 
+@pytest.fixture(scope="module")
+def standalone_run(tmp_path_factory) -> Path:
+    """The tiny student without a teacher, 4 steps: what every distilled run must differ from."""
+    return _train(tmp_path_factory.mktemp("standalone") / "run", "max_steps=4")
+
+
+def _student(output: Path) -> dict:
+    """The finished student's state_dict (model.pt), checked to load strictly into tiny_mfn."""
+    state = load_file(output / "model.pt")
+    get_model("tiny_mfn", num_features=64).load_state_dict(state, strict=True)
+    return state
+
+
+def _differs(a: dict, b: dict) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
 @pytest.mark.parametrize("variant", [
     ("distill=adadistill", "distill_alpha=weighted"),
     ("distill=adadistill", "distill_alpha=plain", "sample_rate=0.5"),
     ("distill=adadistill", "distill_alpha=0.9"),
     ("distill=feature_kd",),
 ], ids=["alpha_weighted", "alpha_plain_sampled", "alpha_fixed", "feature_kd"])
-def test_distillation_variants_run(tmp_path: Path, teacher_run: Path, variant: tuple) -> None:
+def test_distillation_variants_run(tmp_path: Path, teacher_run: Path, standalone_run: Path,
+                                   variant: tuple) -> None:
     out = _train(tmp_path / "student", *variant, "teacher_network=tiny_resnet",
                  f"teacher_weights={teacher_run / 'model.pt'}", "max_steps=4")
-    assert (out / "model.pt").is_file()
+    student = _student(out)
+    assert all(torch.isfinite(v).all() for v in student.values() if v.is_floating_point())
+    assert _differs(student, _student(standalone_run)), "same seed and steps: the teacher must change the result"
     if "distill=adadistill" in variant:
         log = (out / "training.log").read_text()
         assert "alpha=" in log and "centre_teacher_cos=" in log
 
 
-def test_arcdistill_from_teacher_partial_fc_shards(tmp_path: Path, teacher_run: Path) -> None:
+def test_arcdistill_from_teacher_partial_fc_shards(tmp_path: Path, teacher_run: Path,
+                                                   standalone_run: Path) -> None:
     out = _train(tmp_path / "student", "distill=arcdistill", f"teacher_classifier={teacher_run}/checkpoint_gpu_*.pt",
-                 "max_steps=4")
-    assert (out / "model.pt").is_file()
+                 "max_steps=4", "save_every_steps=4")
+    teacher_fc = _latest_states(teacher_run, 1)[0]["state_dict_softmax_fc"]["weight"]
+    student_fc = _latest_states(out, 1)[0]["state_dict_softmax_fc"]["weight"]
+    assert torch.equal(student_fc, teacher_fc), "arcdistill trains against the teacher's frozen classifier"
+    assert _differs(_student(out), _student(standalone_run))
 
 
 def test_teacher_in_published_code_format(tmp_path: Path, teacher_run: Path) -> None:
@@ -212,9 +236,10 @@ def test_teacher_in_published_code_format(tmp_path: Path, teacher_run: Path) -> 
     state = load_file(teacher_run / "model.pt")
     published = tmp_path / "295672backbone.pth"
     torch.save({f"module.{k}": v for k, v in state.items()}, published)
-    out = _train(tmp_path / "student", "distill=adadistill", "teacher_network=tiny_resnet",
-                 f"teacher_weights={published}", "max_steps=2")
-    assert (out / "model.pt").is_file()
+    args = ("distill=adadistill", "teacher_network=tiny_resnet", "max_steps=2")
+    from_published = _train(tmp_path / "published", *args, f"teacher_weights={published}")
+    from_model_pt = _train(tmp_path / "model_pt", *args, f"teacher_weights={teacher_run / 'model.pt'}")
+    assert not _differs(_student(from_published), _student(from_model_pt)), "the same teacher, bit for bit"
 
 
 def test_missing_teacher_refuses_to_start(tmp_path: Path) -> None:

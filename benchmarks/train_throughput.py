@@ -51,7 +51,7 @@ from insightface_adadistill.heads import build_head, build_margin_loss
 from insightface_adadistill.heads.partial_fc import init_centres
 from insightface_adadistill.serialization import save_file_atomic
 from insightface_adadistill.teacher import build_teacher
-from insightface_adadistill.training.optim import build_optimizer, trainable_param_groups
+from insightface_adadistill.training.optim import build_optimizer, host_param_groups
 from insightface_adadistill.training.step import DistillStep
 from insightface_adadistill.training.train import optimizer_step, wrap_ddp
 
@@ -247,7 +247,7 @@ def time_config(variant: Variant, teacher_name: str, teacher_file: Path, preset:
     teacher = build_teacher(teacher_name, teacher_file, preset.embedding_size, device,
                             dtype=variant.teacher_dtype, channels_last=variant.channels_last)
     step_fn = DistillStep(wrap_ddp(student, dist), head, teacher)
-    optimizer = build_optimizer("sgd", trainable_param_groups(student, optimised_head), lr=0.1)
+    optimizer = build_optimizer("sgd", host_param_groups(student, optimised_head), lr=0.1)
     scaler = torch.amp.GradScaler(device.type, growth_interval=100,
                                   enabled=variant.student_amp == "fp16" and device.type == "cuda")
     generator = torch.Generator().manual_seed(2)

@@ -1,10 +1,11 @@
-"""Checkpoint sets: round trip, crash safety, pruning, re-sharding across world sizes, output guard.
+"""Checkpoint sets: round trip, crash safety, truncation, disk full, pruning, re-sharding, old layouts.
 
-Multi-rank saves run as threads sharing a `threading.Barrier`, which is what the collective
-barrier guarantees between processes.
+Multi-rank saves run as threads sharing an all-ranks `agree` built on a `threading.Barrier`,
+which is what the collective guarantees between processes.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import threading
@@ -16,12 +17,13 @@ from torch import nn
 
 from insightface_adadistill.distributed import shard_classes
 from insightface_adadistill.serialization import load_file, save_file_atomic
-from insightface_adadistill.training.checkpoint import (
-    capture_rng_state, check_output_dir, find_latest_complete, list_complete_sets,
-    load_checkpoint_set, make_checkpoint, restore_checkpoint, restore_rng_state, save_checkpoint_set,
-    save_model)
-from insightface_adadistill.training.optim import build_optimizer, trainable_param_groups
+from insightface_adadistill.training.checkpoint import CheckpointError
+from insightface_adadistill.training.optim import build_optimizer, host_param_groups, upgrade_group_layout
+from insightface_adadistill.training.rng import capture_rng_state, restore_rng_state
 from insightface_adadistill.training.schedule import PolynomialWarmupLR
+from insightface_adadistill.training.state import TrainState
+from insightface_adadistill.training.store import (CheckpointSaveError, find_latest_complete, list_complete_sets,
+                                                   load_checkpoint_set, save_checkpoint_set, save_model)
 
 EMB = 3
 NUM_CLASSES = 5
@@ -35,6 +37,13 @@ class ShardedHead(nn.Module):
         self.weight = nn.Parameter(torch.zeros(num_local, EMB))
         self.register_buffer("visited", torch.zeros(num_local, dtype=torch.bool))
         self.register_buffer("scale", torch.tensor(64.0))
+        self.sampler_seed = torch.tensor(3)
+
+    def sampler_state(self) -> torch.Tensor:
+        return self.sampler_seed
+
+    def load_sampler_state(self, state: torch.Tensor) -> None:
+        self.sampler_seed = state
 
 
 class Wrapper(nn.Module):
@@ -44,6 +53,9 @@ class Wrapper(nn.Module):
         super().__init__()
         self.module = module
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
 
 def _training_objects(rank: int, world_size: int, steps: int = 1):
     """Objects for `rank`: head rows hold their global class id, so shards can be checked by value."""
@@ -51,13 +63,14 @@ def _training_objects(rank: int, world_size: int, steps: int = 1):
     backbone = nn.Sequential(nn.Linear(4, EMB), nn.BatchNorm1d(EMB))
     start, num_local = shard_classes(NUM_CLASSES, rank, world_size)
     head = ShardedHead(num_local)
-    optimizer = build_optimizer("sgd", trainable_param_groups(backbone, head), lr=0.1)
+    optimizer = build_optimizer("sgd", host_param_groups(backbone, head), lr=0.1)
     scheduler = PolynomialWarmupLR(optimizer, warmup_steps=1, total_steps=10)
     class_ids = torch.arange(start, start + num_local, dtype=torch.float32)
     for _ in range(steps):
         backbone(torch.ones(2, 4)).sum().backward()
         head.weight.grad = class_ids[:, None].expand(num_local, EMB).clone()
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         scheduler.step()
     with torch.no_grad():
         head.weight.copy_(class_ids[:, None].expand(num_local, EMB))
@@ -65,28 +78,48 @@ def _training_objects(rank: int, world_size: int, steps: int = 1):
     return backbone, head, optimizer, scheduler
 
 
-def _checkpoint(rank: int, world_size: int, step: int = 7, head_extra=None) -> dict:
-    backbone, head, optimizer, scheduler = _training_objects(rank, world_size)
-    return make_checkpoint(
-        epoch=1, global_step=step, batch_in_epoch=4, backbone=Wrapper(backbone), head=head,
-        optimizer=optimizer, lr_scheduler=scheduler, grad_scaler=torch.amp.GradScaler("cpu"),
-        rank=rank, world_size=world_size, num_classes=NUM_CLASSES, config_name="tiny",
-        head_extra=head_extra or {"sampler_seed": 3})
+def _state(rank: int, world_size: int, steps: int = 1) -> TrainState:
+    backbone, head, optimizer, scheduler = _training_objects(rank, world_size, steps)
+    return TrainState(Wrapper(backbone), head, optimizer, scheduler, torch.amp.GradScaler("cpu"), rank=rank,
+                      world_size=world_size, num_classes=NUM_CLASSES, run_name="tiny")
+
+
+def _checkpoint(rank: int, world_size: int, step: int = 7, sampler_seed: int = 3) -> dict:
+    state = _state(rank, world_size)
+    state.head.sampler_seed = torch.tensor(sampler_seed)
+    return state.at(1, step, 4).state_dict()
+
+
+def _agree_among(world_size: int, crash_rank=None):
+    """Per-rank `agree` callables over threads; `crash_rank` dies at its second agreement."""
+    barrier = threading.Barrier(world_size)
+    votes = [True] * world_size
+    calls = [0] * world_size
+
+    def for_rank(rank: int):
+        def agree(ok: bool) -> bool:
+            calls[rank] += 1
+            if rank == crash_rank and calls[rank] == 2:
+                raise RuntimeError("simulated crash")
+            votes[rank] = ok
+            barrier.wait(timeout=10)
+            result = all(votes)
+            barrier.wait(timeout=10)
+            return result
+        return agree
+    return for_rank, barrier
 
 
 def _save_set(output, world_size: int, step: int, keep: int = 2, fingerprint=None, crash_rank=None):
-    """Save one set from `world_size` threads; `crash_rank` dies at the barrier after its file."""
+    """Save one set from `world_size` threads; `crash_rank` dies after writing its file."""
     checkpoints = [_checkpoint(r, world_size, step) for r in range(world_size)]
-    barrier = threading.Barrier(world_size)
+    for_rank, barrier = _agree_among(world_size, crash_rank)
     errors = []
 
     def run(rank: int) -> None:
-        def wait() -> None:
-            if rank == crash_rank:
-                raise RuntimeError("simulated crash")
-            barrier.wait(timeout=10)
         try:
-            save_checkpoint_set(output, checkpoints[rank], barrier=wait, keep=keep, fingerprint=fingerprint)
+            save_checkpoint_set(output, checkpoints[rank], agree=for_rank(rank), keep=keep,
+                                fingerprint=fingerprint)
         except (RuntimeError, threading.BrokenBarrierError) as exc:
             errors.append(exc)
             barrier.abort()
@@ -126,15 +159,42 @@ def test_round_trip_single_rank(tmp_path):
                  "state_optimizer", "state_lr_scheduler"}
     assert host_keys <= loaded.keys() and loaded["head_sharded_keys"] == ["weight", "visited"]
     assert all(not k.startswith("module.") for k in loaded["state_dict_backbone"])
+    assert loaded["accumulated_grads"] is None  # saved right after an optimizer step
     # The host's top-level name is a hard link to the newest set.
     assert os.path.samefile(tmp_path / "checkpoint_gpu_0.pt", latest / "checkpoint_gpu_0.pt")
 
-    backbone, head, optimizer, scheduler = _training_objects(0, 1, steps=0)
-    restore_checkpoint(loaded, backbone=Wrapper(backbone), head=head, optimizer=optimizer,
-                       lr_scheduler=scheduler, grad_scaler=torch.amp.GradScaler("cpu"))
-    _assert_equal(saved["state_optimizer"], optimizer.state_dict())
-    assert scheduler.state_dict() == saved["state_lr_scheduler"]
-    assert torch.equal(head.weight, saved["state_dict_softmax_fc"]["weight"])
+    state = _state(0, 1, steps=0)
+    state.load_state_dict(loaded)
+    _assert_equal(saved["state_optimizer"], state.optimizer.state_dict())
+    assert state.scheduler.state_dict() == saved["state_lr_scheduler"]
+    assert torch.equal(state.head.weight, saved["state_dict_softmax_fc"]["weight"])
+    assert (state.epoch, state.global_step, state.batch_in_epoch) == (1, 7, 4)
+    assert state.head.sampler_seed == 3
+
+
+def test_a_save_inside_gradient_accumulation_keeps_the_partial_gradient(tmp_path):
+    """Resumed at an accumulation step, the next optimizer step is the uninterrupted run's."""
+    def half_step(state: TrainState) -> None:
+        state.student(torch.full((2, 4), 0.5)).sum().backward()  # first of two accumulated batches
+
+    straight = _state(0, 1)
+    half_step(straight)
+    save_checkpoint_set(tmp_path, straight.at(0, 3, 3).state_dict())
+    resumed = _state(0, 1)
+    resumed.load_state_dict(load_checkpoint_set(find_latest_complete(tmp_path), 0, 1))
+    for state in (straight, resumed):
+        half_step(state)
+        state.optimizer.step()
+    for a, b in zip(straight.student.parameters(), resumed.student.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_an_epoch_end_position_is_saved_as_the_next_epoch_like_the_host():
+    state = _state(0, 1)
+    state.steps_per_epoch = 4
+    assert (state.at(1, 8, 4).epoch, state.batch_in_epoch) == (2, 0)
+    state.batch_in_epoch = 4  # an older release saved the last batch's position
+    assert state.resume_position() == (3, 0)
 
 
 def test_rng_state_round_trip(tmp_path):
@@ -153,9 +213,54 @@ def test_crash_mid_save_falls_back_to_previous_set(tmp_path):
     partial = tmp_path / "checkpoints" / "step_000000200"
     assert (partial / "checkpoint_gpu_0.pt").is_file() and not (partial / "COMPLETE").exists()
     assert find_latest_complete(tmp_path) == tmp_path / "checkpoints" / "step_000000100"
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint set"):
+    with pytest.raises(CheckpointError, match="not a complete checkpoint set"):
         load_checkpoint_set(partial, rank=0, world_size=2)
     assert load_file(tmp_path / "checkpoint_gpu_1.pt")["global_step"] == 100
+
+
+def test_a_truncated_rank_file_falls_back_to_the_previous_set_and_is_rewritten(tmp_path, caplog):
+    _save_set(tmp_path, world_size=2, step=100)
+    _save_set(tmp_path, world_size=2, step=200)
+    newest = tmp_path / "checkpoints" / "step_000000200" / "checkpoint_gpu_1.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    assert list_complete_sets(tmp_path) == [tmp_path / "checkpoints" / "step_000000100"]
+    assert "step_000000200/checkpoint_gpu_1.pt is truncated" in caplog.text
+    _save_set(tmp_path, world_size=2, step=200)  # the resumed run saves that step again
+    assert find_latest_complete(tmp_path) == newest.parent
+
+
+def _full_disk(real_save):
+    def save(obj, path):
+        if "checkpoint_gpu_1" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(obj, path)
+    return save
+
+
+def test_disk_full_names_the_folder_the_space_and_the_intact_set(tmp_path, monkeypatch):
+    _save_set(tmp_path, world_size=2, step=100)
+    import insightface_adadistill.training.store as store
+    monkeypatch.setattr(store, "save_file_atomic", _full_disk(store.save_file_atomic))
+    checkpoints = [_checkpoint(r, 2, 200) for r in range(2)]
+    for_rank, _ = _agree_among(2)
+    errors = {}
+
+    def run(rank):
+        try:
+            save_checkpoint_set(tmp_path, checkpoints[rank], agree=for_rank(rank))
+        except CheckpointSaveError as exc:
+            errors[rank] = str(exc)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(errors) == {0, 1}  # every rank stops, none waits for the other
+    assert "no space left" in errors[1] and "step_000000200" in errors[1] and "MiB" in errors[1]
+    assert "step_000000100 is intact" in errors[1] and "step_000000100 is intact" in errors[0]
+    assert find_latest_complete(tmp_path) == tmp_path / "checkpoints" / "step_000000100"
+    assert not (tmp_path / "checkpoints" / "step_000000200").exists()  # space given back
 
 
 def test_keeps_last_k_complete_sets_and_drops_older_partials(tmp_path):
@@ -171,10 +276,9 @@ def test_keeps_last_k_complete_sets_and_drops_older_partials(tmp_path):
 
 def test_a_complete_set_is_not_rewritten(tmp_path):
     first = _save_set(tmp_path, world_size=1, step=6)[0]
-    again = _checkpoint(0, 1, step=6, head_extra={"sampler_seed": 99})
-    save_checkpoint_set(tmp_path, again)
+    save_checkpoint_set(tmp_path, _checkpoint(0, 1, step=6, sampler_seed=99))
     loaded = load_checkpoint_set(find_latest_complete(tmp_path), rank=0, world_size=1)
-    assert loaded["head_extra"] == first["head_extra"] == {"sampler_seed": 3}
+    assert loaded["head_extra"]["sampler"] == first["head_extra"]["sampler"] == 3
 
 
 @pytest.mark.parametrize("old_world,new_world", [(2, 1), (1, 2), (2, 3)])
@@ -196,37 +300,47 @@ def test_reshards_head_and_optimizer_state_across_world_sizes(tmp_path, old_worl
         _assert_equal(loaded["state_dict_backbone"], saved[0]["state_dict_backbone"])
         assert (loaded["rank"], loaded["world_size"], loaded["rng_state"]) == (rank, new_world, None)
         assert loaded["batch_in_epoch"] == 4 * old_world // new_world
-
-        backbone, head_module, optimizer, scheduler = _training_objects(rank, new_world, steps=0)
-        restore_checkpoint(loaded, backbone=backbone, head=head_module, optimizer=optimizer,
-                           lr_scheduler=scheduler)
+        _state(rank, new_world, steps=0).load_state_dict(loaded)
 
 
-def test_check_output_dir(tmp_path):
-    run = {"config_name": "tiny", "network": "mbf", "num_classes": NUM_CLASSES,
-           "margin_list": (1.0, 0.5, 0.0)}
-    assert check_output_dir(tmp_path, run, resume=False) is None
-    assert check_output_dir(tmp_path, run, resume=True) is None  # nothing yet: start from scratch
-    _save_set(tmp_path, world_size=1, step=3, fingerprint=run)
-    with pytest.raises(FileExistsError, match="set resume=True"):
-        check_output_dir(tmp_path, run, resume=False)
-    other = {**run, "num_classes": 10}
-    with pytest.raises(FileExistsError, match="different run.*num_classes: 5 saved vs 10 now"):
-        check_output_dir(tmp_path, other, resume=False)
-    with pytest.raises(ValueError, match="cannot resume"):
-        check_output_dir(tmp_path, other, resume=True)
-    same_as_list = {**run, "margin_list": [1.0, 0.5, 0.0]}
-    assert check_output_dir(tmp_path, same_as_list, resume=True) == find_latest_complete(tmp_path)
+class FrozenFirst(nn.Module):
+    """iresnet-like: a frozen parameter in the middle of the backbone (`features.weight`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Linear(4, 3)
+        self.features = nn.BatchNorm1d(3)
+        self.features.weight.requires_grad_(False)
+        self.fc = nn.Linear(3, EMB)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(self.conv(x)))
 
 
-def test_check_output_dir_refuses_host_files(tmp_path):
-    save_model(nn.Linear(2, 2), tmp_path)
-    with pytest.raises(FileExistsError, match="model.pt"):
-        check_output_dir(tmp_path, {}, resume=False)
-    assert check_output_dir(tmp_path, {}, resume=True) is None
-    torch.save({"epoch": 1}, tmp_path / "checkpoint_gpu_0.pt")
-    with pytest.raises(FileExistsError, match="arcface_torch"):
-        check_output_dir(tmp_path, {}, resume=True)
+def test_groups_hold_frozen_parameters_like_the_host_and_old_sets_still_load():
+    torch.manual_seed(0)
+    backbone, head = FrozenFirst(), ShardedHead(NUM_CLASSES)
+    host = torch.optim.SGD(params=[{"params": backbone.parameters()}, {"params": head.parameters()}], lr=0.1)
+    ours = build_optimizer("sgd", host_param_groups(backbone, head), lr=0.1)
+    assert [len(g["params"]) for g in ours.param_groups] == [len(g["params"]) for g in host.param_groups]
+    backbone(torch.ones(2, 4)).sum().backward()
+    ours.step()
+    host.load_state_dict(ours.state_dict())  # what arcface_torch's resume=True does
+
+    # a set of an older release: the frozen parameter was left out of the backbone group
+    old = torch.optim.SGD([{"params": [p for p in backbone.parameters() if p.requires_grad]},
+                           {"params": list(head.parameters())}], lr=0.1, momentum=0.9)
+    old.step()
+    saved = old.state_dict()
+    fresh = build_optimizer("sgd", host_param_groups(backbone, head), lr=0.1)
+    fresh.load_state_dict(upgrade_group_layout(saved, fresh))
+    for param, old_param in zip([p for p in backbone.parameters() if p.requires_grad],
+                                old.param_groups[0]["params"]):
+        assert torch.equal(fresh.state[param]["momentum_buffer"], old.state[old_param]["momentum_buffer"])
+    assert backbone.features.weight not in fresh.state
+    with pytest.raises(ValueError, match="another network"):
+        upgrade_group_layout({**saved, "param_groups": [{**saved["param_groups"][0], "params": [0]},
+                                                        saved["param_groups"][1]]}, fresh)
 
 
 def test_save_model_is_plain_fp32_without_prefix(tmp_path):
@@ -237,22 +351,25 @@ def test_save_model_is_plain_fp32_without_prefix(tmp_path):
     assert state["1.num_batches_tracked"].dtype == torch.int64
 
 
-def test_unsafe_values_and_missing_barrier_fail_at_save_time(tmp_path):
-    with pytest.raises(TypeError, match=r"head_extra.*'gen'.*Generator"):
-        _checkpoint(0, 1, head_extra={"gen": torch.Generator()})
-    with pytest.raises(ValueError, match="barrier"):
-        save_checkpoint_set(tmp_path, _checkpoint(0, 2), barrier=None)
+def test_unsafe_values_and_missing_agreement_fail_at_save_time(tmp_path):
+    state = _state(0, 1)
+    state.head.sampler_seed = torch.Generator()
+    with pytest.raises(TypeError, match=r"head_extra.*'sampler'.*Generator"):
+        state.state_dict()
+    with pytest.raises(ValueError, match="agree"):
+        save_checkpoint_set(tmp_path, _checkpoint(0, 2), agree=None)
 
 
 def _gloo_save(rank: int, world_size: int, output: str) -> None:
     import torch.distributed as dist
 
-    from insightface_adadistill.distributed import barrier
+    from insightface_adadistill.training.checkpointer import all_ranks_agree
     dist.init_process_group("gloo", init_method=f"file://{output}/rendezvous", rank=rank,
                             world_size=world_size)
     try:
         for step in (10, 20, 30):
-            save_checkpoint_set(output, _checkpoint(rank, world_size, step), barrier=barrier, keep=2)
+            save_checkpoint_set(output, _checkpoint(rank, world_size, step),
+                                agree=all_ranks_agree(torch.device("cpu")), keep=2)
     finally:
         dist.destroy_process_group()
 

@@ -6,12 +6,13 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from insightface_adadistill.config import load_config
 from insightface_adadistill.commands.demo import main
 from insightface_adadistill.demo.run import MARKER, prepare_output
 from insightface_adadistill.demo.configs import RunPlace, write_run_configs
-from insightface_adadistill.demo.pipeline import finished_normally, supported_fars
+from insightface_adadistill.demo.pipeline import supported_fars
 from insightface_adadistill.demo.presets import METHODS, PRESETS, lr_drop_epochs, pick_preset
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -108,10 +109,16 @@ def test_supported_fars_need_twenty_false_accepts() -> None:
     assert supported_fars(200_000) == [1e-4, 1e-3, 1e-2, 1e-1]
 
 
-def test_a_run_stopped_by_sigterm_is_not_taken_for_finished(tmp_path: Path) -> None:
-    log = tmp_path / "training.log"
-    log.write_text("Training: 2026-01-01 00:00:00,000-finished: /x/model.pt\n")
-    assert finished_normally(tmp_path)
-    log.write_text("Training: 2026-01-01 00:00:00,000-stopped by signal at global step 530; resume with "
-                   "--set resume=True\n")
-    assert not finished_normally(tmp_path)
+def test_a_run_stopped_by_a_signal_is_not_taken_for_finished(tmp_path: Path, monkeypatch) -> None:
+    from insightface_adadistill.demo import pipeline
+    from insightface_adadistill.distributed import DistInfo
+    from insightface_adadistill.training.train import TrainResult
+
+    place = RunPlace(rec=str(tmp_path / "data"), runs_dir=tmp_path / "runs", seed=3, device="cpu")
+    path = write_run_configs(PRESETS["quick"], place, tmp_path / "configs", ["standalone"])["standalone"]
+    dist = DistInfo(0, 0, 1, torch.device("cpu"))
+    monkeypatch.setattr(pipeline, "train", lambda cfg, dist: TrainResult(Path(cfg.output), 530, True))
+    with pytest.raises(pipeline.TrainingStopped, match="global step 530.*resume=True"):
+        pipeline.train_run(path, dist)
+    monkeypatch.setattr(pipeline, "train", lambda cfg, dist: TrainResult(Path(cfg.output), 64, False))
+    assert pipeline.train_run(path, dist)["steps"] == 64

@@ -1,11 +1,11 @@
-"""Optimizer: host group order, frozen parameters left out, empty head group, momentum honoured."""
+"""Optimizer: host group order, frozen parameters kept in their group, empty head group, momentum honoured."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from insightface_adadistill.training.optim import build_optimizer, trainable_param_groups
+from insightface_adadistill.training.optim import build_optimizer, host_param_groups
 
 
 class TinyBackbone(nn.Module):
@@ -24,18 +24,25 @@ class CentreHead(nn.Module):
         self.register_buffer("centres", torch.zeros(5, 2))
 
 
-def test_groups_follow_host_order_and_skip_frozen():
+def test_groups_follow_host_order_and_keep_frozen_parameters():
     backbone, head = TinyBackbone(), nn.Linear(2, 5, bias=False)
-    groups = trainable_param_groups(backbone, head)
+    groups = host_param_groups(backbone, head)
     assert [g["name"] for g in groups] == ["backbone", "head"]
-    assert [tuple(p.shape) for p in groups[0]["params"]] == [(3,), (2, 3), (2,)]
+    # arcface_torch: SGD(params=[{"params": backbone.parameters()}, {"params": pfc.parameters()}])
+    assert groups[0]["params"] == list(backbone.parameters())
+    assert [tuple(p.shape) for p in groups[0]["params"]] == [(3, 4), (3,), (2, 3), (2,)]
     assert groups[1]["params"] == [head.weight]
+    optimizer = build_optimizer("sgd", groups, lr=0.1)
+    backbone.fc(backbone.features(torch.ones(1, 4))).sum().backward()
+    frozen_before = backbone.features.weight.clone()
+    optimizer.step()
+    assert torch.equal(backbone.features.weight, frozen_before)  # never gets a gradient
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adamw"])
 def test_parameterless_head_keeps_an_empty_second_group(kind):
     backbone = TinyBackbone()
-    optimizer = build_optimizer(kind, trainable_param_groups(backbone, CentreHead()), lr=0.1)
+    optimizer = build_optimizer(kind, host_param_groups(backbone, CentreHead()), lr=0.1)
     assert len(optimizer.param_groups) == 2 and optimizer.param_groups[1]["params"] == []
     backbone.fc(torch.ones(1, 3)).sum().backward()
     optimizer.step()
@@ -69,9 +76,9 @@ def test_adamw_uses_default_betas():
 
 
 def test_errors_name_allowed_values():
-    groups = trainable_param_groups(TinyBackbone(), CentreHead())
+    groups = host_param_groups(TinyBackbone(), CentreHead())
     with pytest.raises(ValueError, match="'lamb'.*sgd, adamw"):
         build_optimizer("lamb", groups, lr=0.1)
     frozen = nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
-        build_optimizer("sgd", trainable_param_groups(frozen, CentreHead()), lr=0.1)
+        build_optimizer("sgd", host_param_groups(frozen, CentreHead()), lr=0.1)

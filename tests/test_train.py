@@ -17,8 +17,9 @@ import torch
 
 from insightface_adadistill.backbones import get_model
 from insightface_adadistill.serialization import load_file
-from insightface_adadistill.training import checkpoint as ckpt
 from insightface_adadistill.commands.train import main
+from insightface_adadistill.outputs import OutputFolderError
+from insightface_adadistill.training import store as ckpt
 from insightface_adadistill.training.train import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +98,7 @@ def test_distillation_resume_is_exact(tmp_path: Path, teacher_run: Path) -> None
 
 def test_refuses_output_of_another_run(tmp_path: Path) -> None:
     out = _train(tmp_path / "run", "max_steps=2")
-    with pytest.raises(FileExistsError, match="resume=True"):
+    with pytest.raises(OutputFolderError, match="resume=True"):
         _train(out, "max_steps=2")
 
 
@@ -135,7 +136,7 @@ def test_two_process_distillation_then_resume_on_one_process(tmp_path: Path, tea
     shards = _latest_states(out, 2)
     centres = torch.cat([s["state_dict_softmax_fc"]["weight"] for s in shards])  # (15, E) in class order
     assert "alpha=" in (out / "training.log").read_text()
-    _train(out, *args, "max_steps=8", "resume=True")  # world size 2 -> 1
+    _train(out, *args, "max_steps=8", "resume=True", "resume_allow_changes=True")  # world size 2 -> 1
     assert "re-sharding" in (out / "training.log").read_text()
     resumed = ckpt.load_checkpoint_set(ckpt.find_latest_complete(out), 0, 1)
     assert resumed["state_dict_softmax_fc"]["weight"].shape == centres.shape
@@ -246,3 +247,24 @@ def test_missing_teacher_refuses_to_start(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         _train(tmp_path / "student", "distill=adadistill", "teacher_network=tiny_resnet",
                f"teacher_weights={tmp_path / 'nope.pt'}", "max_steps=2")
+
+
+def test_train_returns_its_result_and_restores_the_signal_handlers(tmp_path: Path) -> None:
+    from insightface_adadistill import distributed
+    from insightface_adadistill.config import load_config
+    from insightface_adadistill.training.train import TrainResult, train
+
+    def handlers():
+        return {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    before = handlers()
+    cfg = load_config(TINY, [f"output={tmp_path / 'run'}", "progress_bar=false", "max_steps=3"])
+    dist = distributed.init_distributed("cpu")
+    try:
+        assert train(cfg, dist) == TrainResult(tmp_path / "run", 3, stopped_by_signal=False)
+    finally:
+        distributed.destroy_distributed()
+    assert handlers() == before
+    with pytest.raises(NonFiniteLossError):
+        _train(tmp_path / "nan", "lr=1e30", "max_steps=8", "clip_grad_norm=0")
+    assert handlers() == before

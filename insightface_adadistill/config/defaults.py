@@ -78,6 +78,8 @@ EXTENSION_KEYS: Dict[str, Tuple[Any, str]] = {
     # checkpoints and faults
     "save_every_steps": (0, "also checkpoint every N global steps (0 = epoch ends only)"),
     "keep_checkpoints": (2, "how many complete checkpoint sets to keep"),
+    "resume_allow_changes": (False, "resume even though schedule-changing keys (lr, batch_size, world "
+                                    "size, ...) differ from the saved run; the changes are logged"),
     "nonfinite_loss": ("stop", "'stop' (diagnostic, keep last good checkpoint) or 'skip' the step"),
     "device": ("auto", "auto (cuda if available), cuda or cpu"),
     "progress_bar": ("auto", "'auto' (only on a terminal), True or False"),

@@ -6,7 +6,6 @@ behind `adadistill verify` and `adadistill eval-ijb`. Nothing here is demo-only 
 """
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -55,30 +54,17 @@ def train_run(config_path: Path, dist: DistInfo, overrides: Sequence[str] = ()) 
         dict(output, network, embedding_size, steps, seconds).
 
     Raises:
-        TrainingStopped: the trainer stopped early on SIGTERM (it saves and returns normally).
+        TrainingStopped: the trainer stopped early on SIGTERM or Ctrl-C (it saves and returns).
     """
     cfg = load_config(config_path, list(overrides), world_size=dist.world_size)
-    previous_handler = signal.getsignal(signal.SIGTERM)
     started = time.perf_counter()
-    try:
-        output = train(cfg, dist)
-    finally:
-        # train() leaves its SIGTERM handler installed; it would swallow a SIGTERM that arrives
-        # during evaluation or the next run
-        signal.signal(signal.SIGTERM, previous_handler)
-    if not finished_normally(output):
-        raise TrainingStopped(f"{output}: training stopped before its last step (SIGTERM). Resume it "
-                              f"with `adadistill train {config_path} --set resume=True`, or rerun")
-    steps = cfg.total_step if cfg.max_steps <= 0 else min(cfg.total_step, cfg.max_steps)
-    return {"output": str(output), "network": cfg.network, "embedding_size": cfg.embedding_size,
-            "steps": steps, "seconds": time.perf_counter() - started}
-
-
-def finished_normally(output: Path) -> bool:
-    """Whether the trainer's last word in `training.log` is 'finished' (not 'stopped by signal')."""
-    verdicts = [line for line in (output / "training.log").read_text().splitlines()
-                if "-finished: " in line or "-stopped by signal" in line]
-    return bool(verdicts) and "-finished: " in verdicts[-1]
+    result = train(cfg, dist)
+    if result.stopped_by_signal:
+        raise TrainingStopped(f"{result.output}: training stopped at global step {result.global_step}, before "
+                              f"its last step (SIGTERM or Ctrl-C). Resume it with `adadistill train "
+                              f"{config_path} --set resume=True`, or rerun")
+    return {"output": str(result.output), "network": cfg.network, "embedding_size": cfg.embedding_size,
+            "steps": result.global_step, "seconds": time.perf_counter() - started}
 
 
 def supported_fars(num_impostor: int, min_false_accepts: int = MIN_FALSE_ACCEPTS) -> List[float]:

@@ -7,7 +7,7 @@ the scheduler, the checkpoint re-sharding (group 1 = per-class head state) and a
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Any, Dict, List, Mapping
 
 import torch
 from torch import nn
@@ -16,17 +16,41 @@ OPTIMIZER_KINDS = ("sgd", "adamw")
 GROUP_NAMES = ("backbone", "head")
 
 
-def trainable_param_groups(backbone: nn.Module, head: nn.Module) -> List[Dict[str, object]]:
-    """Two groups in the host order, holding only parameters with `requires_grad`.
+def host_param_groups(backbone: nn.Module, head: nn.Module) -> List[Dict[str, object]]:
+    """Two groups in the host order holding every parameter, frozen ones included.
 
-    Frozen parameters (iresnet's all-ones `features.weight`) are left out: they never get a gradient,
-    so the update is the same as the host's, but our optimizer `state_dict` has fewer entries than
-    an arcface_torch one and the two cannot be loaded into each other.
+    arcface_torch builds `SGD(params=[{"params": backbone.parameters()}, {"params":
+    pfc.parameters()}])`, so iresnet's frozen all-ones `features.weight` sits in the backbone
+    group. It never gets a gradient, so the update is unchanged; keeping it keeps our optimizer
+    `state_dict` loadable by the host's `opt.load_state_dict` (same group sizes, same indices).
     """
-    return [
-        {"params": [p for p in module.parameters() if p.requires_grad], "name": name}
-        for name, module in zip(GROUP_NAMES, (backbone, head))
-    ]
+    return [{"params": list(module.parameters()), "name": name}
+            for name, module in zip(GROUP_NAMES, (backbone, head))]
+
+
+def upgrade_group_layout(saved: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+    """A saved optimizer state with the current group layout.
+
+    Sets written before the host layout (frozen parameters left out of the groups, e.g. [93, 1]
+    for an iresnet instead of [94, 1]) are renumbered: the i-th saved entry of a group belongs to
+    the group's i-th parameter with `requires_grad`. Any other mismatch is an error.
+    """
+    saved_sizes = [len(group["params"]) for group in saved["param_groups"]]
+    groups = optimizer.param_groups
+    if saved_sizes == [len(group["params"]) for group in groups]:
+        return dict(saved)
+    trainable = [[i for i, p in enumerate(group["params"]) if p.requires_grad] for group in groups]
+    if saved_sizes != [len(t) for t in trainable]:
+        raise ValueError(f"the saved optimizer groups hold {saved_sizes} parameters, this run's "
+                         f"{[len(g['params']) for g in groups]} (trainable {[len(t) for t in trainable]}); "
+                         "the checkpoint belongs to another network or head")
+    new_ids: Dict[int, int] = {}
+    new_groups, offset = [], 0
+    for saved_group, group, indices in zip(saved["param_groups"], groups, trainable):
+        new_ids.update({old: offset + i for old, i in zip(saved_group["params"], indices)})
+        new_groups.append({**saved_group, "params": list(range(offset, offset + len(group["params"])))})
+        offset += len(group["params"])
+    return {"state": {new_ids[k]: v for k, v in saved["state"].items()}, "param_groups": new_groups}
 
 
 def build_optimizer(kind: str, param_groups: List[Dict[str, object]], *, lr: float,
@@ -37,7 +61,7 @@ def build_optimizer(kind: str, param_groups: List[Dict[str, object]], *, lr: flo
     (whose default is 0.9, so default runs match). Weight decay applies to every parameter, BN and
     PReLU included, as in the host. `momentum` is ignored by AdamW.
     """
-    if not any(group["params"] for group in param_groups):
+    if not any(p.requires_grad for group in param_groups for p in group["params"]):
         raise ValueError("no trainable parameters: every parameter has requires_grad=False; "
                          "unfreeze the backbone before building the optimizer")
     if kind == "sgd":

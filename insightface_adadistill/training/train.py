@@ -2,18 +2,23 @@
 
 One process on CPU (gloo) or one GPU (nccl) with `adadistill train`, or many with
 `torchrun --nproc_per_node=N -m insightface_adadistill train CONFIG`: the same code runs in both.
-Read `train()` top to bottom: config -> distributed -> seed and logging -> data -> models ->
-optimizer and schedule -> resume -> loop -> save. Everything else is a named helper below it.
+Read `train()` and `_run()` top to bottom: output folder (lock, resume decision), seed and
+logging -> data -> models -> optimizer and schedule -> resume -> loop -> save. The training state
+and its checkpoint sets are `TrainState` and `Checkpointer`; everything else is a named helper
+below. What survives which fault, and what resume checks: docs/safety.md.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
 import random
 import signal
+import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar
 
 import numpy as np
 import torch
@@ -22,35 +27,65 @@ from torch.nn.parallel import DistributedDataParallel
 from insightface_adadistill import distributed
 from insightface_adadistill.backbones import get_model
 from insightface_adadistill.config import format_config
+from insightface_adadistill.config.resume import config_snapshot
 from insightface_adadistill.data.datasets import build_dataset
 from insightface_adadistill.data.loader import build_dataloader
 from insightface_adadistill.evaluation.verification import VerificationSet, evaluate_backbone
 from insightface_adadistill.heads import build_head, build_margin_loss
 from insightface_adadistill.teacher import build_teacher, check_embedding_sizes, load_teacher_classifier
-from insightface_adadistill.training import checkpoint as ckpt
+from insightface_adadistill.outputs import claim_output
+from insightface_adadistill.training.checkpointer import Checkpointer, all_ranks_agree
 from insightface_adadistill.training.monitor import TrainingMonitor, setup_logging
-from insightface_adadistill.training.optim import build_optimizer, trainable_param_groups
+from insightface_adadistill.training.optim import build_optimizer, host_param_groups
 from insightface_adadistill.training.schedule import build_scheduler, scaled_lr
+from insightface_adadistill.training.state import TrainState
 from insightface_adadistill.training.step import DistillStep
+from insightface_adadistill.training.store import save_model
 
 logger = logging.getLogger("insightface_adadistill.train")
 _DDP_ARGS = inspect.signature(DistributedDataParallel.__init__).parameters
+T = TypeVar("T")
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/Inf; the last complete checkpoint set is left untouched."""
 
 
-def train(cfg: Any, dist: distributed.DistInfo) -> Path:
-    """Run one training job described by a validated config; returns the output folder."""
-    # ---- seed and logging ------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished `train()` call did.
+
+    Attributes:
+        output: the output folder.
+        global_step: the last global step trained (and saved, when stopped by a signal).
+        stopped_by_signal: SIGTERM or Ctrl-C stopped the run early; its `model.pt` is not the
+            trained model, and `resume=True` continues it.
+    """
+
+    output: Path
+    global_step: int
+    stopped_by_signal: bool
+
+
+def train(cfg: Any, dist: distributed.DistInfo) -> TrainResult:
+    """Run one training job described by a validated config.
+
+    Rank 0 holds the output folder's lock for the whole run; the SIGTERM/SIGINT handlers are
+    installed for the run and the previous ones restored on return, also after an error.
+    """
     output = Path(cfg.output)
-    output.mkdir(parents=True, exist_ok=True)
-    fingerprint = _fingerprint(cfg)
-    resume_from = ckpt.check_output_dir(output, fingerprint, cfg.resume)
+    with _output_claimed(output, dist, cfg.resume), StopRequest() as stop:
+        return _run(cfg, dist, output, stop)
+
+
+def _run(cfg: Any, dist: distributed.DistInfo, output: Path, stop: "StopRequest") -> TrainResult:
+    # ---- output folder, seed and logging ----------------------------------------------------
+    setup_logging(output, dist.rank)
+    checkpointer = Checkpointer(output, config_snapshot(cfg), cfg.keep_checkpoints,
+                                agree=all_ranks_agree(dist.device))
+    resume_from = _on_main(dist, lambda: checkpointer.resume_point(cfg.resume, cfg.resume_allow_changes))
     _seed_everything(cfg.seed)
     torch.backends.cudnn.benchmark = True  # fixed 112x112 input: autotuned kernels pay off (host does it)
-    setup_logging(output, dist.rank)
     for line in format_config(cfg):
         logger.info(line)
 
@@ -76,7 +111,7 @@ def train(cfg: Any, dist: distributed.DistInfo) -> Path:
 
     # ---- optimizer and schedule -------------------------------------------------------------
     lr = scaled_lr(cfg.lr, cfg.total_batch_size, cfg.lr_scale_batch)
-    optimizer = build_optimizer(cfg.optimizer, trainable_param_groups(student, head), lr=lr,
+    optimizer = build_optimizer(cfg.optimizer, host_param_groups(student, head), lr=lr,
                                 momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     acc = cfg.gradient_acc  # the scheduler counts optimizer steps, not iterations
     scheduler = build_scheduler(optimizer, cfg.lr_schedule, warmup_steps=cfg.warmup_step // acc,
@@ -84,20 +119,14 @@ def train(cfg: Any, dist: distributed.DistInfo) -> Path:
                                 power=cfg.lr_power, drop_epochs=cfg.lr_steps)
     scaler = torch.amp.GradScaler(dist.device.type, growth_interval=100,
                                   enabled=cfg.fp16 and cfg.amp_dtype == "fp16" and dist.device.type == "cuda")
+    state = TrainState(student, head, optimizer, scheduler, scaler, rank=dist.rank, world_size=dist.world_size,
+                       num_classes=cfg.num_classes, steps_per_epoch=steps_per_epoch, run_name=output.name)
 
     # ---- resume ----------------------------------------------------------------------------
-    start_epoch, global_step, start_batch = 0, 0, 0
     if resume_from is not None:
-        state = ckpt.load_checkpoint_set(resume_from, dist.rank, dist.world_size, map_location=dist.device)
-        ckpt.restore_checkpoint(state, backbone=student, head=head, optimizer=optimizer,
-                                lr_scheduler=scheduler, grad_scaler=scaler)
-        head.load_sampler_state((state["head_extra"] or {}).get("sampler"))
-        ckpt.restore_rng_state(state["rng_state"])
-        start_epoch, global_step, start_batch = state["epoch"], state["global_step"], state["batch_in_epoch"]
-        if start_batch >= steps_per_epoch:  # saved on an epoch's last batch: that epoch is done
-            start_epoch, start_batch = start_epoch + 1, 0
-        logger.info("resumed from %s: epoch %d, batch %d, global step %d", resume_from, start_epoch,
-                    start_batch, global_step)
+        checkpointer.load(resume_from, state, map_location=dist.device)
+    start_epoch, start_batch = state.resume_position()
+    global_step = state.global_step
     last_step = cfg.total_step if cfg.max_steps <= 0 else min(cfg.total_step, cfg.max_steps)
 
     # ---- loop ------------------------------------------------------------------------------
@@ -106,11 +135,12 @@ def train(cfg: Any, dist: distributed.DistInfo) -> Path:
                               grad_scaler=scaler if scaler.is_enabled() else None,
                               progress_bar=cfg.progress_bar)
     val_sets = _load_val_sets(cfg, dist)
-    stop = _StopRequest()
-    saver = _Saver(cfg, dist, output, fingerprint, student, head, optimizer, scheduler, scaler)
     window_loss = torch.zeros((), device=dist.device)
     for epoch in range(start_epoch, cfg.num_epoch):
+        if global_step >= last_step:  # e.g. resumed from the set a max_steps run saved at its end
+            break
         loader.set_epoch(epoch, start_batch)
+        batch_in_epoch = start_batch
         for batch_in_epoch, batch in enumerate(loader, start=start_batch + 1):
             global_step += 1
             images, labels = batch.image, batch.label
@@ -136,37 +166,58 @@ def train(cfg: Any, dist: distributed.DistInfo) -> Path:
             if cfg.verbose > 0 and global_step % cfg.verbose == 0:
                 _verify(val_sets, student, monitor, global_step, dist)
             if stop.requested or (cfg.save_every_steps > 0 and global_step % cfg.save_every_steps == 0):
-                saver.save(epoch, global_step, batch_in_epoch)
+                checkpointer.save(state.at(epoch, global_step, batch_in_epoch))
             if stop.requested or global_step >= last_step:
                 break
         start_batch = 0
+        if batch_in_epoch >= steps_per_epoch:  # the epoch is complete (also when it ends the run)
+            if cfg.save_all_states:
+                checkpointer.save(state.at(epoch + 1, global_step, 0))
+            if dist.is_main:
+                save_model(student, output)
         if stop.requested or global_step >= last_step:
             break
-        if cfg.save_all_states:
-            saver.save(epoch + 1, global_step, 0)
-        if dist.is_main:
-            ckpt.save_model(student, output)
 
     # ---- save ------------------------------------------------------------------------------
     if not stop.requested:
         if cfg.verbose <= 0 or global_step % cfg.verbose != 0:
             _verify(val_sets, student, monitor, global_step, dist)  # the host skips this final check
         if dist.is_main:
-            ckpt.save_model(student, output)
+            save_model(student, output)
             logger.info("finished: %s", output / "model.pt")
     else:
         logger.info("stopped by signal at global step %d; resume with --set resume=True", global_step)
     monitor.close()
-    return output
+    return TrainResult(output, global_step, stop.requested)
 
 
 # ------------------------------------------------------------------------------------------------
 # helpers
 
-def _fingerprint(cfg: Any) -> Dict[str, Any]:
-    """What must match for a resume: the run's identity, not its tunable settings."""
-    keys = ("network", "num_classes", "embedding_size", "distill", "teacher_network")
-    return {"config_name": Path(str(cfg.output)).name, **{k: cfg[k] for k in keys}}
+@contextlib.contextmanager
+def _output_claimed(output: Path, dist: distributed.DistInfo, resume: bool) -> Iterator[None]:
+    """Rank 0 holds `claim_output`'s lock for the run; a refusal is raised on every rank."""
+    with contextlib.ExitStack() as held:
+        _on_main(dist, lambda: held.enter_context(claim_output(output, "train", resume=resume)))
+        yield
+
+
+def _on_main(dist: distributed.DistInfo, action: Callable[[], T]) -> T:
+    """Run `action` on rank 0 only and give every rank its result, or raise its error on every rank.
+
+    Folder decisions are made once (no rank can see a half-changed folder), and a refusal stops
+    every rank at once instead of leaving the others waiting in the next collective.
+    """
+    result, error = None, None
+    if dist.is_main:
+        try:
+            result = action()
+        except Exception as exc:  # re-raised below, on every rank
+            error = exc
+    result, error = distributed.broadcast_object((result, error))
+    if error is not None:
+        raise error
+    return result
 
 
 def _seed_everything(seed: int) -> None:
@@ -270,19 +321,36 @@ def _verify(val_sets: List[VerificationSet], student: torch.nn.Module, monitor: 
     distributed.wait_for_main()
 
 
-class _StopRequest:
-    """SIGTERM asks for a clean stop; a non-finite loss stops with a diagnostic.
+class StopRequest:
+    """SIGTERM or Ctrl-C asks for a clean stop; a second Ctrl-C aborts; a non-finite loss stops.
 
-    Ranks may receive the signal at different steps, so the decision is all-reduced once per
-    logging window: every rank then stops (and saves) at the same global step.
+    Ranks may receive a signal at different steps, so the decision is all-reduced once per
+    logging window: every rank then stops (and saves) at the same global step. Used as a context
+    manager, it installs its handlers and restores the previous ones on exit.
     """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.signalled = False
         self.requested = False
-        signal.signal(signal.SIGTERM, self._on_signal)
+        self._previous: Dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():  # signal.signal works only there
+            self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signalled:
+            raise KeyboardInterrupt("second Ctrl-C: aborted without saving")
+        if signum == signal.SIGINT:
+            logger.warning("Ctrl-C: saving a checkpoint at the next logging window (press again to abort)")
         self.signalled = True
 
     def check(self, window_loss: torch.Tensor, global_step: int) -> None:
@@ -297,23 +365,3 @@ class _StopRequest:
         self.requested = bool(flags[0])
 
 
-class _Saver:
-    """Writes a checkpoint set (every rank) with the run's fingerprint; `model.pt` stays rank 0's."""
-
-    def __init__(self, cfg: Any, dist: distributed.DistInfo, output: Path, fingerprint: Dict[str, Any],
-                 student: torch.nn.Module, head: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: Any, scaler: torch.amp.GradScaler) -> None:
-        self.cfg, self.dist, self.output, self.fingerprint = cfg, dist, output, fingerprint
-        self.student, self.head, self.optimizer, self.scheduler, self.scaler = (
-            student, head, optimizer, scheduler, scaler)
-
-    def save(self, epoch: int, global_step: int, batch_in_epoch: int) -> None:
-        state = ckpt.make_checkpoint(
-            epoch=epoch, global_step=global_step, batch_in_epoch=batch_in_epoch, backbone=self.student,
-            head=self.head, optimizer=self.optimizer, lr_scheduler=self.scheduler,
-            grad_scaler=self.scaler if self.scaler.is_enabled() else None, rank=self.dist.rank,
-            world_size=self.dist.world_size, num_classes=self.cfg.num_classes,
-            config_name=self.fingerprint["config_name"],
-            head_extra={"sampler": self.head.sampler_state()})
-        ckpt.save_checkpoint_set(self.output, state, barrier=distributed.barrier,
-                                 keep=self.cfg.keep_checkpoints, fingerprint=self.fingerprint)

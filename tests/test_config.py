@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from insightface_adadistill.commands.config import main as config_main
-from insightface_adadistill.config import (ConfigError, config_table_markdown, derive, format_config, load_config,
-                                           parse_overrides, resolve_config_path, validate)
+from insightface_adadistill.config import (KEYS, ConfigError, RunConfig, build_run_config, derive, format_config,
+                                           load_config, parse_overrides, resolve_config_path, validate)
 from insightface_adadistill.config import defaults
+from insightface_adadistill.config.table import DOCS_PAGE, config_table_markdown, render_docs_page
 
 # The keys arcface_torch's configs/ms1mv3_r50.py sets (spec 1.3), as a user's file would.
 MS1MV3_R50 = '''from easydict import EasyDict as edict
@@ -63,7 +65,7 @@ def test_host_file_from_anywhere_merges_over_base_and_derives_8_gpus(tmp_path):
 
 
 def test_key_order_is_base_then_extensions_then_file_then_derived(tmp_path):
-    keys = list(load_config(write_config(tmp_path)))
+    keys = list(load_config(write_config(tmp_path)).as_dict())
     assert keys[:3] == ["margin_list", "network", "resume"]
     assert keys.index("wandb_resume") < keys.index("distill") < keys.index("rec")
     assert keys[-3:] == ["total_batch_size", "warmup_step", "total_step"]
@@ -74,17 +76,20 @@ def test_explicit_output_is_kept(tmp_path):
 
 
 def test_derive_is_pure_and_matches_published_step_counts():
-    cfg = {"batch_size": 128, "num_image": 5822653, "num_epoch": 20, "warmup_epoch": 2}
+    cfg = {"batch_size": 128, "num_image": 5822653, "num_epoch": 20, "warmup_epoch": 2,
+           "output": None}
     before = copy.deepcopy(cfg)
-    assert derive(cfg, 8) == {"total_batch_size": 1024, "warmup_step": 11372, "total_step": 113720}
+    assert derive(cfg, 8, "ms1mv2_r50") == {"output": "work_dirs/ms1mv2_r50", "total_batch_size": 1024,
+                                            "warmup_step": 11372, "total_step": 113720}
     assert cfg == before
-    assert derive({**cfg, "num_epoch": 40}, 8)["total_step"] == 227440  # ms1mv2_mbf
-    assert derive({**cfg, "warmup_epoch": -1}, 8)["warmup_step"] == -5686  # 3millions-style
+    assert derive({**cfg, "num_epoch": 40}, 8, "x")["total_step"] == 227440  # ms1mv2_mbf
+    assert derive({**cfg, "warmup_epoch": -1}, 8, "x")["warmup_step"] == -5686  # 3millions-style
+    assert derive({**cfg, "output": "runs/a"}, 8, "x")["output"] == "runs/a"
 
 
 def test_derive_refuses_an_epoch_without_steps():
     with pytest.raises(ConfigError, match="num_image = 100 is smaller than one global batch"):
-        derive({"batch_size": 64, "num_image": 100, "num_epoch": 1, "warmup_epoch": 0}, 2)
+        derive({"batch_size": 64, "num_image": 100, "num_epoch": 1, "warmup_epoch": 0}, 2, "x")
 
 
 def test_host_style_path_without_py_and_recipe_name(tmp_path):
@@ -100,11 +105,12 @@ def test_missing_file_suggests_recipes():
 
 
 def test_loading_does_not_touch_the_declared_defaults(tmp_path):
-    snapshot = copy.deepcopy((defaults.HOST_DEFAULTS, defaults.EXTENSION_DEFAULTS))
+    snapshot = copy.deepcopy(defaults.DEFAULTS)
     cfg = load_config(write_config(tmp_path), ["lr_steps=[3]"])
     cfg.lr_steps.append(9)
     assert load_config(write_config(tmp_path)).lr_steps == []
-    assert (defaults.HOST_DEFAULTS, defaults.EXTENSION_DEFAULTS) == snapshot
+    assert defaults.DEFAULTS == snapshot
+    assert KEYS["lr_steps"].default == [] and RunConfig.__dataclass_fields__["lr_steps"].default_factory() == []
 
 
 def test_file_without_config_or_importing_configs_base(tmp_path):
@@ -220,7 +226,7 @@ def load_with(tmp_path, **changes):
      r"distill_alpha = 1.0 must be 'weighted', 'plain' or a float in \(0, 1\)"),
     ({"distill_alpha": "alpha"}, "distill_alpha = 'alpha' must be"),
     ({"teacher_dtype": "float16"},
-     "teacher_dtype = 'float16' must be one of 'fp32', 'bf16', 'fp16'"),
+     "teacher_dtype = 'float16' must be one of 'fp32', 'fp16', 'bf16'"),
     ({"amp_dtype": "fp32"}, "amp_dtype = 'fp32' must be one of 'fp16', 'bf16'"),
     ({"lr_schedule": "cosine"}, "lr_schedule = 'cosine' must be one of 'poly', 'step'"),
     ({"lr_schedule": "step"}, "lr_schedule = 'step' needs lr_steps"),
@@ -271,8 +277,8 @@ def test_every_problem_is_reported_at_once(tmp_path):
 ])
 def test_valid_variants_pass(tmp_path, changes):
     cfg = load_with(tmp_path, **changes)
-    kept = {key: list(cfg[key]) if isinstance(changes[key], tuple) else cfg[key] for key in changes}
-    assert kept == {key: list(v) if isinstance(v, tuple) else v for key, v in changes.items()}
+    kept = {key: getattr(cfg, key) for key in changes}
+    assert kept == changes  # values are kept as written (a tuple stays a tuple)
 
 
 def test_validate_accepts_a_loaded_config_with_derived_keys(tmp_path):
@@ -281,7 +287,140 @@ def test_validate_accepts_a_loaded_config_with_derived_keys(tmp_path):
     assert (cfg.total_batch_size, cfg.warmup_step, cfg.total_step) == (1024, 0, steps_per_epoch * 20)
     assert validate(cfg) is None
     with pytest.raises(ConfigError, match="lr = -1.0 must be"):  # still checked beside the derived keys
-        validate({**cfg, "lr": -1.0})
+        validate({**cfg.as_dict(), "lr": -1.0})
+    assert validate(cfg.as_dict()) is None
+    with pytest.raises(ConfigError, match="lr = -1 must be > 0"):
+        validate(dataclasses.replace(cfg, lr=-1))
+
+
+# ---- the typed run config ---------------------------------------------------------------------
+
+def test_load_config_returns_a_frozen_typed_run_config(tmp_path):
+    cfg = load_config(write_config(tmp_path), world_size=8)
+    assert isinstance(cfg, RunConfig)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.lr = 0.5
+    with pytest.raises(TypeError):
+        cfg["lr"]  # attribute access only: the EasyDict stays in the file
+    assert [f.name for f in dataclasses.fields(RunConfig)] == list(KEYS) == list(cfg.as_dict())
+    assert cfg.as_dict()["total_step"] == cfg.total_step == 101160
+
+
+def test_build_run_config_from_keys_without_a_file():
+    keys = {"rec": "synthetic", "num_classes": 16, "num_image": 256, "num_epoch": 1,
+            "warmup_epoch": 0, "val_targets": [], "network": "tiny_mfn", "batch_size": 16,
+            "output": None}
+    cfg = build_run_config(keys, world_size=2, config_name="tiny")
+    assert (cfg.output, cfg.total_batch_size, cfg.total_step) == ("work_dirs/tiny", 32, 8)
+    assert keys["output"] is None  # derived into the run config, never written back
+    assert build_run_config({**keys, "output": "runs/a"}).output == "runs/a"
+    with pytest.raises(ConfigError, match="total_step is computed by the trainer"):
+        build_run_config({**keys, "total_step": 3})
+    with pytest.raises(ConfigError, match="missing required key 'rec'"):
+        build_run_config({k: v for k, v in keys.items() if k != "rec"})
+
+
+# ---- checks read the library's own choices ------------------------------------------------------
+
+def test_checks_read_the_library_definitions():
+    from insightface_adadistill.backbones import list_backbones
+    from insightface_adadistill.backbones.base import AMP_DTYPES, PRECISIONS
+    from insightface_adadistill.heads import HEADS
+    from insightface_adadistill.heads.margins import MARGIN_GRADS
+    from insightface_adadistill.training import optim, schedule
+
+    assert KEYS["optimizer"].check.values() is optim.OPTIMIZER_KINDS
+    assert KEYS["lr_schedule"].check.values() is schedule.SCHEDULE_KINDS
+    assert KEYS["margin_grad"].check.values() is MARGIN_GRADS
+    assert KEYS["teacher_dtype"].check.values() is PRECISIONS
+    assert tuple(KEYS["amp_dtype"].check.values()) == tuple(AMP_DTYPES)
+    assert KEYS["network"].check.names is list_backbones is KEYS["teacher_network"].check.names
+    assert KEYS["distill"].check.values() == (None, *[n for n in HEADS.names() if n != "standalone"])
+
+
+@pytest.mark.parametrize("key", ["network", "teacher_network"])
+def test_unknown_network_stops_at_load_with_the_closest_names(tmp_path, key):
+    with pytest.raises(ConfigError, match=rf"{key} = 'r5' is not a registered backbone. "
+                                          rf"Did you mean 'r50'.*Registered: .*mbf") as excinfo:
+        load_with(tmp_path, **{key: "r5"})
+    assert "(from --set" not in problems_of(excinfo)
+    with pytest.raises(ConfigError, match=r"network = 'vit_tt' .*\(from --set network=...\)"):
+        load_config(write_config(tmp_path), ["network=vit_tt"])
+
+
+def test_unknown_network_stops_the_trainer_before_any_data_is_opened(tmp_path):
+    from insightface_adadistill.commands.train import main
+
+    missing = tmp_path / "no_such_dataset"
+    with pytest.raises(ConfigError, match="network = 'tiny_mfm' is not a registered backbone. Did "
+                                          "you mean 'tiny_mfn'") as excinfo:
+        main(["tiny_cpu", "--set", f"rec={missing}", f"output={tmp_path / 'out'}", "network=tiny_mfm"])
+    assert len(excinfo.value.problems) == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("weights, kind", [
+    ("w600k_r50.onnx", "onnx"), ("~/.insightface/models/buffalo_l/w600k_r50.ONNX", "onnx"),
+    ("buffalo_l", "pack"), ("antelopev2", "pack"),
+    ("work_dirs/r50/model.pt", "torch"), ("backbone.pth", "torch"), ("runs/buffalo_l", "torch"),
+])
+def test_onnx_and_pack_teachers_need_no_teacher_network(tmp_path, weights, kind):
+    from insightface_adadistill.teacher.kind import teacher_weights_kind
+
+    assert teacher_weights_kind(weights) == kind
+    changes = {"distill": "adadistill", "teacher_weights": weights}
+    if kind == "torch":
+        with pytest.raises(ConfigError, match="needs a teacher: set teacher_network") as excinfo:
+            load_with(tmp_path, **changes)
+        assert len(excinfo.value.problems) == 1
+    else:
+        assert load_with(tmp_path, **changes).teacher_network is None
+
+
+# ---- one rule for each value the library also checks -------------------------------------------
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, 0.5, 0.99, 1e-3, -0.1, 1.5, "weighted", "plain", "mean"])
+def test_distill_alpha_has_one_rule_in_the_config_and_the_head(tmp_path, alpha):
+    from insightface_adadistill.heads.adadistill import check_alpha
+
+    try:
+        check_alpha(alpha)
+        head_accepts = True
+    except ValueError:
+        head_accepts = False
+    try:
+        load_with(tmp_path, distill_alpha=alpha)
+        config_accepts = True
+    except ConfigError as exc:
+        assert "must be 'weighted', 'plain' or a float in (0, 1)" in str(exc)
+        config_accepts = False
+    assert head_accepts == config_accepts == (alpha in (0.5, 0.99, 1e-3, "weighted", "plain"))
+
+
+@pytest.mark.parametrize("margins", [(1.0, 0.5, 0.0), (1.0, 0.0, 0.0), (1.0, 3.0, 0.0), (1.0, 3.2, 0.0),
+                                     (1.0, -0.1, 0.0), (1.0, 0.0, 0.4), (1.0, 0.0, 1.99),
+                                     (1.0, 0.0, 2.0), (1.0, 0.5, 0.4), (0.9, 0.4, 0.0)])
+def test_margin_list_has_one_rule_in_the_config_and_the_loss(tmp_path, margins):
+    from insightface_adadistill.heads import CombinedMarginLoss
+
+    try:
+        CombinedMarginLoss(64.0, *margins)
+        loss_accepts = True
+    except ValueError:
+        loss_accepts = False
+    try:
+        load_with(tmp_path, margin_list=margins)
+        config_accepts = True
+    except ConfigError:
+        config_accepts = False
+    assert loss_accepts == config_accepts
+    assert config_accepts == (margins in [(1.0, 0.5, 0.0), (1.0, 0.0, 0.0), (1.0, 3.0, 0.0),
+                                          (1.0, 0.0, 0.4), (1.0, 0.0, 1.99)])
+
+
+def test_verbose_zero_means_no_periodic_verification(tmp_path):
+    assert load_with(tmp_path, verbose=0).verbose == 0
+    with pytest.raises(ConfigError, match="verbose = -1 must be >= 0"):
+        load_with(tmp_path, verbose=-1)
 
 
 # ---- log format, README table, command --------------------------------------------------------
@@ -295,18 +434,35 @@ def test_format_config_pads_keys_to_25_like_the_host():
                      ": " + "a" * 25 + "1"]
 
 
-def test_config_table_lists_every_extension_key():
+def test_config_table_lists_every_declared_key_from_its_declaration():
     table = config_table_markdown()
-    assert table.startswith("| key | default | meaning |")
-    for key in defaults.EXTENSION_KEYS:
-        assert f"| `{key}` |" in table
-    assert "| `lr_steps` | `[]` |" in table
+    assert "| key | default | type | accepted | meaning |" in table
+    for key in KEYS.values():
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{key.name}` |"))
+        assert key.meaning.replace("|", "/") in row
+        if key.check is not None:
+            assert key.check.describe().replace("|", "/") in row
+    assert "| `lr_steps` | `[]` | list (or tuple) | increasing 1-based epoch numbers" in table
+    assert "| `sample_rate` | `1` | float (or int) | in [0, 1]" in table
+
+
+def test_docs_page_holds_the_current_tables():
+    text = DOCS_PAGE.read_text()
+    assert render_docs_page(text) == text, (
+        "docs/configs.md is out of date with config/defaults.py; regenerate it with "
+        "`python -m insightface_adadistill.config.table`")
 
 
 def test_every_declared_key_has_a_checkable_type():
-    for key in defaults.known_keys():
-        assert defaults.expected_types(key)
-    assert set(defaults.KEY_TYPES) <= set(defaults.known_keys())
+    assert defaults.known_keys() == tuple(KEYS)
+    for key in KEYS.values():
+        assert key.types and all(isinstance(t, type) for t in key.types), key
+        assert key.group in defaults.GROUPS and key.meaning
+    assert defaults.REQUIRED_KEYS == ("rec", "num_classes", "num_image", "num_epoch", "warmup_epoch",
+                                      "val_targets")
+    assert defaults.DERIVED_KEYS == ("total_batch_size", "warmup_step", "total_step")
+    assert KEYS["teacher_classifier"].types == (str, list, type(None))
+    assert KEYS["warmup_epoch"].types == (int, float)
 
 
 def test_config_command_prints_the_log_lines_or_the_problems(tmp_path, capsys):

@@ -14,7 +14,7 @@ ALLOWED = {
     "serialization": set(),
     "distributed": set(),
     "outputs": set(),
-    "config": {"registry"},
+    "config": {"registry", "backbones", "heads", "teacher"},
     "data": {"registry", "distributed", "serialization"},
     "backbones": {"registry", "serialization"},
     "heads": {"registry", "distributed"},

@@ -67,7 +67,7 @@ def test_paper_recipes_repeat_the_paper_setup(path):
              "num_classes": 10572 if casia else 85742,
              "num_image": 490623 if casia else 5822653,
              "fp16": path.stem.startswith("paper_teacher_")}
-    assert {key: cfg[key] for key in setup} == setup
+    assert {key: getattr(cfg, key) for key in setup} == setup
     assert cfg.verbose == cfg.num_image // 512 // 2  # verification every half epoch
 
 

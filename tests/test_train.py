@@ -75,6 +75,11 @@ def test_single_process_run_writes_host_files(tmp_path: Path) -> None:
     assert {"loss", "learning_rate", "time_for_end", "throughput"} <= set(events.Tags()["scalars"])
 
 
+def test_verbose_zero_runs_without_periodic_verification(tmp_path: Path) -> None:
+    out = _train(tmp_path / "run", "verbose=0", "max_steps=2")  # no `step % 0` anywhere
+    assert "finished" in (out / "training.log").read_text()
+
+
 def test_resume_is_exact(tmp_path: Path) -> None:
     straight = _train(tmp_path / "straight", "max_steps=12", "save_every_steps=4", "sample_rate=0.5")
     split = tmp_path / "split"

@@ -1,104 +1,267 @@
-"""Every config key we know, declared once, with its default and a one-line meaning.
+"""Every config key, declared once: its default, accepted types, check and meaning.
 
-`HOST_KEYS` equals arcface_torch's `configs/base.py` (same keys, defaults and order; `notes` is the
-hidden key `train_v2` reads for wandb). `EXTENSION_KEYS` are the keys this plugin adds
-(distillation, teacher, schedule, checkpoints, faults). `REQUIRED_KEYS` are the keys every
-arcface_torch job config must supply. `KEY_TYPES` lists the keys whose type is not simply the type
-of their default. Validation, the `--set` parser and the README table all read these dicts, so a
-new key is added here and nowhere else.
+`RunConfig` is both the typed, frozen run config that `load_config` returns and the declaration
+of every key: each field's annotation gives the accepted types, its declaration (`host`, `ours`,
+`required`, `derived`) the default, the meaning and the check. The validator, the `--set` parser
+and the generated key table (docs/configs.md) all read `KEYS`, built from these fields, so a new
+key is one field here and nothing else.
+
+Field order is the start-up log's order: arcface_torch's `configs/base.py` keys (same names,
+defaults and order; `notes` is the hidden key `train_v2` reads for wandb), the keys this plugin
+adds, the keys every job config must set, then the keys the trainer computes.
+
+Accepted types: an int is accepted wherever a float is, and a tuple wherever a list (`Sequence`)
+is; values are kept as written (easydict < 1.10 turned tuples into lists, newer releases keep them).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+import copy
+import typing
+from collections.abc import Sequence as SequenceABC
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+from insightface_adadistill.backbones import list_backbones
+from insightface_adadistill.backbones.base import AMP_DTYPES, PRECISIONS
+from insightface_adadistill.config.checks import (Check, OneOf, Phrased, Refused, Registered, Rule,
+                                                  above, at_least, non_empty)
+from insightface_adadistill.heads import HEADS
+from insightface_adadistill.heads.adadistill import ALPHA_RULE, alpha_is_valid
+from insightface_adadistill.heads.margins import MARGIN_FORMS, MARGIN_GRADS, margin_list_problem
 
 NoneType = type(None)
 
-# key: (default, meaning)
-HOST_KEYS: Dict[str, Tuple[Any, str]] = {
-    "margin_list": ((1.0, 0.5, 0.0),
-                    "(m1, m2, m3): ArcFace (1, m, 0) or CosFace (1, 0, m); s = 64"),
-    "network": ("r50", "backbone name passed to get_model"),
-    "resume": (False, "continue from the last complete checkpoint set in `output`"),
-    "save_all_states": (False, "write `checkpoint_gpu_{rank}.pt` at every epoch end"),
-    "output": ("ms1mv3_arcface_r50", "output folder; None becomes work_dirs/<config name>"),
-    "embedding_size": (512, "backbone num_features and the class-centre width"),
-    "sample_rate": (1, "Partial FC fraction of local negative centres sampled per step, in [0, 1]; "
-                       "0 keeps the positives only (as the host's wf42m_pfc0008 config)"),
-    "interclass_filtering_threshold": (0, "if > 0, negative cosines above it are zeroed"),
-    "fp16": (False, "mixed precision for the student backbone (see amp_dtype)"),
-    "batch_size": (128, "per-rank batch size"),
-    "optimizer": ("sgd", "sgd or adamw"),
-    "lr": (0.1, "base learning rate (see lr_scale_batch)"),
-    "momentum": (0.9, "SGD momentum (honoured; arcface_torch hard-codes 0.9)"),
-    "weight_decay": (5e-4, "weight decay on every parameter"),
-    "verbose": (2000, "run verification every `verbose` global steps"),
-    "frequent": (10, "log every `frequent` global steps"),
-    "dali": (False, "accepted for compatibility; DALI is not used (error if True)"),
-    "dali_aug": (False, "accepted for compatibility; ignored"),
-    "gradient_acc": (1, "optimizer step every `gradient_acc` iterations (loss averaged over them)"),
-    "seed": (2048, "global seed: model init, sampler, flips"),
-    "num_workers": (2, "DataLoader workers per rank"),
-    "wandb_key": ("X" * 40, "accepted for compatibility; wandb is not used"),
-    "suffix_run_name": (None, "accepted for compatibility; wandb is not used"),
-    "using_wandb": (False, "accepted for compatibility; must stay False (error if True)"),
-    "wandb_entity": ("entity", "accepted for compatibility"),
-    "wandb_project": ("project", "accepted for compatibility"),
-    "wandb_log_all": (True, "accepted for compatibility"),
-    "save_artifacts": (False, "accepted for compatibility"),
-    "wandb_resume": (False, "accepted for compatibility"),
-    "notes": (None, "accepted for compatibility"),
-}
+# The trainer's own choices; `training/optim.py` and `training/schedule.py` import these.
+OPTIMIZER_KINDS = ("sgd", "adamw")
+SCHEDULE_KINDS = ("poly", "step")
+STANDALONE_HEAD = "standalone"  # the head `distill = None` selects; not a `distill` value itself
 
-EXTENSION_KEYS: Dict[str, Tuple[Any, str]] = {
-    # distillation
-    "distill": (None, "None (standalone), 'adadistill', 'arcdistill' (fixed teacher classifier, "
-                      "ArcFace or CosFace by margin_list) or 'feature_kd'"),
-    "distill_alpha": ("weighted", "AdaDistill centre momentum: 'weighted' (alpha'), 'plain' "
-                                  "(alpha) or a float in (0, 1) for a fixed momentum"),
-    "feature_kd_weight": (1.0, "feature_kd: weight of the MSE between L2-normalised student and "
-                               "teacher embeddings"),
-    "teacher_network": (None, "teacher backbone name (e.g. 'r50'); required when distill is set"),
-    "teacher_weights": (None, "teacher backbone file: `model.pt`, `backbone.pth` or "
-                              "`checkpoint_gpu_*.pt`; required when distill is set"),
-    "teacher_classifier": (None, "arcdistill: `checkpoint_gpu_*.pt` shard files (a list or a glob) "
-                                 "or the published code's `*header.pth`; required for arcdistill"),
-    "teacher_dtype": ("fp32", "teacher forward precision: fp32, bf16 or fp16 (autocast)"),
-    "teacher_channels_last": (False, "run the teacher in channels_last memory format"),
-    # margin
-    "margin_grad": ("straight_through", "ArcFace gradient: 'straight_through' (current "
-                                        "arcface_torch) or 'exact' (true derivative, AdaDistill "
-                                        "code and the model-zoo runs)"),
-    # optimisation and schedule
-    "amp_dtype": ("fp16", "autocast dtype when fp16=True: fp16 (with GradScaler) or bf16"),
-    "lr_schedule": ("poly", "'poly' (arcface_torch, warm-up then polynomial decay) or 'step'"),
-    "lr_power": (1.0, "poly decay power: 1 = current arcface_torch, 2 = the model-zoo runs"),
-    "lr_steps": ([], "step schedule: 1-based epochs at whose start lr is divided by 10"),
-    "lr_scale_batch": (None, "if set, lr is multiplied by total_batch_size / lr_scale_batch"),
-    "clip_grad_norm": (5.0, "L2 gradient-norm clip on the backbone; 0 disables"),
-    # checkpoints and faults
-    "save_every_steps": (0, "also checkpoint every N global steps (0 = epoch ends only)"),
-    "keep_checkpoints": (2, "how many complete checkpoint sets to keep"),
-    "resume_allow_changes": (False, "resume even though schedule-changing keys (lr, batch_size, world "
-                                    "size, ...) differ from the saved run; the changes are logged"),
-    "nonfinite_loss": ("stop", "'stop' (diagnostic, keep last good checkpoint) or 'skip' the step"),
-    "device": ("auto", "auto (cuda if available), cuda or cpu"),
-    "progress_bar": ("auto", "'auto' (only on a terminal), True or False"),
-    "max_steps": (0, "stop after this many global steps (0 = run all epochs); for smoke tests"),
-}
+GROUPS = ("host", "extension", "required", "derived")
 
-REQUIRED_KEYS: Dict[str, str] = {
-    "rec": "dataset folder (train.rec/train.idx, also where the val .bin files are looked up), "
-           "image folder, or 'synthetic'",
-    "num_classes": "number of identities (checked against the data)",
-    "num_image": "number of training images (used for step counts)",
-    "num_epoch": "number of epochs",
-    "warmup_epoch": "warm-up epochs for the poly schedule (0 or negative: none)",
-    "val_targets": "list of .bin basenames looked up in `rec` (may be empty)",
-}
 
-HOST_DEFAULTS: Dict[str, Any] = {k: v for k, (v, _) in HOST_KEYS.items()}
-EXTENSION_DEFAULTS: Dict[str, Any] = {k: v for k, (v, _) in EXTENSION_KEYS.items()}
-DERIVED_KEYS = ("total_batch_size", "warmup_step", "total_step")
+def _declare(group: str, default: Any, meaning: str, check: Optional[Check]) -> Any:
+    """A dataclass field carrying the key's declaration in its metadata."""
+    metadata = {"group": group, "meaning": meaning, "check": check}
+    if default is MISSING:
+        return field(metadata=metadata)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def host(default: Any, meaning: str, check: Optional[Check] = None) -> Any:
+    """A key of arcface_torch's `configs/base.py`, with the host's default."""
+    return _declare("host", default, meaning, check)
+
+
+def ours(default: Any, meaning: str, check: Optional[Check] = None) -> Any:
+    """A key this plugin adds; its default keeps an arcface_torch run unchanged."""
+    return _declare("extension", default, meaning, check)
+
+
+def required(meaning: str, check: Optional[Check] = None) -> Any:
+    """A key every arcface_torch job config must set (no default, as in the host)."""
+    return _declare("required", MISSING, meaning, check)
+
+
+def derived(meaning: str) -> Any:
+    """A key the trainer computes (`derive`); setting it is an error."""
+    return _declare("derived", MISSING, meaning, None)
+
+
+def _distill_choices() -> Tuple[Optional[str], ...]:
+    return (None, *(name for name in HEADS.names() if name != STANDALONE_HEAD))
+
+
+def _increasing_epochs(steps: Sequence[Any]) -> bool:
+    positive = all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in steps)
+    return positive and list(steps) == sorted(set(steps))
+
+
+def _path_list(value: Union[str, Sequence[Any]]) -> bool:
+    paths = [value] if isinstance(value, str) else list(value)
+    return bool(paths) and all(isinstance(p, str) and p for p in paths)
+
+
+_BACKBONE = Registered("backbone", list_backbones, "list_backbones(); docs/backbones.md")
+_CHECKPOINT_SET = "checkpoint_gpu_*.pt"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """A merged, validated arcface_torch config with its derived keys; read by attribute.
+
+    Built by `load_config` (or `build_run_config` from a mapping). Frozen: what the trainer reads
+    is what was validated and logged. `as_dict()` gives the host's key order for logs and files.
+    """
+
+    # ---- arcface_torch configs/base.py ---------------------------------------------------------
+    margin_list: Sequence[float] = host(
+        (1.0, 0.5, 0.0), "(m1, m2, m3) of the margin loss, s = 64",
+        Phrased(margin_list_problem, MARGIN_FORMS))
+    network: str = host("r50", "student backbone name passed to get_model", _BACKBONE)
+    resume: bool = host(False, "continue from the last complete checkpoint set in `output`")
+    save_all_states: bool = host(False, f"write `{_CHECKPOINT_SET}` at every epoch end")
+    output: Optional[str] = host("ms1mv3_arcface_r50",
+                                 "output folder; None becomes work_dirs/<config file name>")
+    embedding_size: int = host(512, "backbone num_features and the class-centre width", at_least(1))
+    sample_rate: float = host(1, "Partial FC fraction of local negative centres sampled per step; "
+                                 "0 keeps the positives only (as the host's wf42m_pfc0008 config)",
+                              Rule(lambda v: 0 <= v <= 1,
+                                   "in [0, 1] (0 keeps the positive centres only)"))
+    interclass_filtering_threshold: float = host(
+        0, "if > 0, negative cosines above it are zeroed",
+        Rule(lambda v: 0 <= v < 1, "in [0, 1) (0 disables it)"))
+    fp16: bool = host(False, "mixed precision for the student backbone (see amp_dtype)")
+    batch_size: int = host(128, "per-rank batch size", at_least(1))
+    optimizer: str = host("sgd", "arcface_torch's optimizer choice", OneOf(OPTIMIZER_KINDS))
+    lr: float = host(0.1, "base learning rate (see lr_scale_batch)", above(0))
+    momentum: float = host(0.9, "SGD momentum (honoured; arcface_torch hard-codes 0.9)",
+                           Rule(lambda v: 0 <= v < 1, "in [0, 1)"))
+    weight_decay: float = host(5e-4, "weight decay on every parameter", at_least(0))
+    verbose: int = host(2000, "run verification every `verbose` global steps; 0 = no periodic "
+                              "verification (the val_targets are still checked once at the end)",
+                        at_least(0))
+    frequent: int = host(10, "log every `frequent` global steps", at_least(1))
+    dali: bool = host(False, "accepted for compatibility; DALI is not used",
+                      Refused("DALI is not supported (the PyTorch DataLoader reads the .rec "
+                              "directly); set dali = False"))
+    dali_aug: bool = host(False, "accepted for compatibility; ignored")
+    gradient_acc: int = host(1, "optimizer step every `gradient_acc` iterations (loss averaged "
+                                "over them)", at_least(1))
+    seed: int = host(2048, "global seed: model init, sampler, flips")
+    num_workers: int = host(2, "DataLoader workers per rank", at_least(0))
+    wandb_key: str = host("X" * 40, "accepted for compatibility; wandb is not used")
+    suffix_run_name: Optional[str] = host(None, "accepted for compatibility; wandb is not used")
+    using_wandb: bool = host(False, "accepted for compatibility; must stay False",
+                             Refused("wandb is not supported (metrics go to TensorBoard under "
+                                     "output/tensorboard); set using_wandb = False"))
+    wandb_entity: str = host("entity", "accepted for compatibility")
+    wandb_project: str = host("project", "accepted for compatibility")
+    wandb_log_all: bool = host(True, "accepted for compatibility")
+    save_artifacts: bool = host(False, "accepted for compatibility")
+    wandb_resume: bool = host(False, "accepted for compatibility")
+    notes: Optional[str] = host(None, "accepted for compatibility")
+
+    # ---- distillation --------------------------------------------------------------------------
+    distill: Optional[str] = ours(
+        None, "None (standalone), 'adadistill', 'arcdistill' (fixed teacher classifier, ArcFace or "
+              "CosFace by margin_list) or 'feature_kd' (embedding MSE on top of the classifier)",
+        OneOf(_distill_choices))
+    distill_alpha: Union[str, float] = ours(
+        "weighted", "AdaDistill centre momentum: 'weighted' (alpha', the paper's best), 'plain' "
+                    "(alpha) or a fixed momentum", Rule(alpha_is_valid, ALPHA_RULE))
+    feature_kd_weight: float = ours(1.0, "feature_kd: weight of the MSE between L2-normalised "
+                                         "student and teacher embeddings", at_least(0))
+    teacher_network: Optional[str] = ours(
+        None, "teacher backbone name (e.g. 'r50'); required when distill is set, except for an "
+              "ONNX teacher", _BACKBONE)
+    teacher_weights: Optional[str] = ours(
+        None, f"teacher: `model.pt`, `backbone.pth` or `{_CHECKPOINT_SET}`, an ONNX model "
+              f"(`*.onnx`) or an insightface model pack name (e.g. `buffalo_l`); required when "
+              f"distill is set")
+    teacher_classifier: Union[str, Sequence[str], None] = ours(
+        None, f"arcdistill: `{_CHECKPOINT_SET}` shard files (a list or a glob) or the published "
+              f"code's `*header.pth`; required for arcdistill",
+        Rule(_path_list, "a non-empty list of file paths or one path/glob string"))
+    teacher_dtype: str = ours("fp32", "teacher forward precision (autocast)", OneOf(PRECISIONS))
+    teacher_channels_last: bool = ours(False, "run the teacher in channels_last memory format")
+
+    # ---- margin --------------------------------------------------------------------------------
+    margin_grad: str = ours(
+        "straight_through", "ArcFace gradient: 'straight_through' (current arcface_torch) or "
+                            "'exact' (true derivative of cos(theta + m))", OneOf(MARGIN_GRADS))
+
+    # ---- optimisation and schedule -------------------------------------------------------------
+    amp_dtype: str = ours("fp16", "autocast dtype when fp16=True: fp16 (with GradScaler) or bf16",
+                          OneOf(tuple(AMP_DTYPES)))
+    lr_schedule: str = ours("poly", "'poly' (arcface_torch, warm-up then polynomial decay) or "
+                                    "'step' (divide by 10 at lr_steps)", OneOf(SCHEDULE_KINDS))
+    lr_power: float = ours(1.0, "poly decay power: 1 = current arcface_torch, 2 = the model-zoo runs",
+                           above(0))
+    lr_steps: Sequence[int] = ours(
+        [], "step schedule: 1-based epochs at whose start lr is divided by 10",
+        Rule(_increasing_epochs, "increasing 1-based epoch numbers, e.g. [8, 14, 20, 25]"))
+    lr_scale_batch: Optional[int] = ours(
+        None, "if set, lr is multiplied by total_batch_size / lr_scale_batch",
+        Rule(lambda v: v >= 1, "None or a global batch size >= 1"))
+    clip_grad_norm: float = ours(5.0, "L2 gradient-norm clip on the backbone; 0 disables",
+                                 Rule(lambda v: v >= 0, ">= 0 (0 disables clipping)"))
+
+    # ---- checkpoints and faults ----------------------------------------------------------------
+    save_every_steps: int = ours(0, "also checkpoint every N global steps (0 = epoch ends only)",
+                                 at_least(0))
+    keep_checkpoints: int = ours(2, "how many complete checkpoint sets to keep", at_least(1))
+    resume_allow_changes: bool = ours(
+        False, "resume even though schedule-changing keys (lr, batch_size, world size, ...) differ "
+               "from the saved run; the changes are logged")
+    nonfinite_loss: str = ours("stop", "'stop' (diagnostic, keep last good checkpoint) or 'skip' "
+                                       "the step", OneOf(("stop", "skip")))
+    device: str = ours("auto", "auto (cuda if available), cuda or cpu", OneOf(("auto", "cuda", "cpu")))
+    progress_bar: Union[str, bool] = ours("auto", "'auto' (only on a terminal), True or False",
+                                          OneOf(("auto", True, False)))
+    max_steps: int = ours(0, "stop after this many global steps (0 = run all epochs); for smoke "
+                             "tests", at_least(0))
+
+    # ---- every job config sets these -----------------------------------------------------------
+    rec: str = required("dataset folder (train.rec/train.idx, also where the val .bin files are "
+                        "looked up), image folder, or 'synthetic'",
+                        non_empty("a dataset folder, an image folder or 'synthetic'"))
+    num_classes: int = required("number of identities (checked against the data)", at_least(1))
+    num_image: int = required("number of training images (used for step counts)", at_least(1))
+    num_epoch: int = required("number of epochs", at_least(1))
+    warmup_epoch: Union[int, float] = required("warm-up epochs for the poly schedule (0 or "
+                                               "negative: none)")
+    val_targets: Sequence[str] = required(
+        "list of .bin basenames looked up in `rec` (may be empty)",
+        Rule(lambda v: all(isinstance(t, str) and t for t in v),
+             "a list of .bin basenames, e.g. ['lfw', 'cfp_fp', 'agedb_30']"))
+
+    # ---- computed by the trainer (`derive`) ----------------------------------------------------
+    total_batch_size: int = derived("batch_size x world size")
+    warmup_step: int = derived("num_image // total_batch_size x warmup_epoch")
+    total_step: int = derived("num_image // total_batch_size x num_epoch (iterations)")
+
+    def as_dict(self) -> Dict[str, Any]:
+        """Every key and value in declaration order (the host's start-up log order)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key's declaration, as the validator, the `--set` parser and the table read it."""
+
+    name: str
+    group: str  # one of GROUPS
+    default: Any  # dataclasses.MISSING for required and derived keys
+    types: Tuple[type, ...]
+    meaning: str
+    check: Optional[Check]
+
+
+def _accepted_types(annotation: Any) -> Tuple[type, ...]:
+    """`Optional[str]` -> (str, NoneType), `Sequence[int]` -> (list,), `Union[str, float]` -> ..."""
+    if typing.get_origin(annotation) is Union:
+        return tuple(t for arg in typing.get_args(annotation) for t in _accepted_types(arg))
+    if typing.get_origin(annotation) in (list, SequenceABC):
+        return (list,)
+    return (annotation,)
+
+
+def _keys() -> Dict[str, Key]:
+    hints = typing.get_type_hints(RunConfig)
+    keys = {}
+    for f in fields(RunConfig):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        keys[f.name] = Key(f.name, f.metadata["group"], default, _accepted_types(hints[f.name]),
+                           f.metadata["meaning"], f.metadata["check"])
+    return keys
+
+
+KEYS: Dict[str, Key] = _keys()
+DEFAULTS: Dict[str, Any] = {k.name: k.default for k in KEYS.values() if k.group in ("host", "extension")}
+REQUIRED_KEYS: Tuple[str, ...] = tuple(k.name for k in KEYS.values() if k.group == "required")
+DERIVED_KEYS: Tuple[str, ...] = tuple(k.name for k in KEYS.values() if k.group == "derived")
 
 # Keys that only pre-2022 arcface_torch configs have; train_v2 ignores them, we reject them.
 HISTORICAL_KEYS: Dict[str, str] = {
@@ -107,58 +270,11 @@ HISTORICAL_KEYS: Dict[str, str] = {
     "score": "nothing reads it",
 }
 
-# Expected types where the default's own type is wrong or too narrow: None defaults, unions, and
-# float keys whose host default is an int. Every other key takes its default's type. An int is
-# accepted wherever a float is, and a tuple wherever a list is (easydict < 1.10 turned tuples
-# into lists, newer releases keep them).
-KEY_TYPES: Dict[str, Tuple[type, ...]] = {
-    "margin_list": (list,),
-    "output": (str, NoneType),
-    "sample_rate": (float,),
-    "interclass_filtering_threshold": (float,),
-    "suffix_run_name": (str, NoneType),
-    "notes": (str, NoneType),
-    "distill": (str, NoneType),
-    "distill_alpha": (str, float),
-    "teacher_network": (str, NoneType),
-    "teacher_weights": (str, NoneType),
-    "teacher_classifier": (str, list, NoneType),
-    "lr_steps": (list,),
-    "lr_scale_batch": (int, NoneType),
-    "progress_bar": (str, bool),
-    "rec": (str,),
-    "num_classes": (int,),
-    "num_image": (int,),
-    "num_epoch": (int,),
-    "warmup_epoch": (int, float),
-    "val_targets": (list,),
-    "total_batch_size": (int,),
-    "warmup_step": (int,),
-    "total_step": (int,),
-}
-
-
 def known_keys() -> Tuple[str, ...]:
     """Every key a config may hold, in the order the start-up log prints them."""
-    return (*HOST_KEYS, *EXTENSION_KEYS, *REQUIRED_KEYS, *DERIVED_KEYS)
+    return tuple(KEYS)
 
 
 def expected_types(key: str) -> Tuple[type, ...]:
-    """The types `key` accepts (`KEY_TYPES`, else the type of its default)."""
-    if key in KEY_TYPES:
-        return KEY_TYPES[key]
-    default = HOST_DEFAULTS[key] if key in HOST_DEFAULTS else EXTENSION_DEFAULTS[key]
-    return (type(default),)
-
-
-def config_table_markdown() -> str:
-    """The README table of the keys this plugin adds to arcface_torch, with defaults and meanings.
-
-    Regenerate with `python -c "from insightface_adadistill.config import
-    config_table_markdown as t; print(t())"`; the table is derived from `EXTENSION_KEYS`, so it
-    cannot drift from the code.
-    """
-    rows = ["| key | default | meaning |", "|---|---|---|"]
-    for key, (default, meaning) in EXTENSION_KEYS.items():
-        rows.append(f"| `{key}` | `{default!r}` | {meaning.replace('|', '/')} |")
-    return "\n".join(rows) + "\n"
+    """The types `key` accepts (from its annotation on `RunConfig`)."""
+    return KEYS[key].types

@@ -6,7 +6,8 @@ the `configs/base.py` keys with a shallow update; `output = None` becomes
 Differences: the file need not live in a `configs` package (we execute it by path), the base keys
 are built in (`defaults.py`) instead of imported from `configs/base.py`, a bare recipe name such as
 `ms1mv2_r50` is looked up in the repository's `recipes/` folder, `--set key=value` overrides are
-applied after the file, and the result is validated before anything is built.
+applied after the file, the result is validated before anything is built, and it comes back as a
+frozen `RunConfig` (the EasyDict stays inside the file). See docs/configs.md.
 """
 from __future__ import annotations
 
@@ -16,12 +17,9 @@ import difflib
 import os
 import runpy
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Collection, Dict, List, Mapping, Optional, Union
 
-from easydict import EasyDict
-
-from .defaults import (DERIVED_KEYS, EXTENSION_DEFAULTS, HOST_DEFAULTS, NoneType, expected_types,
-                       known_keys)
+from .defaults import DEFAULTS, DERIVED_KEYS, NoneType, RunConfig, expected_types, known_keys
 from .validate import ConfigError, unknown_key_problem, validate
 
 Overrides = Union[List[str], Mapping[str, Any], None]
@@ -76,12 +74,6 @@ def read_config_file(path: Path) -> Dict[str, Any]:
         raise ConfigError(str(path), [
             "the file must build an EasyDict named `config` (from easydict import EasyDict as "
             "edict; config = edict(); config.network = 'r50'; ...)"])
-    derived = [key for key in config if key in DERIVED_KEYS]
-    if derived:
-        raise ConfigError(str(path), [
-            f"{key} is computed by the trainer (total_batch_size = batch_size x world size; "
-            f"warmup_step and total_step from num_image); remove it from the file"
-            for key in derived])
     return dict(config)
 
 
@@ -155,12 +147,14 @@ def parse_overrides(overrides: Overrides, source: str = "config") -> Dict[str, A
     return {key: typed(key, value) for key, value in pairs}
 
 
-def derive(cfg: Mapping[str, Any], world_size: int, source: str = "config") -> Dict[str, int]:
-    """The keys `train_v2` adds, computed the same way (pure; `cfg` is not modified).
+def derive(cfg: Mapping[str, Any], world_size: int, config_name: str,
+           source: str = "config") -> Dict[str, Any]:
+    """The keys computed from the others, as arcface_torch computes them (pure; `cfg` is unchanged).
 
+    output = work_dirs/<config_name> when None (the host's `get_config`);
     total_batch_size = batch_size * world_size; warmup_step = num_image // total_batch_size *
-    warmup_epoch; total_step = num_image // total_batch_size * num_epoch. Like the host, steps
-    count iterations and ignore gradient_acc.
+    warmup_epoch; total_step = num_image // total_batch_size * num_epoch (`train_v2`). Like the
+    host, steps count iterations and ignore gradient_acc.
     """
     if not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
@@ -171,13 +165,37 @@ def derive(cfg: Mapping[str, Any], world_size: int, source: str = "config") -> D
             f"num_image = {cfg['num_image']} is smaller than one global batch (batch_size "
             f"{cfg['batch_size']} x world size {world_size} = {total_batch_size}), so an epoch "
             f"has no step; lower batch_size or check num_image"])
-    return {"total_batch_size": total_batch_size,
+    output = cfg.get("output")
+    return {"output": os.path.join("work_dirs", config_name) if output is None else output,
+            "total_batch_size": total_batch_size,
             "warmup_step": int(steps_per_epoch * cfg["warmup_epoch"]),
             "total_step": steps_per_epoch * cfg["num_epoch"]}
 
 
+def build_run_config(keys: Mapping[str, Any], world_size: int = 1, config_name: str = "config",
+                     source: str = "config", overridden: Collection[str] = ()) -> RunConfig:
+    """Merge `keys` over the defaults, validate, derive and freeze: `load_config` without a file.
+
+    Args:
+        keys: the keys a job config sets (required keys included), as Python values.
+        world_size: number of training processes, for the derived keys.
+        config_name: the name `output = None` turns into `work_dirs/<config_name>`.
+        source: what error messages name (the config file).
+        overridden: keys that came from `--set`, so their messages point there.
+    """
+    derived = [key for key in keys if key in DERIVED_KEYS]
+    if derived:
+        raise ConfigError(source, [
+            f"{key} is computed by the trainer (total_batch_size = batch_size x world size; "
+            f"warmup_step and total_step from num_image); remove it from the config"
+            for key in derived])
+    merged = {**copy.deepcopy(DEFAULTS), **keys}  # shallow, as the host: top-level keys only
+    validate(merged, source=source, overridden=overridden)
+    return RunConfig(**{**merged, **derive(merged, world_size, config_name, source)})
+
+
 def load_config(path: Union[str, os.PathLike], overrides: Overrides = None,
-                world_size: int = 1) -> EasyDict:
+                world_size: int = 1) -> RunConfig:
     """Load, merge, override, validate and derive an arcface_torch config.
 
     Args:
@@ -186,25 +204,20 @@ def load_config(path: Union[str, os.PathLike], overrides: Overrides = None,
         world_size: number of training processes, for the derived keys.
 
     Returns:
-        EasyDict in the host's key order: base keys, our extension keys, the file's new keys,
-        then total_batch_size, warmup_step, total_step.
+        the frozen `RunConfig`; `as_dict()` lists the keys in the host's order: base keys, our
+        extension keys, the job keys, then total_batch_size, warmup_step, total_step.
     """
     file = resolve_config_path(path)
     from_file = read_config_file(file)
     from_set = parse_overrides(overrides, source=str(file))
-    cfg = EasyDict(copy.deepcopy({**HOST_DEFAULTS, **EXTENSION_DEFAULTS}))
-    cfg.update(from_file)  # shallow, as the host: job keys replace base keys at top level only
-    cfg.update(from_set)
-    if cfg.output is None:
-        cfg.output = os.path.join("work_dirs", file.stem)
-    validate(cfg, source=str(file), overridden=from_set)
-    cfg.update(derive(cfg, world_size, source=str(file)))
-    return cfg
+    return build_run_config({**from_file, **from_set}, world_size, config_name=file.stem,
+                            source=str(file), overridden=from_set)
 
 
-def format_config(cfg: Mapping[str, Any]) -> List[str]:
+def format_config(cfg: Union[RunConfig, Mapping[str, Any]]) -> List[str]:
     """The host's start-up lines: ': ' + key padded with spaces to 25 characters + value.
 
     A key of 25 or more characters gets no space (`interclass_filtering_threshold0`).
     """
-    return [": " + key + " " * (25 - len(key)) + str(value) for key, value in cfg.items()]
+    items = cfg.as_dict() if isinstance(cfg, RunConfig) else cfg
+    return [": " + key + " " * (25 - len(key)) + str(value) for key, value in items.items()]

@@ -24,13 +24,24 @@ _MOMENTUM_OF = {"plain": "alpha", "weighted": "alpha_weighted"}
 
 # ---------------------------------------------------------------- pure functions
 
+ALPHA_MODES = ("weighted", "plain")
+ALPHA_RULE = "'weighted', 'plain' or a float in (0, 1)"
+
+
+def alpha_is_valid(alpha: object) -> bool:
+    """The one rule for `distill_alpha` (the config check uses it too). A fixed momentum must lie
+    strictly inside (0, 1): 1 never moves the centres off their random init, 0 replaces each
+    centre by the last teacher embedding; neither is the paper's fixed-alpha baseline."""
+    if isinstance(alpha, str):
+        return alpha in ALPHA_MODES
+    return isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and 0.0 < alpha < 1.0
+
+
 def check_alpha(alpha: Alpha) -> Alpha:
-    """'weighted' (alpha', the paper's best), 'plain' (alpha) or a fixed momentum in [0, 1]."""
-    if alpha in ("weighted", "plain"):
-        return alpha
-    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and 0.0 <= alpha <= 1.0:
-        return float(alpha)
-    raise ValueError(f"distill_alpha must be 'weighted', 'plain' or a number in [0, 1], got {alpha!r}")
+    """'weighted' (alpha', the paper's best), 'plain' (alpha) or a fixed momentum in (0, 1)."""
+    if not alpha_is_valid(alpha):
+        raise ValueError(f"distill_alpha must be {ALPHA_RULE}, got {alpha!r}")
+    return alpha if isinstance(alpha, str) else float(alpha)
 
 
 @torch.no_grad()

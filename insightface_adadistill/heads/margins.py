@@ -21,13 +21,35 @@ ArcFace gradient, two choices:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 
-MARGIN_FORMS = ("ArcFace margin_list=(1.0, m, 0.0) or CosFace margin_list=(1.0, 0.0, m) with m >= 0")
+_ARCFACE_FORM = "ArcFace (1, m, 0) with 0 <= m < pi"
+_COSFACE_FORM = "CosFace (1, 0, m) with 0 < m < 2"
+MARGIN_FORMS = f"{_ARCFACE_FORM} or {_COSFACE_FORM}"
 MARGIN_GRADS = ("straight_through", "exact")
+_MARGIN_FIX = ("use ArcFace margin_list=(1.0, m, 0.0) or CosFace margin_list=(1.0, 0.0, m), "
+               "e.g. m = 0.5 for ArcFace or m = 0.4 for CosFace")
+
+
+def margin_list_problem(margin_list: Any) -> Optional[str]:
+    """What is wrong with `margin_list` and the fix, or None: the one rule for the loss and the config.
+
+    arcface_torch's CombinedMarginLoss has exactly two forms; anything else either raises there or
+    silently drops a margin (e.g. (1, 0.5, 0.4) is CosFace). m < pi keeps theta + m inside the
+    cosine's useful range; a CosFace m >= 2 pushes every target below every other logit.
+    """
+    numbers = [m for m in margin_list if isinstance(m, (int, float)) and not isinstance(m, bool)]
+    if len(margin_list) != 3 or len(numbers) != 3:
+        return f"must be 3 numbers (m1, m2, m3); {_MARGIN_FIX}"
+    m1, m2, m3 = numbers
+    if m1 == 1.0 and m3 == 0.0 and 0.0 <= m2 < math.pi:
+        return None
+    if m1 == 1.0 and m2 == 0.0 and 0.0 < m3 < 2.0:
+        return None
+    return f"is neither {_ARCFACE_FORM} nor {_COSFACE_FORM}; {_MARGIN_FIX}"
 
 
 class _StraightThroughArc(torch.autograd.Function):
@@ -83,17 +105,16 @@ class CombinedMarginLoss(nn.Module):
     def __init__(self, s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0,
                  interclass_filtering_threshold: float = 0.0, exact_grad: bool = False) -> None:
         super().__init__()
-        is_arcface = m1 == 1.0 and m3 == 0.0 and m2 >= 0.0
-        is_cosface = m1 == 1.0 and m2 == 0.0 and m3 > 0.0
-        if not (is_arcface or is_cosface):
-            raise ValueError(f"margin_list ({m1}, {m2}, {m3}) is not supported; use {MARGIN_FORMS}")
+        problem = margin_list_problem((m1, m2, m3))
+        if problem is not None:
+            raise ValueError(f"margin_list ({m1}, {m2}, {m3}) {problem}")
         if not 0.0 <= interclass_filtering_threshold < 1.0:
             raise ValueError(f"interclass_filtering_threshold must be in [0, 1), got "
                              f"{interclass_filtering_threshold}")
         self.s, self.m1, self.m2, self.m3 = s, m1, m2, m3
         self.interclass_filtering_threshold = interclass_filtering_threshold
         self.exact_grad = exact_grad
-        self.is_arcface = is_arcface
+        self.is_arcface = m3 == 0.0
 
     def forward(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         labels = labels.reshape(-1)
@@ -122,9 +143,9 @@ class CombinedMarginLoss(nn.Module):
 def build_margin_loss(margin_list: Sequence[float], margin_grad: str = "straight_through",
                       interclass_filtering_threshold: float = 0.0, s: float = 64.0) -> CombinedMarginLoss:
     """CombinedMarginLoss from the config's `margin_list` and `margin_grad`."""
-    if len(margin_list) != 3:
-        raise ValueError(f"margin_list must have 3 numbers (m1, m2, m3), got {margin_list!r}; "
-                         f"use {MARGIN_FORMS}")
+    problem = margin_list_problem(margin_list)
+    if problem is not None:
+        raise ValueError(f"margin_list {tuple(margin_list)!r} {problem}")
     if margin_grad not in MARGIN_GRADS:
         raise ValueError(f"margin_grad must be one of {MARGIN_GRADS}, got {margin_grad!r}")
     m1, m2, m3 = (float(m) for m in margin_list)

@@ -12,7 +12,8 @@ from typing import Any, Dict, List, Mapping
 import torch
 from torch import nn
 
-OPTIMIZER_KINDS = ("sgd", "adamw")
+from insightface_adadistill.config.defaults import OPTIMIZER_KINDS
+
 GROUP_NAMES = ("backbone", "head")
 
 

@@ -12,7 +12,7 @@ from typing import List, Sequence
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-SCHEDULE_KINDS = ("poly", "step")
+from insightface_adadistill.config.defaults import SCHEDULE_KINDS
 
 
 def poly_warmup_factor(k: int, warmup_steps: int, total_steps: int, power: float) -> float:

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from insightface_adadistill import distributed
 from insightface_adadistill.backbones import get_model
-from insightface_adadistill.config import format_config
+from insightface_adadistill.config import RunConfig, format_config
 from insightface_adadistill.config.resume import config_snapshot
 from insightface_adadistill.data.datasets import build_dataset
 from insightface_adadistill.data.loader import build_dataloader
@@ -67,7 +67,7 @@ class TrainResult:
     stopped_by_signal: bool
 
 
-def train(cfg: Any, dist: distributed.DistInfo) -> TrainResult:
+def train(cfg: RunConfig, dist: distributed.DistInfo) -> TrainResult:
     """Run one training job described by a validated config.
 
     Rank 0 holds the output folder's lock for the whole run; the SIGTERM/SIGINT handlers are
@@ -78,10 +78,10 @@ def train(cfg: Any, dist: distributed.DistInfo) -> TrainResult:
         return _run(cfg, dist, output, stop)
 
 
-def _run(cfg: Any, dist: distributed.DistInfo, output: Path, stop: "StopRequest") -> TrainResult:
+def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRequest") -> TrainResult:
     # ---- output folder, seed and logging ----------------------------------------------------
     setup_logging(output, dist.rank)
-    checkpointer = Checkpointer(output, config_snapshot(cfg), cfg.keep_checkpoints,
+    checkpointer = Checkpointer(output, config_snapshot(cfg.as_dict()), cfg.keep_checkpoints,
                                 agree=all_ranks_agree(dist.device))
     resume_from = _on_main(dist, lambda: checkpointer.resume_point(cfg.resume, cfg.resume_allow_changes))
     _seed_everything(cfg.seed)
@@ -228,7 +228,7 @@ def _seed_everything(seed: int) -> None:
     os.environ["PYTHONHASHSEED"] = str(seed)
 
 
-def _build_teacher(cfg: Any, device: torch.device) -> torch.nn.Module:
+def _build_teacher(cfg: RunConfig, device: torch.device) -> torch.nn.Module:
     """The frozen teacher from `teacher_network`/`teacher_weights`; never a random one."""
     teacher = build_teacher(cfg.teacher_network, cfg.teacher_weights, cfg.embedding_size, device,
                             dtype=cfg.teacher_dtype, channels_last=cfg.teacher_channels_last)
@@ -236,7 +236,7 @@ def _build_teacher(cfg: Any, device: torch.device) -> torch.nn.Module:
     return teacher
 
 
-def _teacher_classifier(cfg: Any) -> Optional[torch.Tensor]:
+def _teacher_classifier(cfg: RunConfig) -> Optional[torch.Tensor]:
     if cfg.distill != "arcdistill":
         return None
     return load_teacher_classifier(cfg.teacher_classifier, cfg.num_classes, cfg.embedding_size)
@@ -293,7 +293,7 @@ def _stats_for_monitor(out: Dict[str, torch.Tensor]) -> Dict[str, Dict[str, torc
     return {"scalars": scalars, "histograms": histograms}
 
 
-def _load_val_sets(cfg: Any, dist: distributed.DistInfo) -> List[VerificationSet]:
+def _load_val_sets(cfg: RunConfig, dist: distributed.DistInfo) -> List[VerificationSet]:
     """Rank 0 loads `<rec>/<name>.bin` for each val target; a listed but missing file is an error."""
     if not dist.is_main or not cfg.val_targets:
         return []

@@ -1,0 +1,74 @@
+"""The key tables of docs/configs.md, generated from the declarations in `defaults.RunConfig`.
+
+The page holds the tables between two marker lines; `render_docs_page` replaces what lies between
+them, a test checks the page equals its rendering, and
+
+    python -m insightface_adadistill.config.table [docs/configs.md]
+
+rewrites the page after a key is added or changed.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import MISSING
+from pathlib import Path
+from typing import List, Union
+
+from .defaults import GROUPS, KEYS, Key
+from .validate import type_names
+
+BEGIN = "<!-- begin generated key tables: python -m insightface_adadistill.config.table -->"
+END = "<!-- end generated key tables -->"
+DOCS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "configs.md"
+
+_TITLES = {
+    "host": "arcface_torch keys (`configs/base.py`, same defaults and order)",
+    "extension": "Keys this plugin adds",
+    "required": "Keys every job config sets (no default, as in arcface_torch)",
+    "derived": "Keys the trainer computes (setting one is an error)",
+}
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "/")
+
+
+def _row(key: Key) -> str:
+    default = "" if key.default is MISSING else f"`{key.default!r}`"
+    accepted = key.check.describe() if key.check is not None else ""
+    return (f"| `{key.name}` | {default} | {type_names(key.types)} | {_cell(accepted)} | "
+            f"{_cell(key.meaning)} |")
+
+
+def config_table_markdown() -> str:
+    """Every declared key as Markdown tables, one per group: key, default, type, accepted, meaning."""
+    parts: List[str] = []
+    for group in GROUPS:
+        parts += [f"### {_TITLES[group]}", "",
+                  "| key | default | type | accepted | meaning |", "|---|---|---|---|---|"]
+        parts += [_row(key) for key in KEYS.values() if key.group == group]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def render_docs_page(text: str) -> str:
+    """`text` with the part between `BEGIN` and `END` replaced by the current tables."""
+    head, begin, rest = text.partition(BEGIN)
+    _, end, tail = rest.partition(END)
+    if not begin or not end:
+        raise ValueError(f"the page must contain the marker lines {BEGIN!r} and {END!r}")
+    return f"{head}{BEGIN}\n\n{config_table_markdown()}\n{END}{tail}"
+
+
+def write_docs_page(path: Union[str, Path] = DOCS_PAGE) -> bool:
+    """Regenerate the tables in `path` in place; returns whether the file changed."""
+    path = Path(path)
+    text = path.read_text()
+    rendered = render_docs_page(text)
+    if rendered != text:
+        path.write_text(rendered)
+    return rendered != text
+
+
+if __name__ == "__main__":
+    write_docs_page(*sys.argv[1:2])

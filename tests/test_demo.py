@@ -69,7 +69,7 @@ def test_config_files_load_and_students_share_the_budget(tmp_path: Path) -> None
               "margin_grad", "network", "weight_decay", "momentum")
     students = [cfgs[m] for m in METHODS]
     for key in budget:
-        assert len({repr(c[key]) for c in students}) == 1, key
+        assert len({repr(getattr(c, key)) for c in students}) == 1, key
     assert cfgs["adadistill"].teacher_weights == str((tmp_path / "runs" / "teacher" / "model.pt").resolve())
     assert cfgs["adadistill_alpha"].distill_alpha == "plain" and cfgs["adadistill"].distill_alpha == "weighted"
     assert cfgs["arcdistill"].teacher_classifier.endswith("checkpoint_gpu_*.pt")

@@ -62,6 +62,7 @@ class OneOf:
     choices: Choices
 
     def values(self) -> Sequence[Any]:
+        """The allowed values now (a registry may have grown since import)."""
         return self.choices() if callable(self.choices) else self.choices
 
     def __call__(self, key: str, value: Any) -> Optional[str]:
@@ -106,12 +107,15 @@ class Refused:
 
 
 def at_least(low: float) -> Rule:
+    """'>= low' (counts, sizes, rates that may be zero)."""
     return Rule(lambda v: v >= low, f">= {low}")
 
 
 def above(low: float, note: str = "") -> Rule:
+    """'> low' (a learning rate, a decay power)."""
     return Rule(lambda v: v > low, f"> {low}{note}")
 
 
 def non_empty(what: str) -> Rule:
+    """Any non-empty value; `what` says what it should name."""
     return Rule(bool, what)

@@ -47,7 +47,7 @@ from torch import nn
 from data_throughput import cpu_name
 from insightface_adadistill import distributed
 from insightface_adadistill.backbones import get_model
-from insightface_adadistill.heads import build_head, build_margin_loss
+from insightface_adadistill.heads import HeadOutput, build_head, build_margin_loss
 from insightface_adadistill.heads.partial_fc import init_centres
 from insightface_adadistill.serialization import save_file_atomic
 from insightface_adadistill.teacher import build_teacher
@@ -111,7 +111,8 @@ class DenseCentreHead(nn.Module):
     computes a dense (C, E) gradient that is all-reduced and then thrown away (never stepped);
     centres are updated with alpha' from the local batch by an indexed write (duplicate labels:
     one arbitrary sample wins); then a plain margin softmax over all C classes.
-    forward(local_embeddings (B, E), local_teacher_embeddings (B, E), local_labels (B,)) -> 0-dim loss.
+    forward(local_embeddings (B, E), local_labels (B,), *, teacher (B, E)) -> HeadOutput (no stats),
+    the call every head takes.
     """
 
     needs_teacher = True
@@ -121,19 +122,18 @@ class DenseCentreHead(nn.Module):
         super().__init__()
         self.margin_loss = margin_loss
         self.weight = nn.Parameter(init_centres(num_classes, embedding_size))  # (C, E)
-        self.last_stats: Dict[str, torch.Tensor] = {}
 
-    def forward(self, local_embeddings: torch.Tensor, local_teacher_embeddings: torch.Tensor,
-                local_labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor, *,
+                teacher: torch.Tensor) -> HeadOutput:
         with torch.no_grad():
-            teacher, student = F.normalize(local_teacher_embeddings.float()), F.normalize(local_embeddings.float())
+            teacher, student = F.normalize(teacher.float()), F.normalize(local_embeddings.float())
             old = self.weight[local_labels]  # (B, E)
             centre_teacher_cos = (F.normalize(old) * teacher).sum(dim=1).clamp(1e-6, 1.0)
             alpha = ((student * teacher).sum(dim=1).clamp(-1.0, 1.0) * centre_teacher_cos).clamp(1e-6, 1.0)
             self.weight[local_labels] = alpha.unsqueeze(1) * old + (1.0 - alpha).unsqueeze(1) * teacher
         cos = F.normalize(local_embeddings.float()) @ F.normalize(self.weight).t()  # (B, C), grad to both
         logits = self.margin_loss(cos.clamp(-1.0, 1.0), local_labels)
-        return F.cross_entropy(logits, local_labels)
+        return HeadOutput(F.cross_entropy(logits, local_labels), {})
 
     def all_reduce_unused_gradient(self) -> None:
         """What DDP did with the centres' gradient every step (W x 176 MB at paper size), then drop it."""

@@ -124,13 +124,13 @@ def test_loss_uses_the_updated_centres_and_gives_them_no_gradient(alpha):
     centres = torch.randn(C, E)
     head = make_head(centres=centres, alpha=alpha)
     student, teacher = torch.randn(2 * B, E, requires_grad=True), torch.randn(2 * B, E)
-    loss = head(student, teacher, LABELS)
+    loss = head(student, LABELS, teacher=teacher).loss
     loss.backward()
     updated, _ = update_class_centres(centres, teacher, student.detach(), LABELS, alpha)
     torch.testing.assert_close(head.weight, updated)
     core = ShardedMarginSoftmax(margin(), C)
     student_ref = student.detach().clone().requires_grad_()
-    ref = core(student_ref, LABELS, updated)
+    ref = core(student_ref, LABELS, updated).loss
     ref.backward()
     torch.testing.assert_close(loss, ref)
     torch.testing.assert_close(student.grad, student_ref.grad)
@@ -140,43 +140,38 @@ def test_loss_uses_the_updated_centres_and_gives_them_no_gradient(alpha):
 
 def test_stats_are_detached_device_tensors():
     head = make_head()
-    head(torch.randn(2 * B, E), torch.randn(2 * B, E), LABELS)
-    stats = head.last_stats
-    for name in ("alpha", "alpha_weighted", "centre_teacher_cos", "student_teacher_cos", "visited_fraction",
-                 "centre_norm", "target_prob"):
+    _, stats = head(torch.randn(2 * B, E), LABELS, teacher=torch.randn(2 * B, E))
+    for name in ("distill/alpha", "distill/alpha_weighted", "distill/centre_teacher_cos",
+                 "distill/student_teacher_cos", "distill/visited_fraction", "distill/centre_norm",
+                 "train/target_prob"):
         assert stats[name].dim() == 0 and not stats[name].requires_grad, name
-    assert stats["alpha_per_sample"].shape == (2 * B,)
-    assert stats["visited_fraction"].item() == pytest.approx(6 / C)
-    torch.testing.assert_close(stats["alpha_per_sample"].mean(), stats["alpha_weighted"])
+    assert len(stats) == 8 and stats["distill/alpha_per_sample"].shape == (2 * B,)
+    assert stats["distill/visited_fraction"].item() == pytest.approx(6 / C)
+    torch.testing.assert_close(stats["distill/alpha_per_sample"].mean(), stats["distill/alpha_weighted"])
 
 
 def test_eval_mode_leaves_the_centres_alone():
     head = make_head().eval()
     before = head.weight.clone()
-    head(torch.randn(2, E), torch.randn(2, E), torch.tensor([1, 2]))
+    _, stats = head(torch.randn(2, E), torch.tensor([1, 2]), teacher=torch.randn(2, E))
     assert torch.equal(head.weight, before) and not head.visited.any()
-    assert set(head.last_stats) == {"target_prob"}
+    assert set(stats) == {"train/target_prob"}
 
 
 def test_argument_errors():
     head = make_head()
     student, teacher, labels = torch.randn(2, E), torch.randn(2, E), torch.tensor([1, 2])
-    with pytest.raises(TypeError, match=r"head\(student, teacher, labels\)"):
-        head(student, local_labels=labels)
+    with pytest.raises(TypeError, match=r"head\(embeddings, labels, teacher=teacher\)"):
+        head(student, labels)
     with pytest.raises(TypeError, match="floating point, got torch.int64"):
-        head(student, labels, teacher)  # swapped: labels land in the teacher slot
+        head(student, labels, teacher=labels)
+    with pytest.raises(TypeError, match="positional"):
+        head(student, labels, teacher)  # the teacher is keyword-only: no order to get wrong
     with pytest.raises(ValueError, match="same shape"):
-        head(student, torch.randn(2, E + 1), labels)
+        head(student, labels, teacher=torch.randn(2, E + 1))
     for bad in ("mean", 1.5, -0.1, True):
         with pytest.raises(ValueError, match="distill_alpha"):
             make_head(alpha=bad)
-
-
-def test_keyword_call_is_uniform():
-    head = make_head()
-    student, teacher = torch.randn(2, E), torch.randn(2, E)
-    loss = head(student, local_labels=torch.tensor([1, 2]), local_teacher_embeddings=teacher)
-    assert loss.dim() == 0 and torch.isfinite(loss)
 
 
 # ---------------------------------------------------------------- 2 ranks x B == 1 rank x 2B
@@ -188,10 +183,10 @@ def _run_steps(head, students, teachers, rows):
     out = []
     for step in range(STEPS):
         local = students[step][rows].clone().requires_grad_()
-        loss = head(local, teachers[step][rows], LABELS[rows])
+        loss, stats = head(local, LABELS[rows], teacher=teachers[step][rows])
         loss.backward()
         out.append((loss.detach(), local.grad, head.weight.clone(),
-                    {k: v.clone() for k, v in head.last_stats.items()}))
+                    {k: v.clone() for k, v in stats.items()}))
     return out
 
 

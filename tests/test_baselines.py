@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from dist_utils import run_in_processes
 from insightface_adadistill.heads import (HEADS, AdaDistillHead, CombinedMarginLoss, FeatureKDHead,
-                                          FixedClassifierHead, PartialFC, build_head, feature_distance)
+                                          FixedClassifierHead, HeadOutput, PartialFC, build_head,
+                                          feature_distance)
 from insightface_adadistill.heads import partial_fc
 
 E, C, B = 6, 10, 4
@@ -33,7 +34,7 @@ def test_fixed_classifier_is_the_teacher_classifier_frozen():
     assert list(head.parameters()) == [] and list(head.state_dict()) == ["weight"]
     assert torch.equal(head.weight, teacher_classifier) and not head.needs_teacher
     student = torch.randn(2 * B, E, requires_grad=True)
-    loss = head(student, LABELS)
+    loss = head(student, LABELS).loss
     loss.backward()
     reference = student.detach().clone().requires_grad_()
     dense_loss(reference, teacher_classifier, LABELS).backward()
@@ -70,7 +71,7 @@ def test_feature_distance_by_hand():
 def test_feature_kd_loss_is_margin_loss_plus_weighted_distance():
     head = FeatureKDHead(margin(), E, C, kd_weight=2.5)
     student, teacher = torch.randn(2 * B, E, requires_grad=True), torch.randn(2 * B, E)
-    loss = head(student, teacher, LABELS)
+    loss, stats = head(student, LABELS, teacher=teacher)
     loss.backward()
     reference = student.detach().clone().requires_grad_()
     distance = (F.normalize(reference) - F.normalize(teacher)).pow(2).sum(1).mean()
@@ -78,7 +79,8 @@ def test_feature_kd_loss_is_margin_loss_plus_weighted_distance():
     expected.backward()
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(student.grad, reference.grad)
-    torch.testing.assert_close(head.last_stats["feature_distance"], distance.detach())
+    torch.testing.assert_close(stats["distill/feature_distance"], distance.detach())
+    assert set(stats) == {"train/target_prob", "distill/feature_distance"}
     assert head.needs_teacher and list(head.state_dict()) == ["weight"]
     with pytest.raises(ValueError, match="feature_kd_weight"):
         FeatureKDHead(margin(), E, C, kd_weight=-1.0)
@@ -89,7 +91,7 @@ def _sharded_baselines(info, student, teacher, weight, teacher_classifier):
     kd = FeatureKDHead(margin(), E, C, kd_weight=2.0)
     kd.weight.data.copy_(partial_fc.reshard_weight(weight, info.rank, info.world_size))
     local = student[rows].clone().requires_grad_()
-    loss = kd(local, teacher[rows], LABELS[rows])
+    loss = kd(local, LABELS[rows], teacher=teacher[rows]).loss
     loss.backward()
     fixed = FixedClassifierHead(margin(), E, C, teacher_classifier)
     return loss.detach(), local.grad, fixed.weight, fixed.class_start
@@ -103,7 +105,7 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch():
     kd = FeatureKDHead(margin(), E, C, kd_weight=2.0)
     kd.weight.data.copy_(weight)
     full = student.clone().requires_grad_()
-    loss = kd(full, teacher, LABELS)
+    loss = kd(full, LABELS, teacher=teacher).loss
     loss.backward()
     for rank, (rank_loss, grad, fixed_weight, start) in enumerate(per_rank):
         torch.testing.assert_close(rank_loss, loss.detach())  # the global value on every rank
@@ -132,3 +134,17 @@ def test_build_head_arcdistill_and_errors():
     with pytest.raises(ValueError, match="Did you mean 'adadistill'"):
         build_head("adadistil", margin(), E, C)
     assert build_head("adadistill", margin(), E, C, alpha=0.7).alpha == 0.7
+
+
+# ---------------------------------------------------------------- the head contract
+
+@pytest.mark.parametrize("distill", HEADS.names())
+def test_every_head_takes_one_call_and_tags_its_own_stats(distill):
+    teacher_classifier = torch.randn(C, E) if distill == "arcdistill" else None
+    head = build_head(distill, margin(), E, C, teacher_classifier=teacher_classifier)
+    student, teacher = torch.randn(2 * B, E, requires_grad=True), torch.randn(2 * B, E)
+    out = head(student, LABELS, teacher=teacher)
+    assert isinstance(out, HeadOutput) and out.loss.dim() == 0 and torch.isfinite(out.loss)
+    assert all(key.startswith(("train/", "distill/")) for key in out.stats), out.stats.keys()
+    assert any(key.startswith("distill/") for key in out.stats) == (distill in ("adadistill", "feature_kd"))
+    assert not any(value.requires_grad for value in out.stats.values())

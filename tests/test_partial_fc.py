@@ -46,7 +46,7 @@ def test_state_dict_is_only_weight():
 def test_equals_dense_softmax_cross_entropy(exact):
     head = make_head(exact=exact)
     embeddings = torch.randn(2 * B, E, requires_grad=True)
-    loss = head(embeddings, LABELS)
+    loss, stats = head(embeddings, LABELS)
     loss.backward()
     emb_ref = embeddings.detach().clone().requires_grad_()
     weight_ref = head.weight.detach().clone().requires_grad_()
@@ -55,7 +55,7 @@ def test_equals_dense_softmax_cross_entropy(exact):
     torch.testing.assert_close(loss, ref)
     torch.testing.assert_close(embeddings.grad, emb_ref.grad)
     torch.testing.assert_close(head.weight.grad, weight_ref.grad)
-    assert head.last_stats["target_prob"].dim() == 0
+    assert set(stats) == {"train/target_prob"} and stats["train/target_prob"].dim() == 0
 
 
 def test_distributed_cross_entropy_matches_torch_and_clamps():
@@ -76,9 +76,9 @@ def test_autocast_does_not_lower_logit_precision():
     head = make_head()
     embeddings = torch.randn(2 * B, E)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = head(embeddings, LABELS)
+        loss = head(embeddings, LABELS).loss
     assert loss.dtype == torch.float32
-    torch.testing.assert_close(loss, head(embeddings, LABELS))
+    torch.testing.assert_close(loss, head(embeddings, LABELS).loss)
 
 
 # ---------------------------------------------------------------- sampling
@@ -108,7 +108,7 @@ def test_sampled_head_equals_dense_loss_on_the_sampled_centres():
     head = make_head(sample_rate=0.5)
     state = head.sampler_state()
     embeddings = torch.randn(2 * B, E, requires_grad=True)
-    loss = head(embeddings, LABELS)
+    loss = head(embeddings, LABELS).loss
     loss.backward()
     replay = NegativeSampler(0)
     replay.load_state(state)
@@ -136,7 +136,7 @@ def test_label_errors_are_clear():
         head(torch.randn(2, E + 1), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="2 embeddings but 3 labels"):
         head(embeddings, torch.tensor([0, 1, 2]))
-    assert torch.isfinite(head(embeddings, torch.tensor([[1], [2]])))  # (B, 1) as the host
+    assert torch.isfinite(head(embeddings, torch.tensor([[1], [2]])).loss)  # (B, 1) as the host
 
 
 def test_constructor_errors():
@@ -164,7 +164,7 @@ def _sharded_steps(info, weight, embeddings, cases):
         head = make_head(sample_rate, weight)
         rows = slice(info.rank * B, (info.rank + 1) * B)
         local = embeddings[rows].clone().requires_grad_()
-        loss = head(local, labels[rows])
+        loss = head(local, labels[rows]).loss
         loss.backward()
         results.append((loss.detach(), local.grad, head.weight.grad, head.class_start, head.num_local))
     return results
@@ -177,7 +177,7 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch():
     for case, (sample_rate, labels) in enumerate(CASES):
         head = make_head(sample_rate, weight)
         full = embeddings.clone().requires_grad_()
-        loss = head(full, labels)
+        loss = head(full, labels).loss
         loss.backward()
         for rank in range(2):
             rank_loss, emb_grad, weight_grad, start, count = per_rank[rank][case]

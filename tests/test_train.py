@@ -72,7 +72,9 @@ def test_single_process_run_writes_host_files(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
-    assert {"loss", "learning_rate", "time_for_end", "throughput"} <= set(events.Tags()["scalars"])
+    scalars = set(events.Tags()["scalars"])
+    assert {"loss", "learning_rate", "time_for_end", "throughput", "train/target_prob"} <= scalars
+    assert not [tag for tag in scalars if tag.startswith("distill/")]  # a standalone run distils nothing
 
 
 def test_verbose_zero_runs_without_periodic_verification(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """Classification and distillation heads: margins, Partial FC, AdaDistill and the paper's baselines.
 
-Every head is sharded over ranks like arcface_torch's Partial FC and returns the global-mean loss.
-Call any head as `head(local_embeddings, local_labels=..., local_teacher_embeddings=...)`; see
-`partial_fc` for the positional orders. `build_head` picks one by the config's `distill` key.
+Every head is sharded over ranks like arcface_torch's Partial FC and is called the same way:
+`loss, stats = head(local_embeddings, local_labels, teacher=local_teacher_embeddings)` (`teacher`
+only for heads with `needs_teacher`), the stats keyed by their TensorBoard tag (docs/heads.md).
+`build_head` picks one by the config's `distill` key.
 """
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ from torch import nn
 from insightface_adadistill.heads.adadistill import AdaDistillHead, update_class_centres
 from insightface_adadistill.heads.baselines import FeatureKDHead, FixedClassifierHead, feature_distance
 from insightface_adadistill.heads.margins import CombinedMarginLoss, build_margin_loss
-from insightface_adadistill.heads.partial_fc import (HEADS, HeadArgs, PartialFC, ShardedHead, ShardedMarginSoftmax,
-                                                     distributed_cross_entropy, reshard_weight)
+from insightface_adadistill.heads.partial_fc import (HEADS, HeadArgs, HeadOutput, PartialFC, ShardedHead,
+                                                     ShardedMarginSoftmax, distributed_cross_entropy, reshard_weight)
 
-__all__ = ["AdaDistillHead", "CombinedMarginLoss", "FeatureKDHead", "FixedClassifierHead", "HEADS", "PartialFC",
-           "ShardedHead", "ShardedMarginSoftmax", "build_head", "build_margin_loss", "distributed_cross_entropy",
-           "feature_distance", "reshard_weight", "update_class_centres"]
+__all__ = ["AdaDistillHead", "CombinedMarginLoss", "FeatureKDHead", "FixedClassifierHead", "HEADS", "HeadOutput",
+           "PartialFC", "ShardedHead", "ShardedMarginSoftmax", "build_head", "build_margin_loss",
+           "distributed_cross_entropy", "feature_distance", "reshard_weight", "update_class_centres"]
 
 
 def build_head(distill: Optional[str], margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],

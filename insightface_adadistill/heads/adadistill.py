@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from insightface_adadistill.distributed import all_gather_tensor, all_reduce
-from insightface_adadistill.heads.partial_fc import HEADS, HeadArgs, ShardedHead, init_centres
+from insightface_adadistill.heads.partial_fc import HEADS, HeadArgs, HeadOutput, ShardedHead, init_centres
 
 Alpha = Union[str, float]
 ROW_STATS = ("alpha", "alpha_weighted", "centre_teacher_cos", "student_teacher_cos", "momentum")
@@ -104,11 +104,12 @@ class AdaDistillHead(ShardedHead):
     the centres this rank owns from the global batch, then computes the loss with the UPDATED
     centres. In eval mode the centres are left alone.
 
-    forward(local_embeddings (B, E) student, local_teacher_embeddings (B, E), local_labels (B,))
-    -> 0-dim loss. `last_stats` then holds detached device tensors, global over all ranks:
-    0-dim means `alpha`, `alpha_weighted`, `centre_teacher_cos`, `student_teacher_cos`,
-    `visited_fraction`, `centre_norm`, `target_prob`, and `alpha_per_sample` (N,), the momentum
-    actually applied to each sample (for a histogram).
+    forward(local_embeddings (B, E) student, local_labels (B,), *, teacher (B, E)) -> HeadOutput.
+    Its stats are detached device tensors, global over all ranks: `train/target_prob` and, in
+    training mode, the 0-dim means `distill/alpha`, `distill/alpha_weighted`,
+    `distill/centre_teacher_cos`, `distill/student_teacher_cos`, `distill/visited_fraction`,
+    `distill/centre_norm`, and `distill/alpha_per_sample` (N,), the momentum actually applied to
+    each sample (for a histogram).
     """
 
     needs_teacher = True
@@ -120,23 +121,22 @@ class AdaDistillHead(ShardedHead):
         self.register_buffer("weight", init_centres(self.num_local, embedding_size))
         self.register_buffer("visited", torch.zeros(self.num_local, dtype=torch.bool))
 
-    def forward(self, local_embeddings: torch.Tensor, local_teacher_embeddings: Optional[torch.Tensor] = None,
-                local_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        self.check_teacher(local_embeddings, local_teacher_embeddings, local_labels)
+    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor, *,
+                teacher: Optional[torch.Tensor] = None) -> HeadOutput:
+        self.check_teacher(local_embeddings, teacher)
         embeddings, labels = self.gather(local_embeddings, local_labels)
-        self.last_stats = {}
+        distill_stats: Dict[str, torch.Tensor] = {}
         if self.training:
-            teacher = all_gather_tensor(local_teacher_embeddings.float())  # (N, E)
-            centres, stats = update_class_centres(self.weight, teacher, embeddings, labels, self.alpha)
+            global_teacher = all_gather_tensor(teacher.float())  # (N, E)
+            centres, stats = update_class_centres(self.weight, global_teacher, embeddings, labels, self.alpha)
             self.weight.copy_(centres)
             self.visited |= stats["class_count"] > 0
-            self._record_stats(stats)
-        loss = self.margin_softmax(embeddings, labels, self.weight)
-        self.last_stats.update(self.margin_softmax.last_stats)
-        return loss
+            distill_stats = self._global_stats(stats)
+        loss, stats = self.margin_softmax(embeddings, labels, self.weight)
+        return HeadOutput(loss, {**distill_stats, **stats})
 
     @torch.no_grad()
-    def _record_stats(self, stats: Dict[str, torch.Tensor]) -> None:
+    def _global_stats(self, stats: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         # One small all-reduce: each sample's stats live on the rank owning its class (zeros
         # elsewhere), so the SUM holds every sample on every rank; no host sync.
         rows = torch.stack([stats[name] for name in ROW_STATS])  # (5, N)
@@ -144,10 +144,10 @@ class AdaDistillHead(ShardedHead):
         packed = all_reduce(torch.cat([rows.flatten(), totals]))
         rows = packed[:rows.numel()].view_as(rows)  # (5, N), global
         num_classes = self.margin_softmax.num_classes
-        self.last_stats = {name: rows[i].mean() for i, name in enumerate(ROW_STATS[:-1])}
-        self.last_stats["alpha_per_sample"] = rows[-1]
-        self.last_stats["visited_fraction"] = packed[-2] / num_classes
-        self.last_stats["centre_norm"] = packed[-1] / num_classes
+        means = {f"distill/{name}": rows[i].mean() for i, name in enumerate(ROW_STATS[:-1])}
+        return {**means, "distill/alpha_per_sample": rows[-1],
+                "distill/visited_fraction": packed[-2] / num_classes,
+                "distill/centre_norm": packed[-1] / num_classes}
 
 
 # ---------------------------------------------------------------- registrations

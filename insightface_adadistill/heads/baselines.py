@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from insightface_adadistill.distributed import all_reduce
-from insightface_adadistill.heads.partial_fc import HEADS, HeadArgs, ShardedHead, init_centres, reshard_weight
+from insightface_adadistill.heads.partial_fc import (HEADS, HeadArgs, HeadOutput, ShardedHead, init_centres,
+                                                     reshard_weight)
 
 
 # ---------------------------------------------------------------- pure functions
@@ -47,8 +48,9 @@ class FixedClassifierHead(ShardedHead):
 
     Buffer `weight` (num_local, E): this rank's rows of the teacher's full (C, E) classifier (the
     arcface_torch Partial FC shards concatenated in rank order; the published code's `kernel` is
-    (E, C) and must be transposed first). forward(local_embeddings (B, E), local_labels (B,)) -> loss;
-    the teacher's embeddings are not needed (`needs_teacher = False`).
+    (E, C) and must be transposed first). forward(local_embeddings (B, E), local_labels (B,)) ->
+    HeadOutput with `train/target_prob`; the teacher's embeddings are not needed
+    (`needs_teacher = False`) and a `teacher` is ignored.
     """
 
     def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], embedding_size: int,
@@ -66,8 +68,8 @@ class FixedClassifierHead(ShardedHead):
                                 self.margin_softmax.world_size)
         self.register_buffer("weight", frozen)
 
-    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor,
-                local_teacher_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor, *,
+                teacher: Optional[torch.Tensor] = None) -> HeadOutput:
         return self.classify(local_embeddings, local_labels)
 
 
@@ -75,8 +77,8 @@ class FeatureKDHead(ShardedHead):
     """Vanilla KD: learned Partial FC loss + `kd_weight` * `feature_distance(student, teacher)`.
 
     Parameter `weight` (num_local, E), as `PartialFC`. forward(local_embeddings (B, E) student,
-    local_teacher_embeddings (B, E), local_labels (B,)) -> 0-dim loss; `last_stats` holds
-    `target_prob` and `feature_distance` (the unweighted KD term).
+    local_labels (B,), *, teacher (B, E)) -> HeadOutput with `train/target_prob` and
+    `distill/feature_distance` (the unweighted KD term).
     """
 
     needs_teacher = True
@@ -89,14 +91,13 @@ class FeatureKDHead(ShardedHead):
         self.kd_weight = kd_weight
         self.weight = nn.Parameter(init_centres(self.num_local, embedding_size))
 
-    def forward(self, local_embeddings: torch.Tensor, local_teacher_embeddings: Optional[torch.Tensor] = None,
-                local_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        self.check_teacher(local_embeddings, local_teacher_embeddings, local_labels)
-        embeddings, labels = self.gather(local_embeddings, local_labels)
-        margin_loss = self.margin_softmax(embeddings, labels, self.weight)
-        distance = feature_distance(local_embeddings, local_teacher_embeddings, self.margin_softmax.world_size)
-        self.last_stats = {**self.margin_softmax.last_stats, "feature_distance": distance.detach()}
-        return margin_loss + self.kd_weight * distance
+    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor, *,
+                teacher: Optional[torch.Tensor] = None) -> HeadOutput:
+        self.check_teacher(local_embeddings, teacher)
+        margin_loss, stats = self.classify(local_embeddings, local_labels)
+        distance = feature_distance(local_embeddings, teacher, self.margin_softmax.world_size)
+        stats["distill/feature_distance"] = distance.detach()
+        return HeadOutput(margin_loss + self.kd_weight * distance, stats)
 
 
 # ---------------------------------------------------------------- registrations

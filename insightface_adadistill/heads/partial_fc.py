@@ -7,10 +7,9 @@ centres as an argument, so where they come from is the head's business: learned 
 distilled from the teacher (`AdaDistillHead`) or the teacher's frozen classifier
 (`FixedClassifierHead`).
 
-Calling convention shared by every head: `head(local_embeddings, local_labels=...,
-local_teacher_embeddings=...)` with keywords works for all of them. Positionally, heads without a
-teacher follow arcface_torch (`pfc(embeddings, labels)`) and heads with `needs_teacher = True`
-follow the AdaDistill issue (`head(student, teacher, labels)`). All ranks must pass the same B.
+Every head is called the same way (docs/heads.md): `head(local_embeddings, local_labels, *,
+teacher=None)` returns a `HeadOutput(loss, stats)`, the stats keyed by their TensorBoard tag. All
+ranks must pass the same B.
 
 Labels: int64 global class ids of shape (B,) or (B, 1), checked against [0, num_classes) (one small
 device-to-host copy per step; arcface_torch instead reports a silent loss of 69.0776).
@@ -18,7 +17,7 @@ device-to-host copy per step; arcface_torch instead reports a silent loss of 69.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +28,20 @@ from insightface_adadistill.distributed import (all_gather_tensor, all_gather_wi
 from insightface_adadistill.registry import Registry
 
 HEADS: Registry[nn.Module] = Registry("head")
+
+
+class HeadOutput(NamedTuple):
+    """What every head returns: `loss, stats = head(local_embeddings, local_labels, teacher=...)`.
+
+    Attributes:
+        loss: 0-dim global-batch mean, identical on every rank.
+        stats: detached device tensors (no host sync) keyed by their TensorBoard tag, prefix
+            included: `train/...` for what every margin-softmax head measures, `distill/...` for
+            distillation; 0-dim tensors are scalars, 1-dim ones per-sample values for a histogram.
+    """
+
+    loss: torch.Tensor
+    stats: Dict[str, torch.Tensor]
 
 
 # ---------------------------------------------------------------- pure functions
@@ -44,7 +57,8 @@ def check_labels(labels: torch.Tensor, num_classes: int) -> None:
     if labels.dtype != torch.int64:
         raise TypeError(f"labels must be int64 (torch.long) class ids, got {labels.dtype}; convert "
                         f"them in the data loader with `.long()` (a float tensor here usually means "
-                        f"the arguments are swapped: teacher heads take (student, teacher, labels))")
+                        f"the embeddings were passed as labels: every head takes "
+                        f"head(embeddings, labels, teacher=...))")
     if labels.numel() == 0:
         raise ValueError("the batch is empty; every rank needs at least one sample per step")
     low, high = (int(v) for v in torch.stack(torch.aminmax(labels)).tolist())
@@ -172,7 +186,6 @@ class ShardedMarginSoftmax(nn.Module):
         self.num_sample = int(sample_rate * self.num_local)
         self.sampler = NegativeSampler(seed + self.rank) if sample_rate < 1.0 else None
         self.validate_labels = validate_labels
-        self.last_stats: Dict[str, torch.Tensor] = {}
 
     def gather_embeddings(self, local_embeddings: torch.Tensor, embedding_size: int) -> torch.Tensor:
         """(B, E) -> (W*B, E) fp32, differentiable (the local chunk gets the summed gradient)."""
@@ -191,13 +204,16 @@ class ShardedMarginSoftmax(nn.Module):
             check_labels(local_labels, self.num_classes)
         return localise_labels(all_gather_tensor(local_labels), self.class_start, self.num_local)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-        """Global-mean margin-softmax loss (0-dim, identical on all ranks).
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor) -> HeadOutput:
+        """Global-mean margin-softmax loss (0-dim, identical on all ranks) and `train/target_prob`.
 
         Args:
             embeddings: (N, E) gathered embeddings, any norm.
             labels: (N,) from `gather_labels`.
             centres: (num_local, E) this rank's class centres, any norm.
+        Returns:
+            the loss and {'train/target_prob': mean softmax probability of the target class}, a
+            classification statistic every head shares, so it is not under `distill/`.
         """
         if self.sampler is not None:
             index, labels = self.sampler.sample(labels, self.num_local, self.num_sample)
@@ -206,8 +222,7 @@ class ShardedMarginSoftmax(nn.Module):
             cos = F.normalize(embeddings.float()) @ F.normalize(centres.float()).t()  # (N, c)
         logits = self.margin_loss(cos.clamp(-1.0, 1.0), labels)
         loss, p_target = distributed_cross_entropy(logits, labels)
-        self.last_stats = {"target_prob": p_target.mean()}
-        return loss
+        return HeadOutput(loss, {"train/target_prob": p_target.mean()})
 
     def sampler_state(self) -> Optional[torch.Tensor]:
         return None if self.sampler is None else self.sampler.state()
@@ -218,11 +233,11 @@ class ShardedMarginSoftmax(nn.Module):
 
 
 class ShardedHead(nn.Module):
-    """What every head shares: its `ShardedMarginSoftmax`, the gathers, stats and sampler state.
+    """What every head shares: its `ShardedMarginSoftmax`, the gathers and the sampler state.
 
-    Subclasses add the centres (`weight`) and `forward`. `last_stats` holds detached device
-    tensors of the last step (no host sync); `needs_teacher` says whether forward takes teacher
-    embeddings.
+    Subclasses add the centres (`weight`) and `forward(local_embeddings (B, E), local_labels (B,),
+    *, teacher=None (B, E)) -> HeadOutput`; `needs_teacher` says whether `teacher` is required
+    (heads that do not distil ignore it).
     """
 
     needs_teacher = False
@@ -232,7 +247,6 @@ class ShardedHead(nn.Module):
         super().__init__()
         self.embedding_size = embedding_size
         self.margin_softmax = ShardedMarginSoftmax(margin_loss, num_classes, sample_rate, seed)
-        self.last_stats: Dict[str, torch.Tensor] = {}
 
     @property
     def num_local(self) -> int:
@@ -250,26 +264,22 @@ class ShardedHead(nn.Module):
         embeddings = self.margin_softmax.gather_embeddings(local_embeddings, self.embedding_size)
         return embeddings, self.margin_softmax.gather_labels(local_labels)
 
-    def check_teacher(self, local_embeddings: torch.Tensor, local_teacher_embeddings: Optional[torch.Tensor],
-                      local_labels: Optional[torch.Tensor]) -> None:
-        """Refuse a missing or mis-shaped teacher batch, naming the head and its argument order."""
+    def check_teacher(self, local_embeddings: torch.Tensor, teacher: Optional[torch.Tensor]) -> None:
+        """Refuse a missing or mis-shaped teacher batch, naming the head and the call."""
         name = type(self).__name__
-        if local_teacher_embeddings is None or local_labels is None:
-            raise TypeError(f"{name} needs the teacher embeddings and the labels: "
-                            f"head(student, teacher, labels)")
-        if not local_teacher_embeddings.is_floating_point():
-            raise TypeError(f"{name}: teacher embeddings must be floating point, got "
-                            f"{local_teacher_embeddings.dtype}; the order is head(student, teacher, labels)")
-        if local_teacher_embeddings.shape != local_embeddings.shape:
-            raise ValueError(f"{name}: teacher embeddings {tuple(local_teacher_embeddings.shape)} and "
+        if teacher is None:
+            raise TypeError(f"{name} needs the teacher embeddings: head(embeddings, labels, teacher=teacher)")
+        if not teacher.is_floating_point():
+            raise TypeError(f"{name}: teacher embeddings must be floating point, got {teacher.dtype}; "
+                            f"the call is head(embeddings, labels, teacher=teacher)")
+        if teacher.shape != local_embeddings.shape:
+            raise ValueError(f"{name}: teacher embeddings {tuple(teacher.shape)} and "
                              f"student embeddings {tuple(local_embeddings.shape)} must have the same shape")
 
-    def classify(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
-        """Gather, then margin softmax against this head's `weight` (num_local, E); sets `last_stats`."""
+    def classify(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> HeadOutput:
+        """Gather, then margin softmax against this head's `weight` (num_local, E)."""
         embeddings, labels = self.gather(local_embeddings, local_labels)
-        loss = self.margin_softmax(embeddings, labels, self.weight)
-        self.last_stats = dict(self.margin_softmax.last_stats)
-        return loss
+        return self.margin_softmax(embeddings, labels, self.weight)
 
     def sampler_state(self) -> Optional[torch.Tensor]:
         """The negative sampler's generator state (None without sampling), for checkpoints."""
@@ -284,7 +294,7 @@ class PartialFC(ShardedHead):
 
     `state_dict()` holds only `weight` (num_local, E), N(0, 0.01) at start, so arcface_torch's
     `state_dict_softmax_fc` loads unchanged. forward(local_embeddings (B, E), local_labels (B,))
-    -> 0-dim loss; `last_stats`: `target_prob`.
+    -> HeadOutput with `train/target_prob`; a `teacher` is ignored.
     """
 
     def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], embedding_size: int,
@@ -292,8 +302,8 @@ class PartialFC(ShardedHead):
         super().__init__(margin_loss, embedding_size, num_classes, sample_rate, seed)
         self.weight = nn.Parameter(init_centres(self.num_local, embedding_size))
 
-    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor,
-                local_teacher_embeddings: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor, *,
+                teacher: Optional[torch.Tensor] = None) -> HeadOutput:
         return self.classify(local_embeddings, local_labels)
 
 

@@ -16,9 +16,10 @@ from torch import nn
 class DistillStep(nn.Module):
     """Holds the student, the optional frozen teacher and the head; returns a dict of tensors.
 
-    Returned keys: `loss` (0-dim, global-batch mean, identical on all ranks) plus the head's
-    `last_stats` (detached tensors on the device, e.g. `alpha`, `centre_teacher_cos`), so the loop
-    logs them every `frequent` steps without a host sync on the other steps.
+    Returned keys: `loss` (0-dim, global-batch mean, identical on all ranks) plus the head's stats
+    under their TensorBoard tags (detached tensors on the device, e.g. `distill/alpha`,
+    `train/target_prob`), so the loop logs them as they are every `frequent` steps without a host
+    sync on the other steps.
     """
 
     def __init__(self, student: nn.Module, head: nn.Module, teacher: Optional[nn.Module] = None) -> None:
@@ -36,5 +37,5 @@ class DistillStep(nn.Module):
         local_embeddings = self.student(images)  # (B, E)
         teacher = self.__dict__["teacher"]
         local_teacher = teacher(images) if teacher is not None else None  # (B, E), no graph
-        loss = self.head(local_embeddings, local_labels=labels, local_teacher_embeddings=local_teacher)
-        return {"loss": loss, **self.head.last_stats}
+        loss, stats = self.head(local_embeddings, labels, teacher=local_teacher)
+        return {"loss": loss, **stats}

@@ -287,9 +287,9 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
 
 
 def _stats_for_monitor(out: Dict[str, torch.Tensor]) -> Dict[str, Dict[str, torch.Tensor]]:
-    """Head statistics as TensorBoard tags: 0-dim ones as scalars, per-sample ones as histograms."""
-    scalars = {f"distill/{k}": v for k, v in out.items() if k != "loss" and v.dim() == 0}
-    histograms = {f"distill/{k}": v for k, v in out.items() if v.dim() == 1}
+    """Head statistics (keyed by their TensorBoard tag): 0-dim ones as scalars, per-sample ones as histograms."""
+    scalars = {k: v for k, v in out.items() if k != "loss" and v.dim() == 0}
+    histograms = {k: v for k, v in out.items() if v.dim() == 1}
     return {"scalars": scalars, "histograms": histograms}
 
 

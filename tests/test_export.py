@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from insightface_adadistill.backbones import get_model
+from insightface_adadistill.backbones.loading import load_backbone
 from insightface_adadistill.export import mfr_check
 from insightface_adadistill.commands.export_onnx import main
-from insightface_adadistill.export.onnx import ExportError, export_onnx, load_backbone, verify_onnx
+from insightface_adadistill.export.onnx import ExportError, export_onnx, verify_onnx
 
 PARITY_ATOL = 1e-4
 

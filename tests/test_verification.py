@@ -12,7 +12,7 @@ from insightface_adadistill.backbones import get_model
 from insightface_adadistill.commands.verify import main as verify_main
 from insightface_adadistill.evaluation.verification import (
     THRESHOLDS, VerificationSet, embed_images, evaluate_backbone, evaluate_embeddings, kfold_accuracy,
-    kfold_splits, load_backbone, pair_distances, pixels_to_input)
+    kfold_splits, pair_distances, pixels_to_input)
 
 
 @pytest.mark.parametrize("n", [10, 12, 25, 101, 6000])
@@ -160,15 +160,14 @@ def test_verify_main_prints_each_set_and_writes_json(fixtures_dir, tiny_weights,
     assert sets["tiny_py2"]["xnorm"] > 0
 
 
-def test_load_backbone_reads_arcface_checkpoints_and_names_a_wrong_network(tiny_weights, tmp_path):
-    state = torch.load(tiny_weights, weights_only=True)
-    ckpt = tmp_path / "checkpoint_gpu_0.pt"
-    torch.save({"state_dict_backbone": {f"module.{k}": v for k, v in state.items()}}, ckpt)
-    model = load_backbone("tiny_mfn", ckpt, embedding_size=32)
-    assert not model.training
-    torch.testing.assert_close(model.state_dict(), state)
-    with pytest.raises(ValueError, match="do not fit --network tiny_resnet"):
-        load_backbone("tiny_resnet", tiny_weights, embedding_size=32)
+def test_verify_main_names_the_network_a_wrong_one_should_have_been(fixtures_dir, tiny_weights):
+    bins = [str(fixtures_dir / "bins" / "tiny_py3.bin")]
+    with pytest.raises(ValueError) as info:
+        verify_main(["--network", "tiny_resnet", "--embedding-size", "32", "--model", str(tiny_weights),
+                     "--device", "cpu", *bins])
+    assert str(info.value) == (f"{tiny_weights}: does not fit --network tiny_resnet with embedding size 32: "
+                               "this file looks like a tiny_mfn with embedding size 32 (keys and shapes "
+                               "match); pass --network tiny_mfn")
 
 
 def test_embed_images_batch_size_does_not_change_embeddings():

@@ -54,8 +54,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _parse_args(argv)
     import torch
 
+    from insightface_adadistill.backbones.loading import load_backbone
     from insightface_adadistill.evaluation.ijb import backbone_embedder, evaluate_ijb, onnx_embedder, write_results
-    from insightface_adadistill.evaluation.verification import load_backbone
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.onnx is not None:

@@ -35,11 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Export, verify with onnxruntime, print a summary; exit 1 with a message on any failure."""
     args = build_parser().parse_args(argv)
-    from insightface_adadistill.export.onnx import (ExportError, describe_export, export_onnx, load_backbone,
+    from insightface_adadistill.backbones.loading import load_backbone
+    from insightface_adadistill.export.onnx import (ExportError, check_exportable, describe_export, export_onnx,
                                                     verify_onnx)
 
     try:
-        backbone = load_backbone(args.network, args.model, args.embedding_size)
+        check_exportable(args.network)
+        backbone = load_backbone(args.network, args.model, args.embedding_size, fp16=False, dropout=0.0)
         path = export_onnx(backbone, args.output, opset=args.opset)
     except (FileNotFoundError, ValueError, ExportError) as exc:
         print_error(COMMAND, exc)

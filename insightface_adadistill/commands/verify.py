@@ -31,7 +31,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from insightface_adadistill.evaluation.verification import VerificationSet, evaluate_backbone, load_backbone
+    from insightface_adadistill.backbones.loading import load_backbone
+    from insightface_adadistill.evaluation.verification import VerificationSet, evaluate_backbone
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = load_backbone(args.network, args.model, args.embedding_size).to(device)

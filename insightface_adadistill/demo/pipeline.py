@@ -13,12 +13,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from insightface_adadistill.backbones.loading import load_backbone
 from insightface_adadistill.config import load_config
 from insightface_adadistill.demo.presets import DemoPreset
 from insightface_adadistill.distributed import DistInfo
 from insightface_adadistill.evaluation.ijb import backbone_embedder, evaluate_ijb
 from insightface_adadistill.evaluation.roc import tar_at_fars
-from insightface_adadistill.evaluation.verification import VerificationSet, evaluate_backbone, load_backbone
+from insightface_adadistill.evaluation.verification import VerificationSet, evaluate_backbone
 from insightface_adadistill.synthetic.identities import SyntheticFaceConfig
 from insightface_adadistill.synthetic.suite import build_synthetic_suite
 from insightface_adadistill.training.train import train

@@ -28,11 +28,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from insightface_adadistill.backbones.loading import unwrap
 from insightface_adadistill.evaluation.alignment import ALIGNED_SIZE, align_face
 from insightface_adadistill.evaluation.ijb_meta import IJBDataError, IJBMeta, read_meta
 from insightface_adadistill.evaluation.roc import (REPORT_FARS, auc, format_tar_table, plot_roc,
                                                    roc_curve, tar_at_far, tar_at_fars)
-from insightface_adadistill.evaluation.verification import l2_normalize, pixels_to_input, unwrap
+from insightface_adadistill.evaluation.verification import l2_normalize, pixels_to_input
 
 __all__ = ["IJBDataError", "IJBMeta", "read_meta", "AlignedFaces", "embed_faces", "image_features",
            "pool_templates", "pair_scores", "tar_at_far", "evaluate_ijb", "write_results",

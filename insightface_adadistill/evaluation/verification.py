@@ -23,9 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from insightface_adadistill.backbones import get_model
+from insightface_adadistill.backbones.loading import unwrap
 from insightface_adadistill.data.bins import decode_bin, load_bin
-from insightface_adadistill.teacher.loading import load_backbone_weights
 
 THRESHOLDS = np.arange(0, 4, 0.01)  # the host's grid, same float values
 N_FOLDS = 10
@@ -68,15 +67,6 @@ def pixels_to_input(images: Tensor) -> Tensor:
     it is the (p - 127.5) / 127.5 of every registered `BackboneSpec`.
     """
     return (images.float() / 255 - 0.5) / 0.5
-
-
-def unwrap(backbone: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel / DataParallel.
-
-    Evaluation runs on rank 0 only, so it must not go through DDP's forward (no collectives).
-    """
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    return backbone.module if isinstance(backbone, wrappers) else backbone
 
 
 @contextlib.contextmanager
@@ -192,15 +182,3 @@ def evaluate_backbone(backbone: nn.Module, vset: VerificationSet, batch_size: in
     return evaluate_embeddings(orig, flip, vset.issame)
 
 
-def load_backbone(network: str, path: str | os.PathLike, embedding_size: Optional[int] = None
-                  ) -> nn.Module:
-    """Build `network` and load its weights strictly from model.pt / backbone.pth /
-    checkpoint_gpu_*.pt (a `module.` prefix is stripped); returned in eval mode on the CPU."""
-    model = get_model(network, num_features=embedding_size)
-    try:
-        model.load_state_dict(load_backbone_weights(path), strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: the weights do not fit --network {network} (embedding size "
-                         f"{embedding_size or 'default'}): {exc}; pass the network and "
-                         "--embedding-size the checkpoint was trained with") from exc
-    return model.eval()

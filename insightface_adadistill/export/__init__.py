@@ -11,7 +11,7 @@ from typing import Any
 _PUBLIC = {
     "export_onnx": ("insightface_adadistill.export.onnx", "export_onnx"),
     "verify_onnx": ("insightface_adadistill.export.onnx", "verify_onnx"),
-    "load_backbone": ("insightface_adadistill.export.onnx", "load_backbone"),
+    "check_exportable": ("insightface_adadistill.export.onnx", "check_exportable"),
     "check_onnx": ("insightface_adadistill.export.mfr_check", "check_onnx"),
 }
 

@@ -34,9 +34,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from insightface_adadistill.backbones import backbone_spec, get_model
+from insightface_adadistill.backbones import backbone_spec
 from insightface_adadistill.export.mfr_check import detect_input_normalisation, narrow_initializers
-from insightface_adadistill.teacher.loading import load_backbone_weights
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 11  # the host's torch2onnx opset; older ones cannot express our BatchNorm1d heads
@@ -192,30 +191,13 @@ def verify_onnx(backbone: nn.Module, onnx_path: str | os.PathLike, *, batch_size
     return report
 
 
-def load_backbone(network: str, weights: str | os.PathLike, embedding_size: Optional[int] = None) -> nn.Module:
-    """Build `network` in fp32 without dropout and load `weights` strictly.
-
-    Args:
-        network: a registered backbone name (`list_backbones()`).
-        weights: model.pt / backbone.pth / checkpoint_gpu_*.pt; see `load_backbone_weights`.
-        embedding_size: `num_features`; None takes the backbone's default.
-    """
+def check_exportable(network: str) -> None:
+    """Refuse a backbone whose input is not insightface's and MFR's 112x112, (p - 127.5) / 127.5."""
     spec = backbone_spec(network)
     if spec.input_size != (IMAGE_SIZE, IMAGE_SIZE) or (spec.mean, spec.std) != (127.5, 127.5):
         raise ValueError(f"backbone {network!r} expects {spec.input_size} inputs normalised with mean {spec.mean} "
                          f"and std {spec.std}; insightface and MFR feed 112x112 with 127.5/127.5, so it cannot be "
                          "exported for them")
-    embedding_size = embedding_size or spec.embedding_size
-    backbone = get_model(network, num_features=embedding_size, fp16=False, dropout=0.0)
-    state = load_backbone_weights(weights)
-    try:
-        backbone.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()
-        raise ValueError(f"{weights}: does not fit backbone {network!r} with embedding size {embedding_size} "
-                         f"({' '.join(line.strip() for line in first[:3])}); pass the --network and "
-                         "--embedding-size the model was trained with") from exc
-    return backbone.eval()
 
 
 def describe_export(path: Path, opset: int, parity: ParityReport) -> List[str]:

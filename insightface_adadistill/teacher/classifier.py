@@ -18,8 +18,8 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from insightface_adadistill.backbones.loading import describe_checkpoint
 from insightface_adadistill.serialization import load_file
-from insightface_adadistill.teacher.loading import describe_checkpoint
 
 PathsOrGlob = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 RANK_PATTERNS = (re.compile(r"checkpoint_gpu_(\d+)\.pt$"), re.compile(r"rank_(\d+)_softmax_weight\.pt$"))

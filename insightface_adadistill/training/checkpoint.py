@@ -21,31 +21,20 @@ from typing import Any, Dict, Mapping
 import torch
 from torch import nn
 
+from insightface_adadistill.backbones.loading import strip_wrapper_prefixes, unwrap
+
 FORMAT_VERSION = 1
 HEAD_GROUP = 1  # optimizer param group holding the per-class head parameters (see optim.py)
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 class CheckpointError(ValueError):
     """A checkpoint set or file cannot be used for this run; the message names it and the fix."""
 
 
-def unwrap_model(module: nn.Module) -> nn.Module:
-    """The plain module inside DistributedDataParallel (`.module`) and torch.compile (`._orig_mod`)."""
-    while True:
-        inner = getattr(module, "module", None)
-        inner = inner if isinstance(inner, nn.Module) else getattr(module, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return module
-        module = inner
-
-
 def backbone_state(backbone: nn.Module) -> Dict[str, torch.Tensor]:
     """The backbone's state_dict as the host saves `model.pt`: CPU, fp32, no wrapper prefixes."""
     state = {}
-    for key, value in unwrap_model(backbone).state_dict().items():
-        for prefix in _WRAPPER_PREFIXES:
-            key = key[len(prefix):] if key.startswith(prefix) else key
+    for key, value in strip_wrapper_prefixes(unwrap(backbone).state_dict()).items():
         value = value.detach().cpu()
         state[key] = value.float() if value.is_floating_point() else value
     return state

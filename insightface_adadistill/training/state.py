@@ -13,9 +13,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from insightface_adadistill.backbones.loading import unwrap
 from insightface_adadistill.distributed import shard_classes
-from insightface_adadistill.training.checkpoint import (FORMAT_VERSION, backbone_state, check_storable,
-                                                        to_cpu, unwrap_model)
+from insightface_adadistill.training.checkpoint import FORMAT_VERSION, backbone_state, check_storable, to_cpu
 from insightface_adadistill.training.optim import upgrade_group_layout
 from insightface_adadistill.training.rng import capture_rng_state, restore_rng_state
 
@@ -55,7 +55,7 @@ class TrainState:
 
     def state_dict(self) -> Dict[str, Any]:
         """This rank's checkpoint dict, all tensors on the CPU (they may share storage with the model)."""
-        head_state = {k: to_cpu(v) for k, v in unwrap_model(self.head).state_dict().items()}
+        head_state = {k: to_cpu(v) for k, v in unwrap(self.head).state_dict().items()}
         num_local = shard_classes(self.num_classes, self.rank, self.world_size)[1]
         checkpoint = {
             "epoch": int(self.epoch),
@@ -87,8 +87,8 @@ class TrainState:
         The optimizer is loaded before the scheduler, whose construction overwrote the group LRs.
         An empty saved scaler state (fp32 run) leaves the scaler as it is.
         """
-        unwrap_model(self.student).load_state_dict(checkpoint["state_dict_backbone"], strict=True)
-        unwrap_model(self.head).load_state_dict(checkpoint["state_dict_softmax_fc"], strict=True)
+        unwrap(self.student).load_state_dict(checkpoint["state_dict_backbone"], strict=True)
+        unwrap(self.head).load_state_dict(checkpoint["state_dict_softmax_fc"], strict=True)
         self.optimizer.load_state_dict(upgrade_group_layout(checkpoint["state_optimizer"], self.optimizer))
         self.scheduler.load_state_dict(checkpoint["state_lr_scheduler"])
         if checkpoint.get("state_grad_scaler"):

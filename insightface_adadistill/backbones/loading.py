@@ -12,6 +12,7 @@ names and shapes, so the error names the network (and embedding size) it was tra
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -93,10 +94,15 @@ def load_backbone_weights(path: str | os.PathLike) -> Dict[str, Tensor]:
 
 # ---------------------------------------------------------------- which network is this file?
 
-def _meta_state(network: str, embedding_size: Optional[int]) -> Dict[str, Tensor]:
+@functools.lru_cache(maxsize=None)
+def _meta_state(network: str, embedding_size: int) -> Dict[str, Tensor]:
     """`network`'s state_dict built on the meta device: shapes only, no memory, no random init."""
     with torch.device("meta"):
         return get_model(network, num_features=embedding_size).state_dict()
+
+
+def _same_shapes(expected: Mapping[str, Tensor], found: Mapping[str, Tensor]) -> bool:
+    return set(expected) == set(found) and all(expected[k].shape == v.shape for k, v in found.items())
 
 
 def _embedding_size_in(network: str, state: Mapping[str, Tensor]) -> Optional[int]:
@@ -109,6 +115,8 @@ def _embedding_size_in(network: str, state: Mapping[str, Tensor]) -> Optional[in
     base = _meta_state(network, default)
     if set(base) != set(state):
         return None
+    if _same_shapes(base, state):
+        return default
     probe = _meta_state(network, default + 1)
     for key, tensor in base.items():
         moved = [i for i, (a, b) in enumerate(zip(tensor.shape, probe[key].shape)) if a != b]
@@ -122,10 +130,7 @@ def matching_networks(state: Mapping[str, Tensor]) -> List[Tuple[str, int]]:
     matches = []
     for name in list_backbones():
         size = _embedding_size_in(name, state)
-        if size is None:
-            continue
-        expected = _meta_state(name, size)
-        if all(expected[key].shape == value.shape for key, value in state.items()):
+        if size is not None and _same_shapes(_meta_state(name, size), state):
             matches.append((name, size))
     return matches
 

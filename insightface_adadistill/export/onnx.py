@@ -26,7 +26,7 @@ import dataclasses
 import io
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 import onnx

@@ -170,7 +170,9 @@ class RunConfig:
     # ---- margin --------------------------------------------------------------------------------
     margin_grad: str = ours(
         "straight_through", "ArcFace gradient: 'straight_through' (current arcface_torch) or "
-                            "'exact' (true derivative of cos(theta + m))", OneOf(MARGIN_GRADS))
+                            "'exact' (true derivative of cos(theta + m), with the pre-2022-12 host's "
+                            "fallback cos(theta) - m sin(m) past theta + m > pi, which the published "
+                            "AdaDistill code does not have)", OneOf(MARGIN_GRADS))
 
     # ---- optimisation and schedule -------------------------------------------------------------
     amp_dtype: str = ours("fp16", "autocast dtype when fp16=True: fp16 (with GradScaler) or bf16",

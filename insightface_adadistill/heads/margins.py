@@ -14,9 +14,10 @@ ArcFace gradient, two choices:
 - exact: the true derivative of cos(theta + m) = x cos m - sqrt(1 - x^2) sin m, i.e.
   cos m + sin m * x / sqrt(1 - x^2). Past theta + m > pi that derivative changes sign and would push
   the target away from its centre, so this mode also takes the historical arcface_torch fallback
-  (the formulation of every model-zoo log and of the AdaDistill code): where cos theta <= cos(pi - m),
-  the target is cos theta - m sin m (gradient 1). 1 - x^2 is clamped at 1e-12 so x = +-1 gives a
-  finite gradient.
+  (the formulation of every model-zoo log): where cos theta <= cos(pi - m), the target is
+  cos theta - m sin m (gradient 1). The published AdaDistill code has no such fallback (it computes
+  cos(theta + m) everywhere), so this mode matches it only where theta + m <= pi; see
+  docs/method.md. 1 - x^2 is clamped at 1e-12 so x = +-1 gives a finite gradient.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from insightface_adadistill.config import (KEYS, ConfigError, RunConfig, build_r
 from insightface_adadistill.config import defaults
 from insightface_adadistill.config.table import DOCS_PAGE, config_table_markdown, render_docs_page
 
-# The keys arcface_torch's configs/ms1mv3_r50.py sets (spec 1.3), as a user's file would.
+# The keys arcface_torch's configs/ms1mv3_r50.py sets, as a user's file would.
 MS1MV3_R50 = '''from easydict import EasyDict as edict
 
 config = edict()

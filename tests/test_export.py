@@ -45,7 +45,7 @@ def _aligned_face_bgr() -> np.ndarray:
 
 @torch.no_grad()
 def _torch_embedding(model: nn.Module, image_bgr: np.ndarray) -> np.ndarray:
-    """The training-side input convention (spec 5.5): RGB, (p - 127.5) / 127.5, CHW."""
+    """The training-side input convention (arcface_torch's): RGB, (p - 127.5) / 127.5, CHW."""
     rgb = torch.from_numpy(image_bgr[..., ::-1].copy()).permute(2, 0, 1).float()  # (3, 112, 112)
     return model(((rgb - 127.5) / 127.5)[None]).numpy()  # (1, E)
 

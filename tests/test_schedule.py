@@ -31,7 +31,7 @@ def test_poly_warmup_matches_verified_host_sequence():
 
 
 def test_poly_power_two_matches_model_zoo_logs():
-    # ms1mv3_r50 prints 0.0250 at step 50580 of 101160; ms1mv3_mbf 0.0563 at 50580 of 202320 (spec 2.6).
+    # ms1mv3_r50 prints 0.0250 at step 50580 of 101160; ms1mv3_mbf 0.0563 at 50580 of 202320 (host logs).
     assert 0.1 * poly_warmup_factor(50580, 0, 101160, power=2.0) == pytest.approx(0.025)
     assert 0.1 * poly_warmup_factor(50580, 0, 202320, power=2.0) == pytest.approx(0.05625)
     scheduler = PolynomialWarmupLR(_optimizer(), warmup_steps=0, total_steps=4, power=2.0)

@@ -1,4 +1,4 @@
-"""10-fold verification (spec 6.1): folds, thresholds, XNorm, the backbone driver and `adadistill verify`."""
+"""10-fold verification (host protocol): folds, thresholds, XNorm, the backbone driver and `adadistill verify`."""
 from __future__ import annotations
 
 import json

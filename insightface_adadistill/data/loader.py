@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class DistributedSampler(Sampler):
-    """arcface_torch's sampler (spec 4.6), yielding `(epoch, index)`.
+    """arcface_torch's sampler (`utils/utils_distributed_sampler.py`), yielding `(epoch, index)`.
 
     Each epoch: `randperm(N)` with a generator seeded `seed + epoch` (the same on every rank, as the
     caller passes one shared seed), padded to a multiple of `world_size` by repeating from the
@@ -173,7 +173,7 @@ class FaceLoader:
 
 def build_dataloader(dataset: Dataset, batch_size: int, rank: int, world_size: int, seed: int,
                      num_workers: int, device: torch.device | str) -> FaceLoader:
-    """The training loader with arcface_torch semantics (spec 2.3, 4.1, 4.6).
+    """The training loader with arcface_torch semantics (`train_v2.py`, `dataset.py`; docs/data.md).
 
     Args:
         dataset: indexed with `(epoch, index)` pairs (`FaceDataset` accepts them; a custom

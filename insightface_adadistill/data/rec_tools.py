@@ -1,6 +1,6 @@
 """Build and look inside InsightFace `.rec` files (behind `adadistill make-rec` and `inspect-rec`).
 
-`write_insightface_rec` writes the layout of faces_emore / MS1M (spec 4.7): header record 0 with
+`write_insightface_rec` writes the layout of faces_emore / MS1M (docs/data.md): header record 0 with
 labels [A, B], image records 1..A-1 (flag 0, scalar label, id = key), one identity record per class with
 [first key, last key + 1), plus the `property` file. JPEG sources are stored byte for byte; other
 formats are encoded to JPEG at the given quality.

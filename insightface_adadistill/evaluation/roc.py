@@ -62,7 +62,7 @@ def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
 
 def tar_at_fars(fpr: np.ndarray, tpr: np.ndarray, fars: Sequence[float] = REPORT_FARS
                 ) -> Dict[float, float]:
-    """TAR at each FAR by the host rule (spec 6.2 step 7): the nearest ROC point, not interpolated.
+    """TAR at each FAR as `eval_ijbc.py` does: the nearest ROC point, not interpolated.
 
     The curve is reversed and the first point with the smallest |fpr - far| wins, so among equally
     near points the one with the highest TPR is taken.

@@ -1,7 +1,7 @@
 """LFW-style 10-fold verification accuracy on `.bin` sets, as arcface_torch's `eval/verification.py`.
 
-Protocol (spec 6.1): embed the original and the horizontally flipped faces, x = (p - 127.5) / 127.5;
-XNorm = the mean L2 norm of all raw embeddings (both sets); the final embedding is
+Protocol (docs/evaluation.md): embed the original and the horizontally flipped faces,
+x = (p - 127.5) / 127.5; XNorm = the mean L2 norm of all raw embeddings (both sets); the final embedding is
 normalize(emb(orig) + emb(flip)); a pair's distance is the squared L2 distance (0..4); 10 contiguous
 folds (sklearn `KFold(10)` without shuffling); on each fold the threshold in arange(0, 4, 0.01) with
 the best train accuracy (first maximum) is applied to the test fold, "same" iff distance < threshold.
@@ -61,7 +61,7 @@ class VerificationSet:
 
 
 def pixels_to_input(images: Tensor) -> Tensor:
-    """uint8 (B, 3, H, W) -> float32 (B, 3, H, W) network input (spec 5.5).
+    """uint8 (B, 3, H, W) -> float32 (B, 3, H, W) network input, as arcface_torch trains.
 
     Written (p / 255 - 0.5) / 0.5 as the host's eval scripts do, so inputs match them to the bit;
     it is the (p - 127.5) / 127.5 of every registered `BackboneSpec`.
@@ -177,7 +177,7 @@ def evaluate_embeddings(orig: np.ndarray, flip: np.ndarray, issame: np.ndarray,
 
 def evaluate_backbone(backbone: nn.Module, vset: VerificationSet, batch_size: int = 64,
                       device: Optional[torch.device] = None) -> Dict[str, float]:
-    """Embed `vset` with `backbone` (eval mode, no_grad, mode restored) and score it (spec 6.1)."""
+    """Embed `vset` with `backbone` (eval mode, no_grad, mode restored) and score it (module doc)."""
     orig, flip = embed_images(backbone, vset.images, batch_size, device)
     return evaluate_embeddings(orig, flip, vset.issame)
 

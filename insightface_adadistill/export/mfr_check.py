@@ -1,7 +1,7 @@
 """The ICCV21-MFR submission checks behind `adadistill check-onnx`, as our own implementation.
 
-The rules follow arcface_torch's `onnx_helper.ArcFaceORT.check` (spec 6.4) so that a model that
-passes here also passes the MFR server's gate. Where we differ, and why:
+The rules follow arcface_torch's `onnx_helper.ArcFaceORT.check` (docs/deployment.md) so that a
+model that passes here also passes the MFR server's gate. Where we differ, and why:
 
 - every rule is evaluated and reported in one table (the host stops at the first error string);
 - files are never rewritten: a fixed batch dim is made symbolic in memory, which is what the host's
@@ -33,7 +33,7 @@ NAN_BATCH = 32
 MIN_INITIALIZER_BYTES = 4
 CPU_PROVIDER = "CPUExecutionProvider"
 CPU_LATENCY_NOTE = "measured on CPU; the MFR limit refers to a GPU"
-# the ongoing MFR server runs onnxruntime-gpu 1.8 (spec 6.4), which reads opset <= 14 and IR <= 7
+# the ongoing MFR server runs onnxruntime-gpu 1.8, which reads opset <= 14 and IR <= 7
 MFR_SERVER_MAX_OPSET = 14
 MFR_SERVER_MAX_IR = 7
 
@@ -42,7 +42,7 @@ PASS, FAIL, INFO, SKIP = "pass", "fail", "info", "skip"
 
 @dataclasses.dataclass(frozen=True)
 class TrackLimits:
-    """One MFR track's limits (spec 6.4 table)."""
+    """One MFR track's limits (the host checker's table)."""
 
     max_size_mib: float
     max_feature_dim: int

@@ -1,9 +1,10 @@
 """A trained backbone as an ONNX file for insightface and the MFR checker.
 
-The file keeps the host's deployment contract (spec 5.5, 6.5): fp32 weights, one input `data` of
+The file keeps the host's deployment contract (docs/deployment.md): fp32 weights, one input `data` of
 shape (batch, 3, 112, 112) holding RGB pixels normalised as (p - 127.5) / 127.5, and exactly one
 output `embedding` of shape (batch, E), not L2-normalised. The graph contains no normalisation, so
-insightface's `ArcFaceONNX` and the MFR checker both pick mean = std = 127.5 (spec 6.4 rule 7).
+insightface's `ArcFaceONNX` and the MFR checker both pick mean = std = 127.5 (the normalisation rule
+of arcface_torch's `onnx_helper.py`).
 
 Where we differ from arcface_torch's `torch2onnx.py` (opset 11, TorchScript exporter):
 - opset 18 by default, written by torch's default `torch.export`-based ("dynamo") exporter, which

@@ -1,4 +1,5 @@
-"""Training log, TensorBoard scalars and the progress bar (arcface_torch spec 2.2 and 2.9).
+"""Training log, TensorBoard scalars and the progress bar (arcface_torch's `utils/utils_logging.py` and
+`utils/utils_callbacks.py` formats; docs/training.md).
 
 Rank 0 reports; the other ranks do nothing. Losses and statistics arrive as 0-dim device tensors
 every step and are summed on the device; they are read back (`.item()`, a host-device sync) only

@@ -1,4 +1,4 @@
-"""The optimizer, with arcface_torch's two parameter groups: [backbone, head] (spec 2.6).
+"""The optimizer, with arcface_torch's two parameter groups: [backbone, head] (as `train_v2.py`).
 
 The layout is fixed at two groups, even when the head owns no parameters (AdaDistill's class
 centres are buffers, so its group is empty): the group index then always means the same thing, and

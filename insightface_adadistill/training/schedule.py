@@ -1,4 +1,4 @@
-"""Learning-rate schedules, stepped once per optimizer step (arcface_torch spec 2.6).
+"""Learning-rate schedules, stepped once per optimizer step (docs/training.md).
 
 Both schedules are closed-form functions of the scheduler counter `k` (= `last_epoch`, the number of
 `step()` calls so far), so a scheduler restored from a `state_dict` continues exactly where it left
@@ -40,7 +40,7 @@ class PolynomialWarmupLR(LRScheduler):
 
     `power=1` is current arcface_torch; `power=2` is the historical `PolyScheduler` that trained every
     published model-zoo run. The sequence for w=3, T=10, base 0.1 is
-    0.1, .0333, .0667, .1, .0857, .0714, ..., .0143, 0, 0 (spec 2.6, verified on the host).
+    0.1, .0333, .0667, .1, .0857, .0714, ..., .0143, 0, 0 (verified on the host).
     """
 
     def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int,
@@ -76,7 +76,7 @@ class EpochStepLR(LRScheduler):
     """Multiply the LR by `gamma` at the start of each 1-based epoch in `drop_epochs`.
 
     Stepped per optimizer step like `PolynomialWarmupLR`, so both schedules share the loop code.
-    The AdaDistill recipe drops at epochs 8, 14, 20, 25 of 26 (adadistill spec 5).
+    The AdaDistill recipe drops at epochs 8, 14, 20, 25 of 26 (the AdaDistill paper's setup).
     """
 
     def __init__(self, optimizer: Optimizer, steps_per_epoch: int, drop_epochs: Sequence[int],

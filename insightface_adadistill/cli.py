@@ -1,13 +1,27 @@
-"""`adadistill <command> ...`: dispatches to each command's `main(argv)`; holds no logic itself."""
+"""`adadistill [--debug] <command> ...`: dispatches to each command's `main(argv)` and shows user errors.
+
+A `UserError` from any command is printed as one line, `adadistill <command>: error: <message>`,
+and the exit status is 2; any other exception is a bug and keeps its traceback. `--debug` (before
+the command) or ADADISTILL_DEBUG=1 prints the traceback of user errors too. See docs/cli.md.
+"""
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
+import traceback
 from types import ModuleType
 from typing import Dict, List, Optional
 
 from insightface_adadistill.commands import (check_onnx, config, demo, eval_ijb, export_onnx, inspect_rec,
                                              make_rec, make_synthetic, train, verify)
+from insightface_adadistill.commands.common import print_error
+from insightface_adadistill.errors import UserError
+
+USER_ERROR_STATUS = 2
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "ADADISTILL_DEBUG"
 
 # command name -> module with `SUMMARY` and `main(argv) -> int`; the modules import torch only in main
 COMMANDS: Dict[str, ModuleType] = {
@@ -26,16 +40,41 @@ COMMANDS: Dict[str, ModuleType] = {
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: adadistill <command> [options]", "", "commands:"]
+    lines = [f"usage: adadistill [{DEBUG_FLAG}] <command> [options]", "", "commands:"]
     lines += [f"  {name:<{width}}  {module.SUMMARY}" for name, module in COMMANDS.items()]
-    lines += ["", "`adadistill <command> --help` shows a command's options."]
+    lines += ["", "`adadistill <command> --help` shows a command's options.",
+              f"{DEBUG_FLAG} (or {DEBUG_ENV}=1) also prints the traceback of an input error."]
     return "\n".join(lines)
+
+
+def _tell_torchrun(message: str) -> None:
+    """Under torchrun, put the message (not a traceback) in the worker's error file, so that the
+    launcher's failure summary names the problem instead of pointing to its traceback docs."""
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        try:
+            with open(error_file, "w") as fh:
+                json.dump({"message": message, "timestamp": int(time.time())}, fh)
+        except OSError:
+            pass  # the message is on stderr already; the summary then just lacks it
+
+
+def show_user_error(name: str, exc: UserError, debug: bool) -> int:
+    """The one way a user error reaches the terminal; returns the exit status."""
+    if debug:
+        traceback.print_exception(exc)
+    print_error(name, exc)
+    _tell_torchrun(f"adadistill {name}: error: {exc}")
+    return USER_ERROR_STATUS
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     # Before torch loads OpenMP: spinning threads of two processes on few cores slow both 20-30x.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    if argv[:1] == [DEBUG_FLAG]:
+        debug, argv = True, argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
@@ -43,7 +82,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if name not in COMMANDS:
         print(f"adadistill: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    return int(COMMANDS[name].main(rest) or 0)
+    try:
+        return int(COMMANDS[name].main(rest) or 0)
+    except UserError as exc:
+        return show_user_error(name, exc, debug)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from typing import Any, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from insightface_adadistill.errors import LaunchError
+
 _TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 _wait_group: Optional[dist.ProcessGroup] = None  # gloo side group of `wait_for_main`, set by init
 
@@ -51,12 +53,12 @@ def _read_torchrun_env() -> Tuple[int, int, int] | None:
         return None
     if len(present) != len(_TORCHRUN_VARS):
         missing = sorted(set(_TORCHRUN_VARS) - set(present))
-        raise RuntimeError(f"environment has {present} but not {missing}; launch with torchrun "
+        raise LaunchError(f"environment has {present} but not {missing}; launch with torchrun "
                            f"(it sets all of {list(_TORCHRUN_VARS)}) or unset them for one process")
     try:
         rank, local_rank, world_size = (int(os.environ[name]) for name in _TORCHRUN_VARS)
     except ValueError as err:
-        raise RuntimeError(f"torchrun variables must be integers, got "
+        raise LaunchError(f"torchrun variables must be integers, got "
                            f"{ {n: os.environ[n] for n in _TORCHRUN_VARS} }") from err
     return rank, local_rank, world_size
 
@@ -79,7 +81,7 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
         return torch.device("cpu")
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device='cuda' but torch sees no GPU; use device='cpu' or 'auto'")
+            raise LaunchError("device='cuda' but torch sees no GPU; use device='cpu' or 'auto'")
         return torch.device("cuda", local_rank)
     raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
 
@@ -107,7 +109,7 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30.0,
                                 rank=0, world_size=1, timeout=timeout)
     else:
         if os.environ.get("MASTER_PORT") == "0":  # workers would retry 127.0.0.1:0 for the whole timeout
-            raise RuntimeError("MASTER_PORT=0 reached the workers; for a free port on one machine use "
+            raise LaunchError("MASTER_PORT=0 reached the workers; for a free port on one machine use "
                                "`torchrun --standalone`, otherwise pass a real --master_port")
         dist.init_process_group(backend, store=_restart_store(timeout), rank=rank, world_size=world_size,
                                 timeout=timeout)

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from insightface_adadistill.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".adadistill.lock"
@@ -37,7 +39,7 @@ KIND_FILE = ".adadistill-output.json"
 _NO_LOCK_SUPPORT = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
-class OutputFolderError(ValueError):
+class OutputFolderError(UserError, ValueError):
     """An output folder cannot be used: not a folder, not writable, in use, or another job's."""
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from insightface_adadistill.errors import InputNotFoundError, WeightsError
+
 MIN_TORCH = (2, 10)
 
 
@@ -28,11 +30,11 @@ def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
         )
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint file not found; check the path in your config")
+        raise InputNotFoundError(f"{path}: checkpoint file not found; check the path in your config")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ValueError(
+        raise WeightsError(
             f"{path}: cannot be loaded as a weights-only torch checkpoint ({exc}). It is corrupt, "
             "truncated, or holds Python objects other than tensors and plain containers; re-save it "
             "as a state_dict with torch.save(model.state_dict(), path)"

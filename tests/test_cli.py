@@ -2,10 +2,20 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
 
 import pytest
 
+import numpy as np
+import torch
+
 from insightface_adadistill import cli
+from insightface_adadistill.backbones import get_model
+from insightface_adadistill.data.decode import encode_jpeg
+from insightface_adadistill.data.rec_tools import write_insightface_rec
 
 
 def test_help_lists_every_command(capsys) -> None:
@@ -26,3 +36,109 @@ def test_sets_passive_openmp_waiting_unless_set(monkeypatch) -> None:
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     cli.main(["--help"])
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+# ---- user errors: one line on stderr, no traceback -------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "recipes" / "tiny_cpu.py")
+
+
+def _run(argv: List[str], capsys) -> Tuple[int, str]:
+    """cli.main as the console script runs it; an exception escaping it is what prints a traceback."""
+    try:
+        rc = cli.main(argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        rc = exc.code
+    return rc, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Dict[str, Path]:
+    """A small weights file, a .rec dataset, a folder the demo did not write, and a plain file."""
+    root = tmp_path_factory.mktemp("cli")
+    torch.save(get_model("tiny_mfn", num_features=32).state_dict(), root / "mfn.pt")
+    face = encode_jpeg(np.full((112, 112, 3), 128, np.uint8), 90)
+    write_insightface_rec(root / "data", [(0, face), (1, face)], 2)
+    (root / "foreign").mkdir()
+    (root / "foreign" / "notes.txt").write_text("mine\n")
+    (root / "plain.txt").write_text("not a model\n")
+    return {"root": root, "weights": root / "mfn.pt", "rec": root / "data", "foreign": root / "foreign",
+            "plain": root / "plain.txt"}
+
+
+BAD_INVOCATIONS = {
+    "train: unknown key": ["train", TINY, "--set", "lrr=0.1"],
+    "train: no CONFIG": ["train", "--set", "lr=0.1"],
+    "train: missing rec": ["train", TINY, "--set", "rec={root}/nowhere", "output={root}/run1"],
+    "train: rec is train.rec": ["train", TINY, "--set", "rec={rec}/train.rec", "output={root}/run2"],
+    "train: missing teacher": ["train", TINY, "--set", "distill=adadistill", "teacher_network=tiny_resnet",
+                               "teacher_weights={root}/nope.pt", "output={root}/run3"],
+    "train: missing val target": ["train", TINY, "--set", "rec={rec}", "num_classes=2", "num_image=2",
+                                  "batch_size=2", "val_targets=lfw", "output={root}/run4"],
+    "config: no such recipe": ["config", "no_such_recipe"],
+    "config: bad value": ["config", TINY, "--set", "lr=-1"],
+    "demo: foreign folder": ["demo", "--out", "{foreign}", "--preset", "quick"],
+    "verify: missing weights": ["verify", "x.bin", "--network", "tiny_mfn", "--model", "{root}/nope.pt"],
+    "verify: not a weights file": ["verify", "x.bin", "--network", "tiny_mfn", "--model", "{plain}"],
+    "verify: wrong network": ["verify", "x.bin", "--network", "tiny_resnet", "--model", "{weights}"],
+    "verify: missing .bin": ["verify", "{root}/nope.bin", "--network", "tiny_mfn", "--embedding-size", "32",
+                             "--model", "{weights}"],
+    "eval-ijb: missing onnx": ["eval-ijb", "--onnx", "{root}/nope.onnx", "--image-path", "{root}"],
+    "eval-ijb: no IJB folder": ["eval-ijb", "--network", "tiny_mfn", "--embedding-size", "32", "--model-prefix",
+                                "{weights}", "--image-path", "{root}/nowhere", "--workers", "0"],
+    "export-onnx: missing weights": ["export-onnx", "{root}/m.onnx", "--network", "tiny_mfn", "--model",
+                                     "{root}/nope.pt"],
+    "export-onnx: output is the weights": ["export-onnx", "{weights}", "--network", "tiny_mfn", "--model",
+                                           "{weights}"],
+    "check-onnx: missing model": ["check-onnx", "{root}/nope.onnx"],
+    "make-rec: missing source": ["make-rec", "{root}/nowhere", "{root}/out"],
+    "make-synthetic: no identities": ["make-synthetic", "{root}/synth", "--train-ids", "0"],
+    "inspect-rec: missing folder": ["inspect-rec", "{root}/nowhere"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INVOCATIONS))
+def test_user_errors_print_one_message_and_no_traceback(case: str, files, capsys) -> None:
+    argv = [arg.format(**files) for arg in BAD_INVOCATIONS[case]]
+    rc, err = _run(argv, capsys)
+    assert rc in (1, 2), err
+    assert f"adadistill {argv[0]}: error: " in err and "Traceback" not in err, err
+
+
+def test_debug_flag_and_env_show_the_traceback(monkeypatch, capsys) -> None:
+    argv = ["config", "no_such_recipe"]
+    assert _run(["--debug", *argv], capsys)[1].startswith("Traceback")
+    monkeypatch.setenv("ADADISTILL_DEBUG", "1")
+    rc, err = _run(argv, capsys)
+    assert rc == 2 and "Traceback" in err and "adadistill config: error: " in err.splitlines()[-2] + err
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch) -> None:
+    def broken(argv):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli.COMMANDS["config"], "main", broken)
+    with pytest.raises(KeyError):
+        cli.main(["config", TINY])
+
+
+def test_set_before_the_config_path_is_accepted(capsys) -> None:
+    assert cli.main(["config", "--set", "lr=0.2", "fp16=false", TINY]) == 0
+    out = capsys.readouterr().out
+    assert ": lr                       0.2" in out and ": network                  tiny_mfn" in out
+
+
+@pytest.mark.slow
+def test_torchrun_worker_prints_only_the_message(tmp_path) -> None:
+    """Under torchrun the worker's error is one line (no `[rank0]:` traceback), and torchrun's own
+    failure summary repeats that line instead of pointing to its traceback documentation."""
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    cmd = [torchrun, "--nproc_per_node=1", "-m", "insightface_adadistill", "train", TINY, "--set",
+           f"output={tmp_path / 'run'}", "distill=adadistill", "teacher_network=tiny_resnet",
+           f"teacher_weights={tmp_path / 'nope.pt'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "adadistill train: error: teacher weights" in proc.stderr
+    assert "[rank0]:" not in proc.stderr and "insightface_adadistill/" not in proc.stderr, proc.stderr
+    assert "traceback : adadistill train: error: teacher weights" in proc.stderr

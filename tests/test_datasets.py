@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from insightface_adadistill.data.datasets import (ImageFolderDataset, ImageSizeE
                                                   label_cache_path, to_tensor)
 from insightface_adadistill.data.decode import ImageDecodeError, encode_jpeg
 from insightface_adadistill.data.recordio import IRHeader, RecordIOReader, pack, write_records
+from insightface_adadistill.errors import DataError
 
 
 @pytest.fixture(autouse=True)
@@ -185,8 +187,55 @@ def test_missing_index_and_bad_path_messages(tmp_path):
     (folder / "train.idx").unlink()
     with pytest.raises(FileNotFoundError, match="--rebuild-index"):
         build_dataset(str(folder), 1, seed=0)
-    with pytest.raises(FileNotFoundError, match="neither 'synthetic'"):
+    with pytest.raises(FileNotFoundError, match="'.*nowhere' does not exist; set rec to the folder"):
         build_dataset(str(tmp_path / "nowhere"), 1, seed=0)
+
+
+def test_rec_pointing_at_train_rec_names_its_folder(tmp_path):
+    folder = write_headerless(tmp_path / "data", [0])
+    with pytest.raises(DataError, match=rf"is a file, not a dataset folder; set rec = '{folder}', its folder"):
+        build_dataset(str(folder / "train.rec"), 1, seed=0)
+
+
+def test_train_rec_that_is_a_directory_is_refused(tmp_path):
+    (tmp_path / "data" / "train.rec").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"train.rec is a directory, but .* must be the RecordIO file"):
+        build_dataset(str(tmp_path / "data"), 1, seed=0)
+
+
+class _Payload:
+    """Unpickling this would create `ran`: proof that a poisoned cache was never unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("poison", ["truncated", "not_a_zip", "pickled_objects", "missing_key", "2d_labels"])
+def test_damaged_label_cache_is_rebuilt_with_a_warning(tmp_path, caplog, poison):
+    folder = write_headerless(tmp_path / "data", [1, 0, 2, 1])
+    cache = folder / "train.labels.npz"
+    build_dataset(str(folder), 3, seed=0).labels  # writes a valid cache
+    good = cache.read_bytes()
+    marker = tmp_path / "ran"
+    if poison == "truncated":
+        cache.write_bytes(good[: len(good) // 2])
+    elif poison == "not_a_zip":
+        cache.write_bytes(b"\x00" * 64)
+    elif poison == "pickled_objects":
+        np.savez(cache, labels=np.array([_Payload(marker)], dtype=object), stamp=np.zeros(4, np.int64))
+    elif poison == "missing_key":
+        np.savez(cache, stamp=np.zeros(4, np.int64))
+    else:
+        np.savez(cache, labels=np.zeros((4, 2), np.int32), stamp=np.zeros(4, np.int64))
+    with caplog.at_level(logging.WARNING, logger="insightface_adadistill.data.datasets"):
+        labels = build_dataset(str(folder), 3, seed=0).labels
+    assert labels.tolist() == [1, 0, 2, 1] and not marker.exists()
+    assert f"label cache {cache}" in caplog.text and "rebuilding it" in caplog.text
+    with np.load(cache, allow_pickle=False) as rebuilt:  # rewritten: the next run reads it again
+        assert rebuilt["labels"].tolist() == [1, 0, 2, 1]
 
 
 def test_headerless_glint_style_key0_image_is_not_a_header(tmp_path):

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from insightface_adadistill.config import load_config
 from insightface_adadistill.commands.demo import main
-from insightface_adadistill.demo.run import MARKER, prepare_output
+from insightface_adadistill.config import load_config
 from insightface_adadistill.demo.configs import RunPlace, write_run_configs
 from insightface_adadistill.demo.pipeline import supported_fars
 from insightface_adadistill.demo.presets import METHODS, PRESETS, lr_drop_epochs, pick_preset
+from insightface_adadistill.demo.run import MARKER, prepare_output
+from insightface_adadistill.outputs import OutputFolderError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -88,9 +89,8 @@ def test_rerun_replaces_a_demo_folder_but_not_a_foreign_one(tmp_path: Path) -> N
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("x")
-    with pytest.raises(FileExistsError, match="choose a new or empty folder"):
-        prepare_output(foreign)
-    assert main(["--out", str(foreign), "--preset", "quick"]) == 2
+    with pytest.raises(OutputFolderError, match="choose a new or empty folder"):
+        main(["--out", str(foreign), "--preset", "quick"])  # `adadistill` shows it, exit 2
 
 
 def test_presets_and_schedule() -> None:

@@ -147,6 +147,19 @@ def test_main_exports_a_host_checkpoint(tmp_path: Path, capsys) -> None:
                                model.state_dict()["fc.weight"])
 
 
+@pytest.mark.parametrize("spelling", ["same", "dot_path", "symlink"])
+def test_main_never_overwrites_the_weights_file(tmp_path: Path, capsys, spelling: str) -> None:
+    weights = tmp_path / "m.pt"
+    torch.save(get_model("tiny_resnet").state_dict(), weights)
+    before = weights.read_bytes()
+    out = {"same": weights, "dot_path": tmp_path / "." / "m.pt", "symlink": tmp_path / "m.onnx"}[spelling]
+    if spelling == "symlink":
+        out.symlink_to(weights)
+    assert main(["--network", "tiny_resnet", "--model", str(weights), str(out)]) == 1
+    assert "is the --model weights file; refusing to overwrite" in capsys.readouterr().err
+    assert weights.read_bytes() == before
+
+
 def test_main_names_the_fix_for_a_wrong_embedding_size(tmp_path: Path, capsys) -> None:
     torch.save(get_model("tiny_resnet", num_features=128).state_dict(), tmp_path / "model.pt")
     out = tmp_path / "student.onnx"

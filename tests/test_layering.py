@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "insightface_adadistill"
 
 # layer -> the package-internal layers it may import (besides itself)
 ALLOWED = {
+    "errors": set(),
     "registry": set(),
     "serialization": set(),
     "distributed": set(),
@@ -34,7 +35,7 @@ ALLOWED = {
     "__init__": set(),
     "__main__": {"cli"},
 }
-EVERYWHERE = {"outputs"}  # leaves every layer may import: the output-folder guard
+EVERYWHERE = {"errors", "outputs"}  # leaves every layer may import: user-error types, the output guard
 
 
 def _layer(path: Path) -> str:

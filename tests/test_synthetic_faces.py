@@ -7,10 +7,10 @@ from math import comb
 import numpy as np
 import pytest
 
-from insightface_adadistill.data.datasets import RecordDataset
-from insightface_adadistill.data.decode import decode_image
 from insightface_adadistill.commands.make_synthetic import main as make_synthetic_main
 from insightface_adadistill.data.bins import decode_bin, load_bin
+from insightface_adadistill.data.datasets import RecordDataset
+from insightface_adadistill.data.decode import decode_image
 from insightface_adadistill.evaluation.alignment import ARCFACE_TEMPLATE, align_face, similarity_transform
 from insightface_adadistill.evaluation.ijb import AlignedFaces, read_meta
 from insightface_adadistill.synthetic.identities import SyntheticFaceConfig, derive_seeds, identity_traits
@@ -188,3 +188,17 @@ def test_make_synthetic_command(tmp_path, capsys):
     assert read_meta(tmp_path / "ok" / "IJBB", "IJBB").labels.sum() == 2 * comb(3, 2)
     assert make_synthetic_main([str(tmp_path / "bad"), "--train-ids", "0"]) == 1
     assert "identity_ids" in capsys.readouterr().err
+
+
+def test_make_synthetic_refuses_an_existing_dataset_without_force(tmp_path, capsys):
+    args = [str(tmp_path / "ds"), "--train-ids", "2", "--images-per-id", "2", "--heldout-ids", "2",
+            "--val-pairs", "2", "--difficulty", "easy"]
+    assert make_synthetic_main(args) == 0
+    first = (tmp_path / "ds" / "train" / "train.rec").read_bytes()
+    capsys.readouterr()
+    assert make_synthetic_main([*args, "--seed", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "already holds a dataset" in err and "train.rec" in err and "pass --force" in err
+    assert (tmp_path / "ds" / "train" / "train.rec").read_bytes() == first
+    assert make_synthetic_main([*args, "--seed", "1", "--force"]) == 0
+    assert (tmp_path / "ds" / "train" / "train.rec").read_bytes() != first

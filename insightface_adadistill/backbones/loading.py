@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from insightface_adadistill.backbones import backbone_spec, get_model, list_backbones
+from insightface_adadistill.errors import WeightsError
 from insightface_adadistill.serialization import load_file
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / DataParallel, torch.compile
@@ -79,12 +80,12 @@ def load_backbone_weights(path: str | os.PathLike) -> Dict[str, Tensor]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file holds something other than a backbone state_dict.
+        WeightsError: the file holds something other than a backbone state_dict (a ValueError).
     """
     obj = load_file(path)
     state = obj.get("state_dict_backbone", obj) if isinstance(obj, Mapping) else obj
     if not (isinstance(state, Mapping) and state and all(isinstance(v, Tensor) for v in state.values())):
-        raise ValueError(
+        raise WeightsError(
             f"{path}: not a backbone state_dict; found {describe_checkpoint(obj)}. Expected an "
             "arcface_torch model.pt/backbone.pth (key -> tensor), a checkpoint_gpu_{rank}.pt with "
             "'state_dict_backbone', or an AdaDistill *backbone.pth"
@@ -183,14 +184,14 @@ def check_state_dict(expected: Mapping[str, Tensor], found: Mapping[str, Tensor]
             f"{embedding_size}")
     matches = matching_networks(found)
     if matches:
-        raise ValueError(f"{head}: {_suggestion(matches, network, embedding_size, flags)}")
+        raise WeightsError(f"{head}: {_suggestion(matches, network, embedding_size, flags)}")
     counts = ", ".join(f"{len(items)} {label} (e.g. {_examples(items)})"
                        for label, items in (("missing", missing), ("unexpected", unexpected),
                                             ("of another shape", mismatched)) if items)
     hint = ("is this a backbone file (model.pt, backbone.pth, checkpoint_gpu_*.pt) rather than a head or "
             "optimizer file?" if missing or unexpected else
             "the file holds another variant of this network than the registered one")
-    raise ValueError(f"{head} ({len(found)} entries in the file, {len(expected)} expected); keys: {counts}. "
+    raise WeightsError(f"{head} ({len(found)} entries in the file, {len(expected)} expected); keys: {counts}. "
                      f"No registered backbone has these keys and shapes: {hint}")
 
 

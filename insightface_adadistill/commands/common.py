@@ -3,16 +3,40 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import List, Optional
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `CONFIG [--set KEY=VALUE ...]` arguments every command that reads a config takes."""
-    parser.add_argument("config", help="arcface_torch config file (any path) or a recipe name "
-                                       "from recipes/, e.g. ms1mv2_r50")
+    """The `CONFIG [--set KEY=VALUE ...]` arguments every command that reads a config takes.
+
+    Parse them with `parse_config_args`, which also accepts CONFIG after the --set items.
+    """
+    parser.usage = f"{parser.prog} CONFIG [--set KEY=VALUE ...] [options]"
+    parser.add_argument("config", nargs="?", metavar="CONFIG",
+                        help="arcface_torch config file (any path) or a recipe name "
+                             "from recipes/, e.g. ms1mv2_r50")
     parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+",
                         action="extend", default=[],
                         help="override config keys, typed by the key: --set lr=0.05 fp16=false "
                              "val_targets=lfw,cfp_fp teacher_weights=None")
+
+
+def parse_config_args(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> argparse.Namespace:
+    """`parser.parse_args`, taking CONFIG back from --set when it was written after the items.
+
+    `--set lr=0.1 my_config` makes argparse read `my_config` as one more --set item; every real item
+    holds '=', so the one that does not is the CONFIG.
+    """
+    args = parser.parse_args(argv)
+    if args.config is None:
+        paths = [item for item in args.overrides if "=" not in item]
+        if len(paths) != 1:
+            parser.error("give one CONFIG (a config file or recipe name), e.g. "
+                         f"`{parser.prog} recipes/tiny_cpu.py --set lr=0.05`"
+                         + (f"; {paths} are not KEY=VALUE items" if paths else ""))
+        args.config = paths[0]
+        args.overrides.remove(paths[0])
+    return args
 
 
 def print_error(command: str, message: object) -> None:

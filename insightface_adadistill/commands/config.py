@@ -1,12 +1,11 @@
 """`adadistill config CONFIG [--set ...] [--world-size N]`: print the merged, validated config in the
-host's log format, or the problems and exit status 2."""
+host's log format (a `ConfigError` lists the problems; `adadistill` shows it and exits 2)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import List, Optional
 
-from insightface_adadistill.commands.common import add_config_arguments
+from insightface_adadistill.commands.common import add_config_arguments, parse_config_args
 
 SUMMARY = "print the merged, validated config with its derived keys"
 
@@ -20,13 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    from insightface_adadistill.config import ConfigError, format_config, load_config
+    args = parse_config_args(build_parser(), argv)
+    from insightface_adadistill.config import format_config, load_config
 
-    try:
-        cfg = load_config(args.config, args.overrides, world_size=args.world_size)
-    except ConfigError as exc:
-        print(f"adadistill config: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides, world_size=args.world_size)
     print("\n".join(format_config(cfg)))
     return 0

@@ -7,7 +7,6 @@ IJB-style TAR@FAR of all three -> DIR/report.md with plots, and the TensorBoard 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -45,11 +44,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     started = time.perf_counter()
     preset = pick_preset(args.preset, args.device)
-    try:
-        out = prepare_output(args.out)
-    except FileExistsError as exc:
-        print(f"adadistill demo: {exc}", file=sys.stderr)
-        return 2
+    out = prepare_output(args.out)  # OutputFolderError for a folder the demo did not write
     dist = distributed.init_distributed(args.device)
     try:
         outcome = run_pipeline(preset, out, dist, seed=args.seed, device=args.device, max_steps=args.max_steps,

@@ -6,6 +6,7 @@ file is removed.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -32,9 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (also through links or `..`); a missing path is no file."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Export, verify with onnxruntime, print a summary; exit 1 with a message on any failure."""
     args = build_parser().parse_args(argv)
+    if _same_file(args.output, args.model):
+        print_error(COMMAND, f"OUT.onnx {args.output} is the --model weights file; refusing to overwrite "
+                             f"the weights: give another output, e.g. {args.model.with_suffix('.onnx')}")
+        return 1
     from insightface_adadistill.backbones.loading import load_backbone
     from insightface_adadistill.export.onnx import (ExportError, check_exportable, describe_export, export_onnx,
                                                     verify_onnx)

@@ -27,14 +27,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--difficulty", default="medium", choices=("easy", "medium", "hard"))
     parser.add_argument("--target", default="IJBC", choices=TARGETS)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="replace a dataset already in OUT_DIR")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from insightface_adadistill.synthetic.identities import SyntheticFaceConfig
-    from insightface_adadistill.synthetic.suite import build_synthetic_suite
+    from insightface_adadistill.synthetic.suite import build_synthetic_suite, suite_paths
 
+    existing = [str(path) for name, path in suite_paths(args.out_dir, args.target).items()
+                if name != "rec" and path.exists()]
+    if existing and not args.force:
+        print_error("make-synthetic", f"{args.out_dir} already holds a dataset ({', '.join(existing)}); "
+                                      "pass --force to replace it")
+        return 1
     started = time.monotonic()
     try:
         paths = build_synthetic_suite(

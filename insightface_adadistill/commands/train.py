@@ -9,7 +9,7 @@ import argparse
 import os
 from typing import List, Optional
 
-from insightface_adadistill.commands.common import add_config_arguments
+from insightface_adadistill.commands.common import add_config_arguments, parse_config_args
 
 SUMMARY = "train or distil from an arcface_torch config (1 process, or under torchrun)"
 
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of `adadistill train` and `torchrun -m insightface_adadistill train`."""
-    args = build_parser().parse_args(argv)
+    args = parse_config_args(build_parser(), argv)
     from insightface_adadistill import distributed
     from insightface_adadistill.config import load_config
     from insightface_adadistill.training.train import train

@@ -11,12 +11,13 @@ from __future__ import annotations
 import difflib
 from typing import Any, Collection, List, Mapping, Sequence, Tuple, Union
 
+from insightface_adadistill.errors import UserError
 from insightface_adadistill.teacher.kind import needs_network
 
 from .defaults import HISTORICAL_KEYS, KEYS, NoneType, RunConfig, expected_types, known_keys
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot be trained; `problems` holds one line per problem."""
 
     def __init__(self, source: str, problems: Sequence[str]) -> None:

@@ -23,9 +23,10 @@ import torch
 from PIL import Image
 
 from insightface_adadistill.data.decode import decode_image
+from insightface_adadistill.errors import DataError, InputNotFoundError
 
 
-class BinFormatError(ValueError):
+class BinFormatError(DataError):
     """A `.bin` file is not a (images, issame) pickle of the InsightFace layout."""
 
 
@@ -98,7 +99,7 @@ def load_bin(path: str | os.PathLike) -> Tuple[List[bytes], List[bool]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: verification set not found; check the path")
+        raise InputNotFoundError(f"{path}: verification set not found; check the path")
     try:
         try:
             obj = _unpickle(path, "ASCII")

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from insightface_adadistill.errors import DataError, InputNotFoundError
 from .decode import decode_image
 from .hashing import MASK64, splitmix64
 from .recordio import IRHeader, RecordIOError, RecordIOReader, unpack
@@ -31,11 +33,11 @@ _FLOAT32_EXACT_LIMIT = 2 ** 24  # float32 holds every integer up to here, not be
 _log = logging.getLogger(__name__)
 
 
-class ImageSizeError(ValueError):
+class ImageSizeError(DataError):
     """A stored image is not an aligned 112x112 face."""
 
 
-class LabelError(ValueError):
+class LabelError(DataError):
     """The identity labels of a dataset do not form 0..C-1, or do not match `num_classes`."""
 
 
@@ -221,7 +223,7 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[Path], np.ndarray]:
     without images is an error because it would leave a gap in the ids.
     """
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder; expected <root>/<identity>/<image>.jpg")
+        raise InputNotFoundError(f"{root} is not a folder; expected <root>/<identity>/<image>.jpg")
     classes = sorted(entry.name for entry in os.scandir(root)
                      if entry.is_dir() and not entry.name.startswith("."))
     paths: list[Path] = []
@@ -351,11 +353,26 @@ def _stamp(reader: RecordIOReader) -> np.ndarray:
 
 
 def _load_cached_labels(cache: Path, stamp: np.ndarray, count: int) -> np.ndarray | None:
+    """The cached labels if the cache belongs to this data; None means scan (and rewrite) them.
+
+    A truncated or foreign file (not a zip, no `labels`/`stamp`, object arrays, which
+    `allow_pickle=False` refuses to unpickle) is only a lost cache: warn and rebuild it.
+    """
     if not cache.is_file():
         return None
-    with np.load(cache, allow_pickle=False) as stored:
-        if np.array_equal(stored["stamp"], stamp) and len(stored["labels"]) == count:
-            return stored["labels"].astype(np.int64)
+    try:
+        with np.load(cache, allow_pickle=False) as stored:
+            labels, saved_stamp = stored["labels"], stored["stamp"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        _log.warning("label cache %s is unreadable (%s: %s); rebuilding it from the .rec", cache,
+                     type(exc).__name__, exc)
+        return None
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        _log.warning("label cache %s holds %s labels of shape %s, not integer ids; rebuilding it from "
+                     "the .rec", cache, labels.dtype, labels.shape)
+        return None
+    if np.array_equal(saved_stamp, stamp) and len(labels) == count:
+        return labels.astype(np.int64)
     return None
 
 
@@ -458,12 +475,28 @@ def build_dataset(rec: str, num_classes: int | None, seed: int, flip: bool = Tru
         if num_classes is None:
             raise LabelError("rec = 'synthetic' needs num_classes to cycle labels through; set num_classes")
         dataset: FaceDataset = SyntheticDataset(num_classes, seed, flip=flip)
-    elif (Path(rec) / "train.rec").is_file():
-        dataset = RecordDataset(Path(rec) / "train.rec", seed=seed, flip=flip)
-    elif Path(rec).is_dir():
-        dataset = ImageFolderDataset(rec, seed, flip)
     else:
-        raise FileNotFoundError(f"rec = {rec!r} is neither 'synthetic', a folder with train.rec and "
-                                "train.idx, nor an image folder with one sub-folder per identity")
+        _check_rec_path(Path(rec))
+        if (Path(rec) / "train.rec").is_file():
+            dataset = RecordDataset(Path(rec) / "train.rec", seed=seed, flip=flip)
+        else:
+            dataset = ImageFolderDataset(rec, seed, flip)
     dataset.check_num_classes(num_classes)
     return dataset
+
+
+def _check_rec_path(rec: Path) -> None:
+    """Config `rec` must be a folder (with train.rec, or of identity sub-folders): say which part is off."""
+    if not rec.exists():
+        raise InputNotFoundError(f"rec = {str(rec)!r} does not exist; set rec to the folder holding train.rec "
+                                 "and train.idx, to an image folder with one sub-folder per identity, or to "
+                                 "'synthetic'")
+    if rec.is_file():
+        hint = (f"set rec = {str(rec.parent)!r}, its folder (arcface_torch reads <rec>/train.rec and "
+                "<rec>/train.idx)" if rec.suffix in (".rec", ".idx") else
+                "set rec to a folder holding train.rec and train.idx, or to an image folder")
+        raise DataError(f"rec = {str(rec)!r} is a file, not a dataset folder; {hint}")
+    train_rec = rec / "train.rec"
+    if train_rec.exists() and not train_rec.is_file():
+        raise DataError(f"{train_rec} is a directory, but a dataset folder's train.rec must be the RecordIO "
+                        "file; point rec at the folder that holds the real train.rec and train.idx")

@@ -11,10 +11,12 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
+from insightface_adadistill.errors import DataError
+
 _JPEG_SOI = b"\xff\xd8"
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(DataError):
     """An image payload could not be decoded; the message says where it came from."""
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from insightface_adadistill.errors import DataError
+
 
 class DistributedSampler(Sampler):
     """arcface_torch's sampler (`utils/utils_distributed_sampler.py`), yielding `(epoch, index)`.
@@ -194,7 +196,7 @@ def build_dataloader(dataset: Dataset, batch_size: int, rank: int, world_size: i
     device = torch.device(device)
     sampler = DistributedSampler(len(dataset), world_size, rank, seed)
     if sampler.num_samples < batch_size:
-        raise ValueError(f"each rank gets {sampler.num_samples} of {len(dataset)} samples (world size "
+        raise DataError(f"each rank gets {sampler.num_samples} of {len(dataset)} samples (world size "
                          f"{world_size}), fewer than batch_size {batch_size}, so an epoch has no "
                          "batch; lower batch_size or use more data")
     loader = DataLoader(

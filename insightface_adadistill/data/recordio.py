@@ -27,6 +27,8 @@ from typing import BinaryIO, Iterator, NamedTuple, Sequence, TextIO, Union
 
 import numpy as np
 
+from insightface_adadistill.errors import DataError, InputNotFoundError
+
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
 _CHUNK_HEAD = struct.Struct("<II")  # magic, lrec
@@ -41,7 +43,7 @@ _HEADER_PEEK = _CHUNK_HEAD.size + _IR_HEADER.size + 32
 Label = Union[float, np.ndarray]
 
 
-class RecordIOError(ValueError):
+class RecordIOError(DataError):
     """A `.rec`/`.idx` pair is malformed; the message names the file, the key and the byte offset."""
 
 
@@ -172,9 +174,9 @@ class RecordIOReader:
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
         if not self.rec_path.is_file():
-            raise FileNotFoundError(f"RecordIO file {self.rec_path} does not exist")
+            raise InputNotFoundError(f"RecordIO file {self.rec_path} does not exist")
         if not self.idx_path.is_file():
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"RecordIO index {self.idx_path} does not exist (needed for random access into "
                 f"{self.rec_path}); rebuild it with `adadistill inspect-rec {self.rec_path.parent} "
                 "--rebuild-index` or RecordIOReader.rebuild_index(rec_path, idx_path)")

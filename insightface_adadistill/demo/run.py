@@ -19,6 +19,7 @@ from insightface_adadistill.demo.pipeline import (IJB_NAME, MIN_FALSE_ACCEPTS, e
                                                   ijb_workers_for, max_steps_overrides, train_run)
 from insightface_adadistill.demo.presets import DEMO_STUDENTS, METHODS, TEACHER, DemoPreset
 from insightface_adadistill.evaluation.verification import VerificationSet
+from insightface_adadistill.outputs import OutputFolderError
 
 MARKER = ".adadistill-demo"  # marks a folder the demo wrote, so a rerun may replace it
 WRITTEN = ("data", "configs", "runs", "report.md", "report.json", "alpha_curves.png", "roc.png")
@@ -29,7 +30,7 @@ def prepare_output(out: Path) -> Path:
     out = out.resolve()
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).is_file():
-            raise FileExistsError(f"--out {out} exists and holds files the demo did not write; choose "
+            raise OutputFolderError(f"--out {out} exists and holds files the demo did not write; choose "
                                   "a new or empty folder")
         for name in WRITTEN:
             path = out / name

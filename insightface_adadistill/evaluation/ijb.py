@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from insightface_adadistill.backbones.loading import unwrap
+from insightface_adadistill.errors import InputNotFoundError, WeightsError
 from insightface_adadistill.evaluation.alignment import ALIGNED_SIZE, align_face
 from insightface_adadistill.evaluation.ijb_meta import IJBDataError, IJBMeta, read_meta
 from insightface_adadistill.evaluation.roc import (REPORT_FARS, auc, format_tar_table, plot_roc,
@@ -245,19 +246,19 @@ def onnx_embedder(path: str | os.PathLike, device: torch.device) -> EmbedFn:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: ONNX model not found; check --onnx")
+        raise InputNotFoundError(f"{path}: ONNX model not found; check --onnx")
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
     session = ort.InferenceSession(str(path), providers=providers)
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
-        raise ValueError(f"{path}: expected one (N, 3, 112, 112) input and one output, got inputs "
+        raise WeightsError(f"{path}: expected one (N, 3, 112, 112) input and one output, got inputs "
                          f"{[(i.name, i.shape) for i in inputs]} and {len(outputs)} outputs")
     name, (batch, _, height, width) = inputs[0].name, inputs[0].shape
     if (isinstance(height, int) and height != ALIGNED_SIZE) or (isinstance(width, int)
                                                                and width != ALIGNED_SIZE):
-        raise ValueError(f"{path}: input is {height}x{width}, the IJB protocol needs 112x112 faces")
+        raise WeightsError(f"{path}: input is {height}x{width}, the IJB protocol needs 112x112 faces")
     fixed = batch if isinstance(batch, int) and batch > 0 else None
 
     def embed(x: Tensor) -> np.ndarray:

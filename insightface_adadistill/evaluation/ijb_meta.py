@@ -19,6 +19,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from insightface_adadistill.errors import DataError
+
 TARGETS = ("IJBC", "IJBB")
 # kind -> (file name suffix, the fields of one line)
 _FILES = {
@@ -28,7 +30,7 @@ _FILES = {
 }
 
 
-class IJBDataError(ValueError):
+class IJBDataError(DataError):
     """The IJB folder or one of its meta files does not have the layout of docs/evaluation.md."""
 
 

@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from insightface_adadistill.errors import InputNotFoundError
+
 REQUIRED_INPUT_SIZE = (112, 112)  # (W, H)
 MIN_NODES = 8
 LATENCY_RUNS = 50
@@ -106,9 +108,9 @@ def resolve_model_file(path: str | Path) -> Path:
     if path.is_dir():
         candidates = sorted(path.glob("*.onnx"))
         if not candidates:
-            raise FileNotFoundError(f"{path}: folder holds no *.onnx file; export one with `adadistill export-onnx`")
+            raise InputNotFoundError(f"{path}: folder holds no *.onnx file; export one with `adadistill export-onnx`")
         return candidates[-1]
-    raise FileNotFoundError(f"{path}: no such ONNX file or folder; pass the exported .onnx or its folder")
+    raise InputNotFoundError(f"{path}: no such ONNX file or folder; pass the exported .onnx or its folder")
 
 
 def detect_input_normalisation(graph: onnx.GraphProto) -> Tuple[float, float]:

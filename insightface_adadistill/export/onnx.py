@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from insightface_adadistill.backbones import backbone_spec
+from insightface_adadistill.errors import WeightsError
 from insightface_adadistill.export.mfr_check import detect_input_normalisation, narrow_initializers
 
 DEFAULT_OPSET = 18
@@ -196,7 +197,7 @@ def check_exportable(network: str) -> None:
     """Refuse a backbone whose input is not insightface's and MFR's 112x112, (p - 127.5) / 127.5."""
     spec = backbone_spec(network)
     if spec.input_size != (IMAGE_SIZE, IMAGE_SIZE) or (spec.mean, spec.std) != (127.5, 127.5):
-        raise ValueError(f"backbone {network!r} expects {spec.input_size} inputs normalised with mean {spec.mean} "
+        raise WeightsError(f"backbone {network!r} expects {spec.input_size} inputs normalised with mean {spec.mean} "
                          f"and std {spec.std}; insightface and MFR feed 112x112 with 127.5/127.5, so it cannot be "
                          "exported for them")
 

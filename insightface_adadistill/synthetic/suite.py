@@ -204,6 +204,15 @@ def heldout_start(num_train_ids: int, family_size: int) -> int:
     return -(-num_train_ids // family_size) * family_size
 
 
+def suite_paths(out_dir: str | os.PathLike, ijb_target: str = "IJBC") -> Dict[str, Path]:
+    """Where `build_synthetic_suite` writes: rec (the folder), train_rec, synth_val, ijb (the IJB root)
+    and manifest; a command checks them before it replaces a dataset."""
+    out_dir = Path(out_dir)
+    train_dir = out_dir / "train"
+    return {"rec": train_dir, "train_rec": train_dir / "train.rec", "synth_val": train_dir / "synth_val.bin",
+            "ijb": out_dir / ijb_target, "manifest": out_dir / "manifest.json"}
+
+
 def build_synthetic_suite(out_dir: str | os.PathLike, num_train_ids: int = 200, images_per_id: int = 20,
                           num_heldout_ids: int = 100, seed: int = 0, *,
                           config: Optional[SyntheticFaceConfig] = None, num_val_pairs: int = 1000,
@@ -222,24 +231,23 @@ def build_synthetic_suite(out_dir: str | os.PathLike, num_train_ids: int = 200, 
     config = config if config is not None else SyntheticFaceConfig()
     faces = SyntheticFaces(config, seed)
     out_dir = Path(out_dir)
-    train_dir, ijb_dir = out_dir / "train", out_dir / ijb_target
+    where = suite_paths(out_dir, ijb_target)
+    train_dir, ijb_dir = where["rec"], where["ijb"]
     start = heldout_start(num_train_ids, config.family_size)
     train_ids, heldout_ids = range(num_train_ids), range(start, start + num_heldout_ids)
     written = {
         "train": write_training_rec(train_dir, faces, train_ids, images_per_id, seed),
-        "synth_val": write_verification_bin(train_dir / "synth_val.bin", faces, heldout_ids, num_val_pairs,
+        "synth_val": write_verification_bin(where["synth_val"], faces, heldout_ids, num_val_pairs,
                                             seed),
         ijb_target: write_ijb_folder(ijb_dir, faces, heldout_ids, target=ijb_target, seed=seed,
                                      templates_per_identity=ijb_templates_per_identity,
                                      media_per_template=ijb_media_per_template,
                                      images_per_media=ijb_images_per_media),
     }
-    paths = {"rec": str(train_dir), "train_rec": str(train_dir / "train.rec"),
-             "synth_val": str(train_dir / "synth_val.bin"), "ijb": str(ijb_dir),
-             "manifest": str(out_dir / "manifest.json")}
+    paths = {name: str(path) for name, path in where.items()}
     manifest = {"generator": "insightface_adadistill.synthetic", "seed": seed,
                 "config": asdict(config), "train_identities": [0, num_train_ids],
                 "heldout_identities": [start, start + num_heldout_ids], "ijb_target": ijb_target,
                 "written": written, "paths": {k: os.path.relpath(v, out_dir) for k, v in paths.items()}}
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    where["manifest"].write_text(json.dumps(manifest, indent=1) + "\n")
     return paths

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from insightface_adadistill.backbones.loading import describe_checkpoint
+from insightface_adadistill.errors import InputNotFoundError, WeightsError
 from insightface_adadistill.serialization import load_file
 
 PathsOrGlob = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
@@ -39,12 +40,12 @@ def _expand(paths_or_glob: PathsOrGlob) -> List[Path]:
         if glob.has_magic(str(item)):
             matches = sorted(glob.glob(str(item)))
             if not matches:
-                raise FileNotFoundError(f"no teacher classifier files match {str(item)!r}; check teacher_classifier")
+                raise InputNotFoundError(f"no teacher classifier files match {str(item)!r}; check teacher_classifier")
             paths += [Path(m) for m in matches]
         else:
             paths.append(Path(item))
     if not paths:
-        raise ValueError("teacher_classifier is empty; give the checkpoint_gpu_*.pt files or a header file")
+        raise WeightsError("teacher_classifier is empty; give the checkpoint_gpu_*.pt files or a header file")
     return paths
 
 
@@ -56,22 +57,22 @@ def _header_kernel(obj: Any, path: Path) -> Optional[Tensor]:
         return None
     kernels = [k for k, v in obj.items() if isinstance(v, Tensor) and (k == "kernel" or str(k).endswith(".kernel"))]
     if len(kernels) > 1:
-        raise ValueError(f"{path}: several header kernels {kernels}; keep one header per file")
+        raise WeightsError(f"{path}: several header kernels {kernels}; keep one header per file")
     return obj[kernels[0]] if kernels else None
 
 
 def _from_header(kernel: Tensor, path: Path, num_classes: int, embedding_size: int) -> Tensor:
     """(E, C) header kernel -> (C, E) class centres, after checking both sizes."""
     if kernel.dim() != 2:
-        raise ValueError(f"{path}: header kernel has shape {list(kernel.shape)}; expected (E, C) = "
+        raise WeightsError(f"{path}: header kernel has shape {list(kernel.shape)}; expected (E, C) = "
                          f"({embedding_size}, {num_classes})")
     if kernel.shape[0] != embedding_size:
         transposed = " (it looks like (C, E); the published header stores (E, C))" \
             if kernel.shape[1] == embedding_size else ""
-        raise ValueError(f"{path}: header kernel has shape {list(kernel.shape)}, its first dimension should "
+        raise WeightsError(f"{path}: header kernel has shape {list(kernel.shape)}, its first dimension should "
                          f"be embedding_size={embedding_size}{transposed}")
     if kernel.shape[1] != num_classes:
-        raise ValueError(f"{path}: the header holds {kernel.shape[1]} classes, but num_classes={num_classes}; "
+        raise WeightsError(f"{path}: the header holds {kernel.shape[1]} classes, but num_classes={num_classes}; "
                          f"set num_classes={kernel.shape[1]} (the teacher's training classes) or pass the right file")
     return kernel.t().float().contiguous()  # (C, E)
 
@@ -81,7 +82,7 @@ def _rank_of(path: Path) -> int:
         match = pattern.search(path.name)
         if match:
             return int(match.group(1))
-    raise ValueError(f"cannot tell the rank of {path}: Partial FC shard files must be named {SHARD_NAMES}")
+    raise WeightsError(f"cannot tell the rank of {path}: Partial FC shard files must be named {SHARD_NAMES}")
 
 
 def _shard_weight(obj: Any, path: Path, embedding_size: int) -> Tensor:
@@ -91,11 +92,11 @@ def _shard_weight(obj: Any, path: Path, embedding_size: int) -> Tensor:
         head = obj.get("state_dict_softmax_fc")
         weight = head.get("weight") if isinstance(head, Mapping) else None
     if not isinstance(weight, Tensor):
-        raise ValueError(f"{path}: neither a Partial FC shard (a checkpoint with "
+        raise WeightsError(f"{path}: neither a Partial FC shard (a checkpoint with "
                          f"state_dict_softmax_fc['weight']) nor a header file (a state_dict with 'kernel'); "
                          f"found {describe_checkpoint(obj)}")
     if weight.dim() != 2 or weight.shape[1] != embedding_size:
-        raise ValueError(f"{path}: Partial FC weight has shape {list(weight.shape)}; expected "
+        raise WeightsError(f"{path}: Partial FC weight has shape {list(weight.shape)}; expected "
                          f"(num_local, {embedding_size}) for embedding_size={embedding_size}")
     return weight
 
@@ -107,17 +108,17 @@ def _from_shards(shards: List[Tuple[int, Path, Tensor]], num_classes: int) -> Te
     world_size = len(shards)
     if ranks != list(range(world_size)):
         missing = sorted(set(range(max(ranks) + 1)) - set(ranks))
-        raise ValueError(f"Partial FC shard ranks {ranks} are not 0..{world_size - 1} (missing {missing}, "
+        raise WeightsError(f"Partial FC shard ranks {ranks} are not 0..{world_size - 1} (missing {missing}, "
                          f"or a rank given twice); pass every {SHARD_NAMES} file of the teacher run once")
     total = sum(weight.shape[0] for _, _, weight in shards)
     if total != num_classes:
         sizes = [weight.shape[0] for _, _, weight in shards]
-        raise ValueError(f"the {world_size} Partial FC shards hold {total} classes ({sizes}), but "
+        raise WeightsError(f"the {world_size} Partial FC shards hold {total} classes ({sizes}), but "
                          f"num_classes={num_classes}; set num_classes={total} (the teacher's training "
                          f"classes) or pass all shard files of the teacher run")
     for (rank, path, weight), expected in zip(shards, shard_sizes(num_classes, world_size)):
         if weight.shape[0] != expected:
-            raise ValueError(f"{path}: rank {rank} holds {weight.shape[0]} classes, but arcface_torch splits "
+            raise WeightsError(f"{path}: rank {rank} holds {weight.shape[0]} classes, but arcface_torch splits "
                              f"{num_classes} classes over {world_size} ranks as {expected} for rank {rank}; "
                              "the files come from different runs or are misnamed")
     return torch.cat([weight.float() for _, _, weight in shards]).contiguous()  # (C, E)
@@ -143,7 +144,7 @@ def load_teacher_classifier(paths_or_glob: PathsOrGlob, num_classes: int, embedd
         kernel = _header_kernel(obj, path)
         if kernel is not None:
             if len(paths) != 1:
-                raise ValueError(f"{path} is a header file, which holds the whole classifier; pass it "
+                raise WeightsError(f"{path} is a header file, which holds the whole classifier; pass it "
                                  f"alone, not with {len(paths) - 1} other files")
             return _from_header(kernel, path, num_classes, embedding_size)
         weight = _shard_weight(obj, path, embedding_size)

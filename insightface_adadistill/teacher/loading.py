@@ -14,13 +14,14 @@ from typing import Optional
 import torch
 
 from insightface_adadistill.backbones.loading import CONFIG_FLAGS, load_backbone
+from insightface_adadistill.errors import InputNotFoundError, WeightsError
 from insightface_adadistill.teacher.frozen import FrozenTeacher, check_precision
 
 
 def check_embedding_sizes(teacher_dim: int, student_dim: int) -> None:
     """AdaDistill moves the student's class centres towards teacher embeddings: the sizes must match."""
     if teacher_dim != student_dim:
-        raise ValueError(
+        raise WeightsError(
             f"teacher embedding size {teacher_dim} != student embedding size {student_dim}: the class "
             f"centres hold teacher embeddings and are compared with student embeddings. Set "
             f"embedding_size={teacher_dim} for the student or use a teacher trained with {student_dim}"
@@ -44,12 +45,12 @@ def build_teacher(network: str, weights: Optional[str | os.PathLike], embedding_
     """
     check_precision(dtype)
     if weights is None or str(weights) == "":
-        raise ValueError(
+        raise WeightsError(
             f"teacher_weights is not set for teacher_network={network!r}: distillation needs a trained "
             "teacher (model.pt, backbone.pth or checkpoint_gpu_0.pt); a random teacher is never used"
         )
     if not Path(weights).is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"teacher weights {weights} not found (teacher_network={network!r}); check teacher_weights"
         )
     model = load_backbone(network, weights, embedding_size, flags=CONFIG_FLAGS)

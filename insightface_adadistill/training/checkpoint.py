@@ -22,12 +22,13 @@ import torch
 from torch import nn
 
 from insightface_adadistill.backbones.loading import strip_wrapper_prefixes, unwrap
+from insightface_adadistill.errors import UserError
 
 FORMAT_VERSION = 1
 HEAD_GROUP = 1  # optimizer param group holding the per-class head parameters (see optim.py)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint set or file cannot be used for this run; the message names it and the fix."""
 
 

@@ -15,6 +15,7 @@ import torch
 
 from insightface_adadistill import distributed
 from insightface_adadistill.config.resume import HARMLESS, compare_configs, describe
+from insightface_adadistill.errors import UserError
 from insightface_adadistill.outputs import OutputFolderError
 from insightface_adadistill.training.checkpoint import CheckpointError
 from insightface_adadistill.training.state import TrainState
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 CONVERT_COMMAND = "adadistill convert-host-checkpoint"
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError, ValueError):
     """`resume=True` cannot continue what the output folder holds; the message says what to do."""
 
 

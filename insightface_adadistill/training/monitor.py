@@ -60,8 +60,10 @@ def setup_logging(output: str | os.PathLike, rank: int) -> logging.Logger:
     return root
 
 
-def resolve_progress_bar(setting: Union[str, bool], stream: TextIO = sys.stdout) -> bool:
-    """Config `progress_bar`: 'auto' shows a bar only on a terminal; true/false force it."""
+def resolve_progress_bar(setting: Union[str, bool], stream: Optional[TextIO] = None) -> bool:
+    """Config `progress_bar`: 'auto' shows a bar only on a terminal (`stream`, default the current
+    sys.stdout, read at call time: a default bound at import would outlive a replaced stdout)."""
+    stream = sys.stdout if stream is None else stream
     if setting in (True, "true"):
         return True
     if setting in (False, "false"):

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 import torch
 from torch import nn
 
+from insightface_adadistill.errors import UserError
 from insightface_adadistill.serialization import load_file, save_file_atomic
 from insightface_adadistill.training.checkpoint import (FORMAT_VERSION, CheckpointError, backbone_state,
                                                         check_storable)
@@ -37,7 +38,7 @@ _SET_RE = re.compile(r"^step_(\d{9,})$")
 Agree = Callable[[bool], bool]  # every rank passes its own ok; all get True only if all were ok
 
 
-class CheckpointSaveError(RuntimeError):
+class CheckpointSaveError(UserError, RuntimeError):
     """A checkpoint set or model.pt could not be written; the previous complete set is intact."""
 
 

@@ -30,6 +30,7 @@ from insightface_adadistill.config import RunConfig, format_config
 from insightface_adadistill.config.resume import config_snapshot
 from insightface_adadistill.data.datasets import build_dataset
 from insightface_adadistill.data.loader import build_dataloader
+from insightface_adadistill.errors import InputNotFoundError, UserError
 from insightface_adadistill.evaluation.verification import VerificationSet, evaluate_backbone
 from insightface_adadistill.heads import build_head, build_margin_loss
 from insightface_adadistill.teacher import build_teacher, check_embedding_sizes, load_teacher_classifier
@@ -47,7 +48,7 @@ _DDP_ARGS = inspect.signature(DistributedDataParallel.__init__).parameters
 T = TypeVar("T")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN/Inf; the last complete checkpoint set is left untouched."""
 
 
@@ -300,7 +301,7 @@ def _load_val_sets(cfg: RunConfig, dist: distributed.DistInfo) -> List[Verificat
     folder = Path(cfg.rec)
     missing = [n for n in cfg.val_targets if not (folder / f"{n}.bin").is_file()]
     if missing:
-        raise FileNotFoundError(f"val_targets {missing} not found as {folder}/<name>.bin (arcface_torch "
+        raise InputNotFoundError(f"val_targets {missing} not found as {folder}/<name>.bin (arcface_torch "
                                 "skips them silently); copy the .bin files there or remove them from "
                                 "val_targets")
     return [VerificationSet.load(folder / f"{name}.bin") for name in cfg.val_targets]

@@ -1,0 +1,33 @@
+"""Errors a person can fix from the message alone; the command line shows them without a traceback.
+
+Every layer may import this module (it imports nothing). Raise the subclass that says what kind of
+input was wrong, with a message that names the file or key, the value and the fix. Each subclass
+also derives from the built-in type callers already catch (`FileNotFoundError`, `ValueError`, ...),
+so `except ValueError` keeps working. Types that belong to one layer derive from `UserError` there:
+`config.ConfigError`, the data format errors (through `DataError`), `training.checkpoint.CheckpointError`,
+`training.checkpointer.ResumeError`, `training.store.CheckpointSaveError`, `outputs.OutputFolderError`,
+`training.train.NonFiniteLossError`. Anything that is not a `UserError` is treated as a bug and
+keeps its traceback; `adadistill --debug` (or ADADISTILL_DEBUG=1) shows it for user errors too.
+See docs/cli.md.
+"""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input or a refused request: `adadistill <command>: error: <message>`, exit status 2."""
+
+
+class InputNotFoundError(UserError, FileNotFoundError):
+    """A file or folder the user named (in a config, a flag or an argument) does not exist."""
+
+
+class DataError(UserError, ValueError):
+    """Training or evaluation data does not have the expected layout or content."""
+
+
+class WeightsError(UserError, ValueError):
+    """A weights file (backbone, teacher, classifier) cannot be used as asked."""
+
+
+class LaunchError(UserError, RuntimeError):
+    """The process environment (torchrun variables, devices) does not fit the requested run."""

@@ -22,6 +22,7 @@ from insightface_adadistill.errors import UserError
 USER_ERROR_STATUS = 2
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "ADADISTILL_DEBUG"
+WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):\n"  # torch's ExceptionWrapper.reraise
 
 # command name -> module with `SUMMARY` and `main(argv) -> int`; the modules import torch only in main
 COMMANDS: Dict[str, ModuleType] = {
@@ -59,12 +60,23 @@ def _tell_torchrun(message: str) -> None:
             pass  # the message is on stderr already; the summary then just lacks it
 
 
+def _without_worker_traceback(message: str) -> str:
+    """A DataLoader worker's error comes back with the worker's traceback inside its message
+    ("Caught X in DataLoader worker process 0.\nOriginal Traceback ..."): keep its last line."""
+    where, found, worker_traceback = message.partition(WORKER_TRACEBACK)
+    if not found:
+        return message
+    last = worker_traceback.rstrip().splitlines()[-1]
+    return f"{last.split(': ', 1)[-1]} ({where.rstrip('.').removeprefix('Caught ')})"
+
+
 def show_user_error(name: str, exc: UserError, debug: bool) -> int:
     """The one way a user error reaches the terminal; returns the exit status."""
     if debug:
         traceback.print_exception(exc)
-    print_error(name, exc)
-    _tell_torchrun(f"adadistill {name}: error: {exc}")
+    message = str(exc) if debug else _without_worker_traceback(str(exc))
+    print_error(name, message)
+    _tell_torchrun(f"adadistill {name}: error: {message}")
     return USER_ERROR_STATUS
 
 

@@ -63,8 +63,9 @@ def files(tmp_path_factory) -> Dict[str, Path]:
     (root / "foreign").mkdir()
     (root / "foreign" / "notes.txt").write_text("mine\n")
     (root / "plain.txt").write_text("not a model\n")
+    write_insightface_rec(root / "broken", [(0, face), (1, b"\xff\xd8 not a jpeg")], 2)
     return {"root": root, "weights": root / "mfn.pt", "rec": root / "data", "foreign": root / "foreign",
-            "plain": root / "plain.txt"}
+            "plain": root / "plain.txt", "broken": root / "broken"}
 
 
 BAD_INVOCATIONS = {
@@ -76,6 +77,8 @@ BAD_INVOCATIONS = {
                                "teacher_weights={root}/nope.pt", "output={root}/run3"],
     "train: missing val target": ["train", TINY, "--set", "rec={rec}", "num_classes=2", "num_image=2",
                                   "batch_size=2", "val_targets=lfw", "output={root}/run4"],
+    "train: undecodable image in a worker": ["train", TINY, "--set", "rec={broken}", "num_classes=2",
+                                             "num_image=2", "batch_size=2", "num_workers=1", "output={root}/run5"],
     "config: no such recipe": ["config", "no_such_recipe"],
     "config: bad value": ["config", TINY, "--set", "lr=-1"],
     "demo: foreign folder": ["demo", "--out", "{foreign}", "--preset", "quick"],
@@ -134,7 +137,7 @@ def test_torchrun_worker_prints_only_the_message(tmp_path) -> None:
     """Under torchrun the worker's error is one line (no `[rank0]:` traceback), and torchrun's own
     failure summary repeats that line instead of pointing to its traceback documentation."""
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    cmd = [torchrun, "--nproc_per_node=1", "-m", "insightface_adadistill", "train", TINY, "--set",
+    cmd = [torchrun, "--nproc_per_node=2", "-m", "insightface_adadistill", "train", TINY, "--set",
            f"output={tmp_path / 'run'}", "distill=adadistill", "teacher_network=tiny_resnet",
            f"teacher_weights={tmp_path / 'nope.pt'}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)

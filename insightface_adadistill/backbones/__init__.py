@@ -11,7 +11,7 @@ from typing import Any, List
 
 from torch import nn
 
-from insightface_adadistill.backbones import iresnet, mfn, mobilefacenet, tiny  # noqa: F401  (registration)
+from insightface_adadistill.backbones import iresnet, mfn, mobilefacenet, tiny, vit  # noqa: F401  (registration)
 from insightface_adadistill.backbones.base import FaceBackbone
 from insightface_adadistill.backbones.spec import BACKBONES, BackboneSpec, register_backbone
 
@@ -19,7 +19,7 @@ __all__ = ["BackboneSpec", "FaceBackbone", "backbone_spec", "get_model", "list_b
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build backbone `name` (e.g. 'r50', 'mbf', 'mfn'); `None` kwargs are dropped.
+    """Build backbone `name` (e.g. 'r50', 'mbf', 'mfn', 'vit_t'); `None` kwargs are dropped.
 
     Common kwargs: `fp16` (autocast the trunk), `num_features` (embedding size E), `dropout`,
     `amp_dtype` ('fp16'/'bf16', default fp16 on CUDA and bf16 on CPU).

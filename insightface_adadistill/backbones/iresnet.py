@@ -6,10 +6,11 @@ as used by ArcFace. Key names, order and shapes equal arcface_torch's `model.pt`
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint_sequential
 
 from insightface_adadistill.backbones.base import FaceBackbone
 from insightface_adadistill.backbones.spec import BackboneSpec, register_backbone
@@ -68,6 +69,8 @@ class IResNet(FaceBackbone):
         widths: channels per stage; the host uses (64, 128, 256, 512).
         stem_stride: 1 = the host's 3x3 stem; s > 1 = an s x s patch conv with stride s (demo models).
         input_size: square input side, which fixes the flattened size `fc` sees.
+        checkpoint_segments: stage number (1-4) -> segments for activation checkpointing of that
+            stage in training (`torch.utils.checkpoint.checkpoint_sequential`), as the host's r2060.
 
     Output: (B, E) float32, not L2-normalised. `features.weight` is constant 1.0 and frozen.
     """
@@ -75,7 +78,8 @@ class IResNet(FaceBackbone):
     def __init__(self, layers: Sequence[int], num_features: int = 512, dropout: float = 0.0,
                  fp16: bool = False, amp_dtype: Optional[str] = None,
                  zero_init_residual: bool = False, widths: Sequence[int] = HOST_WIDTHS,
-                 stem_stride: int = 1, input_size: int = 112) -> None:
+                 stem_stride: int = 1, input_size: int = 112,
+                 checkpoint_segments: Optional[Mapping[int, int]] = None) -> None:
         super().__init__(fp16=fp16, amp_dtype=amp_dtype)
         if len(layers) != len(widths):
             raise ValueError(f"IResNet needs one width per stage, got layers={layers} widths={widths}")
@@ -87,6 +91,7 @@ class IResNet(FaceBackbone):
         self.bn1 = nn.BatchNorm2d(stem_width, eps=1e-05)
         self.prelu = nn.PReLU(stem_width)
         self.num_stages = len(layers)
+        self.checkpoint_segments = dict(checkpoint_segments or {})
         inplanes = stem_width
         for index, (num_blocks, planes) in enumerate(zip(layers, widths)):
             self.add_module(f"layer{index + 1}", _stage(inplanes, planes, num_blocks))
@@ -118,7 +123,12 @@ class IResNet(FaceBackbone):
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.prelu(self.bn1(self.conv1(x)))
         for index in range(self.num_stages):
-            x = getattr(self, f"layer{index + 1}")(x)
+            stage = getattr(self, f"layer{index + 1}")
+            segments = self.checkpoint_segments.get(index + 1)
+            if segments and self.training:  # recompute in backward: r2060's 1,024 middle blocks need it
+                x = checkpoint_sequential(stage, segments, x, use_reentrant=False)
+            else:
+                x = stage(x)
         x = torch.flatten(self.bn2(x), 1)  # (B, C * side * side), 25088 for the host models
         return self.dropout(x)
 
@@ -157,3 +167,9 @@ def r100(**kwargs) -> IResNet:
 def r200(**kwargs) -> IResNet:
     """iResNet-200, layers (6, 26, 60, 6)."""
     return IResNet((6, 26, 60, 6), **kwargs)
+
+
+@register_backbone(spec=BackboneSpec(source="arcface_torch backbones/iresnet2060.py"))
+def r2060(**kwargs) -> IResNet:
+    """iResNet-2060, layers (3, 128, 896, 3); stages 2 and 3 checkpointed in 20 and 100 segments."""
+    return IResNet((3, 128, 896, 3), checkpoint_segments={2: 20, 3: 100}, **kwargs)

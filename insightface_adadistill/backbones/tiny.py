@@ -3,12 +3,15 @@
 Both take the real 112x112 input and the usual kwargs (fp16, num_features, dropout) but start with
 a stride-4 patch stem, so a batch of 64 trains in a fraction of a second on one CPU core.
 `tiny_resnet` plays the teacher (an iResNet), `tiny_mfn` the student (the paper's MobileFaceNet).
+`tiny_vit` is the host's ViT layout (patch 9, 144 tokens, masking, drop path, checkpointing) at
+width 32 and depth 2, for the ViT code paths.
 """
 from __future__ import annotations
 
 from insightface_adadistill.backbones.iresnet import IResNet
 from insightface_adadistill.backbones.mfn import PaperMobileFaceNet
 from insightface_adadistill.backbones.spec import BackboneSpec, register_backbone
+from insightface_adadistill.backbones.vit import VisionTransformer
 
 DEMO = BackboneSpec(source="this project (demo and tests)")
 
@@ -23,3 +26,10 @@ def tiny_resnet(**kwargs) -> IResNet:
 def tiny_mfn(**kwargs) -> PaperMobileFaceNet:
     """Demo student: the paper's MobileFaceNet at width 8, one block per stage, 4x4 patch stem."""
     return PaperMobileFaceNet(width=8, blocks=(1, 1, 1), patch_stem=4, **kwargs)
+
+
+@register_backbone(spec=DEMO)
+def tiny_vit(**kwargs) -> VisionTransformer:
+    """ViT like vit_t (patch 9, 144 tokens, mask 0.1, drop path 0.1) at D 32, depth 2, 4 heads, checkpointed."""
+    return VisionTransformer(img_size=112, patch_size=9, embed_dim=32, depth=2, num_heads=4, drop_path_rate=0.1,
+                             norm_layer="ln", mask_ratio=0.1, using_checkpoint=True, **kwargs)

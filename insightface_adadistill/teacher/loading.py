@@ -16,6 +16,7 @@ import torch
 from insightface_adadistill.backbones.loading import CONFIG_FLAGS, load_backbone
 from insightface_adadistill.errors import InputNotFoundError, WeightsError
 from insightface_adadistill.teacher.frozen import FrozenTeacher, check_precision
+from insightface_adadistill.teacher.onnx_teacher import OnnxTeacher, build_onnx_teacher, is_onnx_teacher
 
 
 def check_embedding_sizes(teacher_dim: int, student_dim: int) -> None:
@@ -28,22 +29,33 @@ def check_embedding_sizes(teacher_dim: int, student_dim: int) -> None:
         )
 
 
-def build_teacher(network: str, weights: Optional[str | os.PathLike], embedding_size: int,
-                  device: torch.device | str, dtype: str = "fp32", channels_last: bool = False) -> FrozenTeacher:
+def build_teacher(network: Optional[str], weights: Optional[str | os.PathLike], embedding_size: int,
+                  device: torch.device | str, dtype: str = "fp32",
+                  channels_last: bool = False) -> FrozenTeacher | OnnxTeacher:
     """Build `network`, load `weights` strictly and freeze it; never returns a random teacher.
 
+    An ONNX `weights` (a `.onnx` file, an insightface pack folder or pack name such as 'buffalo_l')
+    gives an `OnnxTeacher` run by onnxruntime instead (see `teacher.onnx_teacher`); it needs no
+    `network`, and its embedding size is the model's.
+
     Args:
-        network: registered backbone name, e.g. 'r50'.
-        weights: teacher file (model.pt, backbone.pth, checkpoint_gpu_{rank}.pt, AdaDistill *backbone.pth).
+        network: registered backbone name, e.g. 'r50' (None for an ONNX teacher).
+        weights: teacher file (model.pt, backbone.pth, checkpoint_gpu_{rank}.pt, AdaDistill *backbone.pth,
+            model.onnx) or an insightface model pack.
         embedding_size: the teacher's embedding size E (equal to the student's).
         device: where the teacher runs.
         dtype: forward precision, 'fp32', 'bf16' or 'fp16' (autocast).
         channels_last: run in channels_last memory format.
 
     Returns:
-        A `FrozenTeacher`: (B, 3, 112, 112) -> (B, E) float32, eval mode pinned, no gradients.
+        A `FrozenTeacher` (or `OnnxTeacher`): (B, 3, 112, 112) -> (B, E) float32, eval mode pinned, no gradients.
     """
     check_precision(dtype)
+    if weights is not None and str(weights) and is_onnx_teacher(weights):
+        return build_onnx_teacher(weights, device, dtype, channels_last)
+    if network is None:
+        raise ValueError(f"teacher_network is not set for teacher_weights={str(weights)!r}: name the backbone the "
+                         "weights belong to (e.g. teacher_network='r50'), or give an .onnx teacher")
     if weights is None or str(weights) == "":
         raise WeightsError(
             f"teacher_weights is not set for teacher_network={network!r}: distillation needs a trained "

@@ -23,8 +23,9 @@ EXPECTED_COUNTS = {
     "mbf_large": (606, 6_314_880),
     "mfn": (331, 1_199_488),
 }
-HOST_NAMES = ["r18", "r34", "r50", "r100", "r200", "mbf", "mbf_large"]
-SMALL = ["mbf", "mfn", "tiny_mfn", "tiny_resnet"]
+HOST_NAMES = ["r18", "r34", "r50", "r100", "r200", "r2060", "mbf", "mbf_large", "vit_t", "vit_t_dp005_mask0", "vit_s",
+              "vit_s_dp005_mask_0", "vit_b", "vit_b_dp005_mask_005", "vit_l_dp005_mask_005", "vit_h"]
+SMALL = ["mbf", "mfn", "tiny_mfn", "tiny_resnet", "tiny_vit"]
 IRESNETS = ["r18", "r34", "r50", "r100", "r200", "tiny_resnet"]
 
 
@@ -46,7 +47,9 @@ def test_spec(name):
     assert spec.embedding_size == 512 and spec.description and spec.source
 
 
-@pytest.mark.parametrize("name", list_backbones())
+# r2060's 1,030 blocks take ~10 s even on the meta device
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "r2060" else n
+                                  for n in list_backbones()])
 def test_output_shape_on_meta(name):
     model = meta_model(name, num_features=128).eval()
     out = model(torch.empty(2, 3, 112, 112, device="meta"))
@@ -228,3 +231,48 @@ def test_init_follows_host():
     mfn = get_model("mfn")
     fan_out = 128 * 1 * 1
     assert abs(mfn.conv_23.conv.conv.weight.std().item() - (2 / fan_out) ** 0.5) < 0.01
+
+
+def iresnet_counts_from_spec(layers, embedding=512):
+    """(state_dict entries, parameters) of a host iResNet from its key table: stem, blocks, downsample, head."""
+    widths, entries, params, inplanes = (64, 128, 256, 512), 7 + 12, 64 * 27 + 2 * 64 + 64, 64
+    for num_blocks, planes in zip(layers, widths):
+        for index in range(num_blocks):
+            c_in = inplanes if index == 0 else planes
+            entries += 18  # bn1 (5), conv1, bn2 (5), prelu, conv2, bn3 (5)
+            params += 2 * c_in + 9 * c_in * planes + 2 * planes + planes + 9 * planes * planes + 2 * planes
+        entries += 6  # downsample conv + BN (5)
+        params += planes * inplanes + 2 * planes
+        inplanes = planes
+    params += 2 * 512 + 512 * 7 * 7 * embedding + embedding + 2 * embedding  # bn2, fc, features
+    return entries, params
+
+
+def test_spec_count_formula_reproduces_the_published_counts():
+    assert iresnet_counts_from_spec((3, 4, 14, 3)) == EXPECTED_COUNTS["r50"]
+    assert iresnet_counts_from_spec((3, 13, 30, 3)) == EXPECTED_COUNTS["r100"]
+
+
+def test_r2060_has_the_host_layout():
+    model = meta_model("r2060")
+    state = model.state_dict()
+    assert (len(state), sum(p.numel() for p in model.parameters())) == iresnet_counts_from_spec((3, 128, 896, 3))
+    assert list(state["layer2.127.conv2.weight"].shape) == [128, 128, 3, 3]
+    assert list(state["layer3.895.bn3.running_var"].shape) == [256]
+    assert list(state["layer4.0.downsample.0.weight"].shape) == [512, 256, 1, 1]
+    assert "layer3.896.bn1.weight" not in state and list(state["fc.weight"].shape) == [512, 25088]
+    assert model.checkpoint_segments == {2: 20, 3: 100}
+
+
+def test_checkpointed_stages_give_the_same_gradients():
+    from insightface_adadistill.backbones.iresnet import IResNet
+
+    images = torch.randn(2, 3, 112, 112)
+    grads = []
+    for segments in ({2: 2}, None):
+        torch.manual_seed(0)
+        model = IResNet((1, 3, 1, 1), widths=(8, 8, 8, 8), stem_stride=4, num_features=8,
+                        checkpoint_segments=segments).train()
+        model(images).square().sum().backward()
+        grads.append(model.layer2[1].conv1.weight.grad)
+    torch.testing.assert_close(grads[0], grads[1])

@@ -31,5 +31,6 @@ def tiny_mfn(**kwargs) -> PaperMobileFaceNet:
 @register_backbone(spec=DEMO)
 def tiny_vit(**kwargs) -> VisionTransformer:
     """ViT like vit_t (patch 9, 144 tokens, mask 0.1, drop path 0.1) at D 32, depth 2, 4 heads, checkpointed."""
-    return VisionTransformer(img_size=112, patch_size=9, embed_dim=32, depth=2, num_heads=4, drop_path_rate=0.1,
-                             norm_layer="ln", mask_ratio=0.1, using_checkpoint=True, **kwargs)
+    layout = dict(img_size=112, patch_size=9, embed_dim=32, depth=2, num_heads=4, drop_path_rate=0.1,
+                  norm_layer="ln", mask_ratio=0.1, using_checkpoint=True)
+    return VisionTransformer(**{**layout, **kwargs})  # tests may override the layout, e.g. mask_ratio=0

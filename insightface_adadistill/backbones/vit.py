@@ -18,7 +18,8 @@ See docs/backbones.md for the registered sizes.
 """
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import ContextManager, Optional
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,13 @@ from insightface_adadistill.backbones.spec import BackboneSpec, register_backbon
 
 HEAD_BN_EPS = 2e-5  # the host's `feature.1` / `feature.3`
 NORM_LAYERS = ("ln", "bn")
+
+
+def _autocast_off(device_type: str) -> ContextManager:
+    """Autocast switched off, on devices that have autocast (the meta device used for shapes has none)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
@@ -106,7 +114,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).float().unbind(0)  # 3 x (B, heads, N, D / heads)
         # fp32 even under autocast: the host keeps the attention scores out of half precision
-        with torch.autocast(x.device.type, enabled=False):
+        with _autocast_off(x.device.type):
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         out = out.transpose(1, 2).reshape(batch, tokens, dim)  # (B, N, D)
         return self.proj_drop(self.proj(out))

@@ -35,7 +35,8 @@ def test_the_recipe_set_is_complete():
                 "paper_mfn_adacos_m040", "paper_teacher_r18", "paper_teacher_r50",
                 "paper_teacher_r100", "paper_mfn_adaarc_m045_r18teacher",
                 "paper_mfn_adaarc_m045_r100teacher", "paper_casia_mfn_adaarc_m045",
-                "ms1mv3_mbf_adadistill", "glint360k_mbf_adadistill_pfc02", "tiny_cpu"}
+                "ms1mv3_mbf_adadistill", "glint360k_mbf_adadistill_pfc02", "tiny_cpu",
+                "wf42m_pfc03_40epoch_8gpu_vit_t", "wf42m_pfc03_40epoch_8gpu_vit_b"}
     assert set(ids(ALL)) == expected
 
 
@@ -52,6 +53,18 @@ def test_recipe_loads_and_validates(path):
 ])
 def test_host_recipes_give_the_published_step_counts_on_8_gpus(name, total_step):
     assert load(RECIPES / f"{name}.py").total_step == total_step
+
+
+@pytest.mark.parametrize("name, network, batch_size, gradient_acc", [
+    ("wf42m_pfc03_40epoch_8gpu_vit_t", "vit_t_dp005_mask0", 512, 1),
+    ("wf42m_pfc03_40epoch_8gpu_vit_b", "vit_b_dp005_mask_005", 256, 12),
+])
+def test_vit_recipes_repeat_the_host_adamw_configs(name, network, batch_size, gradient_acc):
+    cfg = load(RECIPES / f"{name}.py")
+    setup = {"network": network, "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.1, "sample_rate": 0.3,
+             "margin_list": (1.0, 0.0, 0.4), "batch_size": batch_size, "gradient_acc": gradient_acc, "fp16": True,
+             "num_classes": 2059906, "num_image": 42474557, "num_epoch": 40, "warmup_epoch": 4, "val_targets": []}
+    assert {key: cfg[key] for key in setup} == setup
 
 
 @pytest.mark.parametrize("path", PAPER, ids=ids(PAPER))

@@ -24,6 +24,7 @@ would send at world size > 1 (here one process: the collectives run but move not
 
     .venv/bin/python benchmarks/train_throughput.py --threads 1          # CPU preset, ~5 s
     python benchmarks/train_throughput.py --out train_throughput.json    # on CUDA: the paper preset
+    python benchmarks/train_throughput.py --preset vit                   # ViT-T student, ViT-S/B teachers
 """
 from __future__ import annotations
 
@@ -98,6 +99,11 @@ PRESETS = {
                   warmup=2, iters=10),
     # the paper's sizes (MS1MV2 identities, MFN student, r50 and r100 teachers); ~2-3 min on one H100
     "paper": Preset(("r50", "r100"), "mfn", 85742, 512, (128, 512), tuple(VARIANTS), warmup=5, iters=20),
+    # transformers: the host's ViT-T as the student of ViT-S and ViT-B teachers (GPU sizes)
+    "vit": Preset(("vit_s", "vit_b"), "vit_t", 85742, 512, (128, 256), tuple(VARIANTS), warmup=5, iters=20),
+    # the same code path on CPU in seconds: vit_t's layout at tiny width for student and teacher
+    "vit-cpu": Preset(("tiny_vit",), "tiny_vit", 1000, 512, (16,), (BASELINE, "ours-fp32", "ours-bf16-cl"),
+                      warmup=1, iters=5),
 }
 
 

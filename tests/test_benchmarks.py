@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_KEYS = {"device", "teacher", "student", "classes", "embedding_size", "batch", "variant", "head",
                "teacher_dtype", "channels_last", "student_amp", "images_per_s", "ms_per_step", "ms_per_step_min",
@@ -46,3 +48,20 @@ def test_gpu_check_script_logic_on_cpu() -> None:
     *checks, summary = _run("gpu_check.py", "--device", "cpu", "--only", "process_group")
     assert checks == [{"check": "process_group", "ok": True, "detail": "ok", "seconds": checks[0]["seconds"]}]
     assert summary["failed"] == [] and summary["passed"] == 1
+
+
+@pytest.mark.slow  # ~25 s: calibrates, exports and times three teachers
+def test_teacher_forward_smallest_cpu_run() -> None:
+    *configs, summary = _run("teacher_forward.py", "--device", "cpu", "--networks", "tiny_vit", "--batches", "2",
+                             "--warmup", "0", "--iters", "1", "--threads", "1")
+    assert [c["variant"] for c in configs] == ["torch-fp32", "torch-amp", "onnx"]
+    assert all(c["images_per_s"] > 0 and c["embedding_size"] == 512 and c["network"] == "tiny_vit" for c in configs)
+    assert configs[2]["onnx_provider"] == "CPUExecutionProvider"
+    assert summary["summary"] is True and summary["device_type"] == "cpu" and len(summary["ratios"]) == 2
+
+
+@pytest.mark.slow
+def test_train_throughput_vit_preset_runs() -> None:
+    *configs, _ = _run("train_throughput.py", "--device", "cpu", "--preset", "vit-cpu", "--batches", "2",
+                       "--classes", "20", "--warmup", "0", "--iters", "1", "--threads", "1", "--variants", "ours-fp32")
+    assert [(c["teacher"], c["student"], c["variant"]) for c in configs] == [("tiny_vit", "tiny_vit", "ours-fp32")]

@@ -10,7 +10,9 @@ trainer and the teacher cache load them, and each teacher embeds the same in-mem
 - `onnx`: `OnnxTeacher` (onnxruntime's CPU provider, or CUDA when the device is a GPU), including
   the copy of the batch to numpy and of the embeddings back, which training pays too.
 
-Every forward is timed on its own (synchronised on CUDA); `images_per_s` is batch / median time.
+Every forward is timed on its own (synchronised on CUDA), the three variants taking turns each
+iteration so that bursts from other jobs on a shared host hit them alike; `images_per_s` is
+batch / median time.
 onnxruntime uses its default thread count (the physical cores); `--threads` sets torch's.
 One JSON line per configuration, then a summary line with each variant's speed relative to `torch-fp32`.
 
@@ -50,7 +52,7 @@ class Preset:
 
 
 PRESETS = {
-    "cpu": Preset(("mbf", "r18", "vit_t"), (8,), warmup=1, iters=5),  # < 3 min on 2 shared cores
+    "cpu": Preset(("mbf", "r18", "vit_t"), (8,), warmup=1, iters=7),  # < 3 min on 2 shared cores
     "gpu": Preset(("r50", "r100", "vit_s", "vit_b"), (128, 512), warmup=3, iters=20),
 }
 
@@ -64,25 +66,26 @@ def _teacher(variant: str, network: str, pt: Path, onnx_file: Path, device: torc
     return build_teacher(network, pt, 512, device)
 
 
-def time_config(variant: str, network: str, files: Dict[str, Path], batch: int, preset: Preset,
-                device: torch.device) -> Dict[str, object]:
-    teacher = _teacher(variant, network, files["pt"], files["onnx"], device)
+def time_network(network: str, files: Dict[str, Path], batch: int, preset: Preset,
+                 device: torch.device) -> Iterator[Dict[str, object]]:
+    """One line per variant; the variants take turns every iteration, so load bursts hit them alike."""
+    teachers = {variant: _teacher(variant, network, files["pt"], files["onnx"], device) for variant in VARIANTS}
     images = random_images(batch, device, torch.Generator().manual_seed(0))
-    for _ in range(preset.warmup):
-        teacher(images)
-    times = []
-    for _ in range(preset.iters):
-        synchronize(device)
-        start = time.perf_counter()
-        out = teacher(images)
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    providers = teacher.session.get_providers()[0] if variant == "onnx" else None
-    return {"device": device_name(device), "network": network, "batch": batch, "variant": variant,
-            "onnx_provider": providers, "embedding_size": int(out.shape[1]),
-            "images_per_s": round(batch / median, 1), "ms_per_forward": round(median * 1e3, 2),
-            "ms_per_forward_min": round(min(times) * 1e3, 2)}
+    times: Dict[str, List[float]] = {variant: [] for variant in VARIANTS}
+    for iteration in range(preset.warmup + preset.iters):
+        for variant, teacher in teachers.items():
+            synchronize(device)
+            start = time.perf_counter()
+            out = teacher(images)
+            synchronize(device)
+            if iteration >= preset.warmup:
+                times[variant].append(time.perf_counter() - start)
+    for variant, teacher in teachers.items():
+        median = statistics.median(times[variant])
+        yield {"device": device_name(device), "network": network, "batch": batch, "variant": variant,
+               "onnx_provider": teacher.session.get_providers()[0] if variant == "onnx" else None,
+               "embedding_size": int(out.shape[1]), "images_per_s": round(batch / median, 1),
+               "ms_per_forward": round(median * 1e3, 2), "ms_per_forward_min": round(min(times[variant]) * 1e3, 2)}
 
 
 def run_configs(preset: Preset, device: torch.device) -> Iterator[Dict[str, object]]:
@@ -90,10 +93,8 @@ def run_configs(preset: Preset, device: torch.device) -> Iterator[Dict[str, obje
         for network in preset.networks:
             pt = calibrated_teacher_file(network, 512, device, Path(folder))
             onnx_file = export_onnx(load_backbone(network, pt), Path(folder) / f"{network}.onnx")
-            files = {"pt": pt, "onnx": onnx_file}
             for batch in preset.batches:
-                for variant in VARIANTS:
-                    yield time_config(variant, network, files, batch, preset, device)
+                yield from time_network(network, {"pt": pt, "onnx": onnx_file}, batch, preset, device)
 
 
 def ratios(results: List[Dict[str, object]]) -> List[Dict[str, object]]:

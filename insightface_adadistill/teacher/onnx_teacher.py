@@ -67,6 +67,21 @@ def _output_names(path: Path) -> List[str]:
     return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
 
 
+def _session_options(providers: Sequence[Any]) -> Any:
+    """On CPU: torch's thread count and no spinning, so the teacher shares the cores with the student.
+
+    onnxruntime's default is one busy-waiting thread per physical core, which would keep every
+    core spinning between teacher calls while the student trains on the same cores.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if providers == ["CPUExecutionProvider"]:
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def _check_graph(path: Path) -> None:
     """Reject, before insightface asserts on them, graphs that cannot be a single-embedding teacher."""
     outputs = _output_names(path)
@@ -95,7 +110,7 @@ def load_recognition_model(path: str | os.PathLike, providers: Sequence[str]) ->
     if not path.is_file():
         raise FileNotFoundError(f"ONNX teacher {path} not found; check teacher_weights")
     _check_graph(path)
-    model = get_model(str(path), providers=list(providers))
+    model = get_model(str(path), providers=list(providers), sess_options=_session_options(list(providers)))
     if not isinstance(model, ArcFaceONNX):
         kind = type(model).__name__ if model is not None else "no model kind"
         raise ValueError(f"{path}: insightface loads it as {kind}, not as a recognition model (ArcFaceONNX); "

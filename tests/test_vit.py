@@ -263,7 +263,7 @@ def test_onnx_export_and_teachers(tmp_path: Path) -> None:
 
 def test_tiny_vit_trains_with_adamw_through_the_trainer(tmp_path: Path) -> None:
     """vit_t's layout (masking, drop path, checkpointing) at tiny width, a few AdamW steps of the real trainer."""
-    from insightface_adadistill.training.train import main
+    from insightface_adadistill.commands.train import main
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny_cpu.py"
     out = tmp_path / "vit"

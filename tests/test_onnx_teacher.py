@@ -163,7 +163,6 @@ def test_pack_name_resolves_to_its_recognition_model(files, tmp_path, monkeypatc
     _toy_graph(pack / "det_10g.onnx", outputs=9)
     monkeypatch.setenv("INSIGHTFACE_HOME", str(tmp_path / "home"))
     assert resolve_onnx_teacher("mypack") == pack / "w600k_tiny.onnx"
-    assert resolve_onnx_teacher(pack) == pack / "w600k_tiny.onnx"
     teacher = build_teacher(None, "mypack", E, "cpu")
     images = _images()
     assert (teacher(images) - build_teacher("tiny_resnet", files["pt"], E, "cpu")(images)).abs().max() < TOLERANCE
@@ -180,3 +179,13 @@ def test_pytorch_only_settings_refused(files) -> None:
 def test_pt_teacher_still_needs_a_network(files) -> None:
     with pytest.raises(ValueError, match="teacher_network is not set"):
         build_teacher(None, files["pt"], E, "cpu")
+
+
+def test_trainer_distils_from_an_onnx_teacher_without_teacher_network(files, tmp_path) -> None:
+    from insightface_adadistill.commands.train import main
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny_cpu.py"
+    out = tmp_path / "student"
+    assert main([str(recipe), "--set", f"output={out}", "progress_bar=false", "distill=adadistill",
+                 f"teacher_weights={files['onnx']}", f"embedding_size={E}", "max_steps=4"]) == 0
+    assert (out / "model.pt").is_file() and "centre_teacher_cos=" in (out / "training.log").read_text()

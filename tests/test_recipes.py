@@ -64,7 +64,7 @@ def test_vit_recipes_repeat_the_host_adamw_configs(name, network, batch_size, gr
     setup = {"network": network, "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.1, "sample_rate": 0.3,
              "margin_list": (1.0, 0.0, 0.4), "batch_size": batch_size, "gradient_acc": gradient_acc, "fp16": True,
              "num_classes": 2059906, "num_image": 42474557, "num_epoch": 40, "warmup_epoch": 4, "val_targets": []}
-    assert {key: cfg[key] for key in setup} == setup
+    assert {key: getattr(cfg, key) for key in setup} == setup
 
 
 @pytest.mark.parametrize("path", PAPER, ids=ids(PAPER))

@@ -34,7 +34,7 @@ def build_teacher(network: Optional[str], weights: Optional[str | os.PathLike], 
                   channels_last: bool = False) -> FrozenTeacher | OnnxTeacher:
     """Build `network`, load `weights` strictly and freeze it; never returns a random teacher.
 
-    An ONNX `weights` (a `.onnx` file, an insightface pack folder or pack name such as 'buffalo_l')
+    An ONNX `weights` (a `.onnx` file or an insightface pack name such as 'buffalo_l')
     gives an `OnnxTeacher` run by onnxruntime instead (see `teacher.onnx_teacher`); it needs no
     `network`, and its embedding size is the model's.
 

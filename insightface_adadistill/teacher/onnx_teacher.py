@@ -2,9 +2,10 @@
 
 `teacher_weights` may name
 - an `.onnx` file (e.g. `~/.insightface/models/buffalo_l/w600k_r50.onnx`, or our `export-onnx` output);
-- a model zoo pack folder, or a bare pack name such as `buffalo_l`, looked up in
-  `$INSIGHTFACE_HOME/models/<pack>/` (default `~/.insightface/models/<pack>/`); the pack's
-  recognition model is the one file that insightface's own model router loads as `ArcFaceONNX`.
+- a bare model zoo pack name such as `buffalo_l`, looked up in `$INSIGHTFACE_HOME/models/<pack>/`
+  (default `~/.insightface/models/<pack>/`); the pack's recognition model is the one file that
+  insightface's own model router loads as `ArcFaceONNX`.
+Which values these are is decided by `teacher.kind`, the rule the config check reads too.
 Nothing is ever downloaded: a missing pack is an error that says where to unzip it.
 
 The input convention comes from insightface itself (`insightface.model_zoo.get_model`, whose
@@ -28,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from insightface_adadistill.teacher.kind import needs_network, teacher_weights_kind
+
 ONNX_SUFFIX = ".onnx"
 IMAGE_SIZE = (112, 112)  # (W, H) of the aligned crops our data pipeline produces
 TRAINING_MEAN = TRAINING_STD = 127.5  # our batches: x = (p - 127.5) / 127.5, RGB
@@ -43,12 +46,8 @@ def insightface_home() -> Path:
 
 
 def is_onnx_teacher(weights: str | os.PathLike) -> bool:
-    """True for an `.onnx` path, a folder, or a bare pack name (no folder part, no suffix, not a file)."""
-    text = str(weights)
-    path = Path(text).expanduser()
-    if text.endswith(ONNX_SUFFIX) or path.is_dir():
-        return True
-    return os.sep not in text and "/" not in text and not path.suffix and not path.exists()
+    """True for an `.onnx` path or a bare pack name (see `teacher.kind`)."""
+    return not needs_network(str(weights))
 
 
 def _providers(device: torch.device) -> List[Any]:
@@ -142,14 +141,12 @@ def resolve_onnx_teacher(weights: str | os.PathLike) -> Path:
         ValueError: a pack with no recognition model, or with several.
     """
     text = str(weights)
-    if text.endswith(ONNX_SUFFIX):
+    if teacher_weights_kind(text) == "onnx":
         path = Path(text).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"ONNX teacher {path} not found; check teacher_weights")
         return path
-    folder = Path(text).expanduser()
-    if not folder.is_dir():
-        folder = insightface_home() / "models" / text
+    folder = insightface_home() / "models" / text
     if not folder.is_dir():
         raise FileNotFoundError(
             f"insightface model pack {text!r} not found at {folder}; models are never downloaded here: get the "
@@ -162,8 +159,7 @@ def resolve_onnx_teacher(weights: str | os.PathLike) -> Path:
     if len(models) != 1:
         names = [p.name for p in sorted(folder.glob(f"*{ONNX_SUFFIX}"))]
         what = "no recognition model" if not models else f"several recognition models {[p.name for p in models]}"
-        raise ValueError(f"{folder}: holds {what} (files: {names}); set teacher_weights to the .onnx file to use "
-                         "(or to a model.pt / backbone.pth file for a PyTorch teacher)")
+        raise ValueError(f"{folder}: holds {what} (files: {names}); set teacher_weights to the .onnx file to use")
     return models[0]
 
 
@@ -221,7 +217,7 @@ class OnnxTeacher(nn.Module):
 
 def build_onnx_teacher(weights: str | os.PathLike, device: torch.device | str, dtype: str = "fp32",
                        channels_last: bool = False) -> OnnxTeacher:
-    """The `OnnxTeacher` for an `.onnx` path, pack folder or pack name; see the module docstring.
+    """The `OnnxTeacher` for an `.onnx` path or a pack name; see the module docstring.
 
     `dtype` and `channels_last` shape a PyTorch teacher's forward; an ONNX graph runs as it was
     exported, so anything but the defaults is refused rather than ignored.

@@ -1,6 +1,6 @@
 # arcface_torch configs/wf42m_pfc03_40epoch_8gpu_vit_t.py: vit_t_dp005_mask0, CosFace 0.4, WebFace42M,
 # Partial FC 0.3, AdamW (lr 0.001, weight decay 0.1), 40 epochs with 4 warm-up epochs, 8 GPUs.
-# Published (arcface_torch.md 8.1): IJB-C 97.27 / 95.68 (zoo row ViT-T-1.5G, trained with Partial FC 0.2).
+# Published (arcface_torch README, model zoo): IJB-C 97.27 / 95.68 (zoo row ViT-T-1.5G, trained with Partial FC 0.2).
 # A ViT is also a teacher: --set teacher_network=vit_t_dp005_mask0 teacher_weights=work_dirs/<this run>/model.pt
 from easydict import EasyDict as edict
 

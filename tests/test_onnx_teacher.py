@@ -189,3 +189,15 @@ def test_trainer_distils_from_an_onnx_teacher_without_teacher_network(files, tmp
     assert main([str(recipe), "--set", f"output={out}", "progress_bar=false", "distill=adadistill",
                  f"teacher_weights={files['onnx']}", f"embedding_size={E}", "max_steps=4"]) == 0
     assert (out / "model.pt").is_file() and "centre_teacher_cos=" in (out / "training.log").read_text()
+
+
+def test_cli_shows_a_bad_onnx_teacher_as_one_error_line(files, tmp_path, monkeypatch, capsys) -> None:
+    from insightface_adadistill import cli
+
+    monkeypatch.setenv("INSIGHTFACE_HOME", str(tmp_path / "home"))
+    two = _toy_graph(tmp_path / "two.onnx", outputs=2)
+    for weights, message in ((two, "two.onnx: has 2 outputs"), ("buffalo_l", "pack 'buffalo_l' not found")):
+        code = cli.main(["train", "tiny_cpu", "--set", f"output={tmp_path / 'out'}", "progress_bar=false",
+                         "distill=adadistill", f"teacher_weights={weights}", f"embedding_size={E}", "max_steps=1"])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err

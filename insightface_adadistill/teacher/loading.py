@@ -54,7 +54,7 @@ def build_teacher(network: Optional[str], weights: Optional[str | os.PathLike], 
     if weights is not None and str(weights) and is_onnx_teacher(weights):
         return build_onnx_teacher(weights, device, dtype, channels_last)
     if network is None:
-        raise ValueError(f"teacher_network is not set for teacher_weights={str(weights)!r}: name the backbone the "
+        raise WeightsError(f"teacher_network is not set for teacher_weights={str(weights)!r}: name the backbone the "
                          "weights belong to (e.g. teacher_network='r50'), or give an .onnx teacher")
     if weights is None or str(weights) == "":
         raise WeightsError(

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from insightface_adadistill.errors import InputNotFoundError, UserError, WeightsError
 from insightface_adadistill.teacher.kind import needs_network, teacher_weights_kind
 
 ONNX_SUFFIX = ".onnx"
@@ -38,6 +39,10 @@ DETECTOR_MIN_OUTPUTS = 5  # insightface routes a graph with >= 5 outputs to its 
 LICENCE = ("insightface model zoo models are for non-commercial research only; "
            "see https://github.com/deepinsight/insightface#license")
 EXTRAS_HINT = "ONNX teachers need onnx, onnxruntime and insightface: pip install 'insightface-adadistill[onnx,insightface]'"
+
+
+class MissingExtrasError(UserError, ImportError):
+    """An ONNX teacher was asked for, but the optional packages that run it are not installed."""
 
 
 def insightface_home() -> Path:
@@ -85,11 +90,11 @@ def _check_graph(path: Path) -> None:
     """Reject, before insightface asserts on them, graphs that cannot be a single-embedding teacher."""
     outputs = _output_names(path)
     if len(outputs) >= DETECTOR_MIN_OUTPUTS:
-        raise ValueError(f"{path}: has {len(outputs)} outputs, so insightface treats it as a face detector "
+        raise WeightsError(f"{path}: has {len(outputs)} outputs, so insightface treats it as a face detector "
                          f"(SCRFD/RetinaFace), not a recognition model; give the pack's recognition model "
                          f"(e.g. w600k_r50.onnx in buffalo_l) as teacher_weights")
     if len(outputs) != 1:
-        raise ValueError(f"{path}: has {len(outputs)} outputs {outputs}; a teacher must have exactly one output, "
+        raise WeightsError(f"{path}: has {len(outputs)} outputs {outputs}; a teacher must have exactly one output, "
                          "the (batch, E) embedding")
 
 
@@ -97,26 +102,27 @@ def load_recognition_model(path: str | os.PathLike, providers: Sequence[str]) ->
     """insightface's `ArcFaceONNX` for `path`, after checking it is a 112x112 single-output recogniser.
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: several outputs, a detector, another model kind, or an input size other than 112x112.
+        InputNotFoundError: no such file.
+        WeightsError: several outputs, a detector, another model kind, or an input size other than 112x112.
+        MissingExtrasError: onnx, onnxruntime or insightface is not installed.
     """
     try:
         from insightface.model_zoo import get_model
         from insightface.model_zoo.arcface_onnx import ArcFaceONNX
     except ImportError as exc:
-        raise ImportError(EXTRAS_HINT) from exc
+        raise MissingExtrasError(EXTRAS_HINT) from exc
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"ONNX teacher {path} not found; check teacher_weights")
+        raise InputNotFoundError(f"ONNX teacher {path} not found; check teacher_weights")
     _check_graph(path)
     model = get_model(str(path), providers=list(providers), sess_options=_session_options(list(providers)))
     if not isinstance(model, ArcFaceONNX):
         kind = type(model).__name__ if model is not None else "no model kind"
-        raise ValueError(f"{path}: insightface loads it as {kind}, not as a recognition model (ArcFaceONNX); "
+        raise WeightsError(f"{path}: insightface loads it as {kind}, not as a recognition model (ArcFaceONNX); "
                          "a teacher takes (batch, 3, 112, 112) aligned faces and returns one embedding")
     if tuple(model.input_size) != IMAGE_SIZE:
         width, height = model.input_size
-        raise ValueError(f"{path}: expects {width}x{height} inputs, but the training crops are 112x112; use a "
+        raise WeightsError(f"{path}: expects {width}x{height} inputs, but the training crops are 112x112; use a "
                          "recognition model trained on 112x112 aligned faces")
     return model
 
@@ -137,29 +143,29 @@ def resolve_onnx_teacher(weights: str | os.PathLike) -> Path:
     """`teacher_weights` -> the recognition `.onnx` file it names (see the module docstring).
 
     Raises:
-        FileNotFoundError: a missing file, or a missing pack (the message says where to put it).
-        ValueError: a pack with no recognition model, or with several.
+        InputNotFoundError: a missing file, or a missing pack (the message says where to put it).
+        WeightsError: a pack with no recognition model, or with several.
     """
     text = str(weights)
     if teacher_weights_kind(text) == "onnx":
         path = Path(text).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"ONNX teacher {path} not found; check teacher_weights")
+            raise InputNotFoundError(f"ONNX teacher {path} not found; check teacher_weights")
         return path
     folder = insightface_home() / "models" / text
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"insightface model pack {text!r} not found at {folder}; models are never downloaded here: get the "
             f"pack from insightface's model zoo and unzip it so that {folder}/*.onnx exist (or set "
             f"INSIGHTFACE_HOME, or give the .onnx path as teacher_weights). {LICENCE}")
     try:
         models = _recognition_models_in(folder)
     except ImportError as exc:
-        raise ImportError(EXTRAS_HINT) from exc
+        raise MissingExtrasError(EXTRAS_HINT) from exc
     if len(models) != 1:
         names = [p.name for p in sorted(folder.glob(f"*{ONNX_SUFFIX}"))]
         what = "no recognition model" if not models else f"several recognition models {[p.name for p in models]}"
-        raise ValueError(f"{folder}: holds {what} (files: {names}); set teacher_weights to the .onnx file to use")
+        raise WeightsError(f"{folder}: holds {what} (files: {names}); set teacher_weights to the .onnx file to use")
     return models[0]
 
 
@@ -223,7 +229,7 @@ def build_onnx_teacher(weights: str | os.PathLike, device: torch.device | str, d
     exported, so anything but the defaults is refused rather than ignored.
     """
     if dtype != "fp32" or channels_last:
-        raise ValueError(f"teacher_dtype={dtype!r} / teacher_channels_last={channels_last} do not apply to the "
+        raise WeightsError(f"teacher_dtype={dtype!r} / teacher_channels_last={channels_last} do not apply to the "
                          f"ONNX teacher {weights}: it runs at the precision it was exported with; set "
                          "teacher_dtype='fp32' and teacher_channels_last=False")
     path = resolve_onnx_teacher(weights)

@@ -20,6 +20,7 @@ from insightface_adadistill.commands.common import print_error
 from insightface_adadistill.errors import UserError
 
 USER_ERROR_STATUS = 2
+INTERRUPTED_STATUS = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "ADADISTILL_DEBUG"
 WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):\n"  # torch's ExceptionWrapper.reraise
@@ -98,6 +99,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(COMMANDS[name].main(rest) or 0)
     except UserError as exc:
         return show_user_error(name, exc, debug)
+    except KeyboardInterrupt as exc:  # a second Ctrl-C during training, or one outside it
+        if debug:
+            traceback.print_exception(exc)
+        print_error(name, f"interrupted{': ' + str(exc) if str(exc) else ''}")
+        return INTERRUPTED_STATUS
 
 
 if __name__ == "__main__":

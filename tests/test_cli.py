@@ -126,6 +126,15 @@ def test_a_bug_keeps_its_traceback(monkeypatch) -> None:
         cli.main(["config", TINY])
 
 
+def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys) -> None:
+    def interrupted(argv):
+        raise KeyboardInterrupt("second Ctrl-C: aborted without saving")
+
+    monkeypatch.setattr(cli.COMMANDS["train"], "main", interrupted)
+    rc, err = _run(["train", TINY], capsys)
+    assert rc == 130 and err == "adadistill train: error: interrupted: second Ctrl-C: aborted without saving\n"
+
+
 def test_set_before_the_config_path_is_accepted(capsys) -> None:
     assert cli.main(["config", "--set", "lr=0.2", "fp16=false", TINY]) == 0
     out = capsys.readouterr().out

@@ -14,8 +14,8 @@ import traceback
 from types import ModuleType
 from typing import Dict, List, Optional
 
-from insightface_adadistill.commands import (check_onnx, config, demo, eval_ijb, export_onnx, inspect_rec,
-                                             make_rec, make_synthetic, train, verify)
+from insightface_adadistill.commands import (check_onnx, config, demo, eval_ijb, export_onnx, host_train,
+                                             inspect_rec, make_rec, make_synthetic, train, verify)
 from insightface_adadistill.commands.common import print_error
 from insightface_adadistill.errors import UserError
 
@@ -28,6 +28,7 @@ WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):\n"  # torch's 
 # command name -> module with `SUMMARY` and `main(argv) -> int`; the modules import torch only in main
 COMMANDS: Dict[str, ModuleType] = {
     "train": train,
+    "host-train": host_train,
     "config": config,
     "demo": demo,
     "verify": verify,

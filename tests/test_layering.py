@@ -28,9 +28,11 @@ ALLOWED = {
     "synthetic": {"data", "evaluation", "backbones", "registry", "serialization", "distributed"},
     "demo": {"config", "data", "backbones", "heads", "teacher", "evaluation", "export", "training",
              "synthetic", "registry", "serialization", "distributed"},
+    # the host-train bridge: registers heads and the teacher into a user's arcface_torch checkout
+    "host": {"heads", "teacher", "backbones", "config", "distributed", "registry", "serialization"},
     # commands may call any library layer; only cli (and through it __main__) imports them
     "commands": {"config", "data", "backbones", "heads", "teacher", "evaluation", "export", "training",
-                 "synthetic", "demo", "registry", "serialization", "distributed"},
+                 "synthetic", "demo", "host", "registry", "serialization", "distributed"},
     "cli": {"commands"},
     "__init__": set(),
     "__main__": {"cli"},

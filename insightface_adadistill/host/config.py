@@ -1,0 +1,93 @@
+"""One config file for both sides: the host's job config, with our distillation keys in it.
+
+The host merges the job config over its own `configs/base.py`; we validate the same file (and the
+`--set` overrides) with our loader, so an unknown or mistyped key is still our clear error. Keys
+whose meaning belongs to the host are not judged by us: `network` (the checkout may have its own
+backbones), `dali` and `using_wandb` (the host has them). Our loop-only keys (schedules, clipping,
+checkpoint cadence, ...) are refused when set, because the host's loop would silently ignore them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Union
+
+from easydict import EasyDict
+
+from insightface_adadistill.config import ConfigError, load_config, parse_overrides, resolve_config_path
+from insightface_adadistill.config.defaults import EXTENSION_DEFAULTS
+from insightface_adadistill.config.loader import read_config_file
+
+# Our keys host-train reads; every other key we add belongs to `adadistill train`'s own loop.
+BRIDGE_KEYS = ("distill", "distill_alpha", "feature_kd_weight", "teacher_network", "teacher_weights",
+               "teacher_classifier", "teacher_dtype", "teacher_channels_last")
+# Keys the host decides about: validated with these stand-ins, passed to the host as written.
+HOST_JUDGED: Dict[str, Any] = {"network": "r50", "dali": False, "using_wandb": False}
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """What the registered pieces need beyond the host's own constructor arguments."""
+
+    distill: str
+    alpha: Union[str, float]
+    feature_kd_weight: float
+    teacher_network: Optional[str]
+    teacher_weights: Optional[str]
+    teacher_classifier: Optional[Union[str, List[str]]]
+    teacher_dtype: str
+    teacher_channels_last: bool
+    seed: int
+
+
+@dataclass(frozen=True)
+class HostRun:
+    """A validated host-train job.
+
+    `job_config` is the file's `config` with the `--set` values applied, exactly what the host
+    merges over its `configs/base.py`; `config_name` is the module name it is imported as
+    (`configs.<config_name>`, which also names the default output folder `work_dirs/<config_name>`).
+    `distill` is None when the config does not set `distill`: the host then runs as it is.
+    """
+
+    config_name: str
+    job_config: EasyDict
+    distill: Optional[DistillSettings]
+
+
+def loop_only_problems(job: Dict[str, Any]) -> List[str]:
+    """Our keys that only `adadistill train` honours, set to a non-default value in `job`."""
+    return [f"{key} = {job[key]!r}: host-train runs your train_v2.py, whose loop does not read {key}; "
+            f"remove it, or train with `adadistill train`, which honours it"
+            for key, default in EXTENSION_DEFAULTS.items()
+            if key not in BRIDGE_KEYS and key in job and job[key] != default]
+
+
+def _settings(cfg: Any) -> Optional[DistillSettings]:
+    if cfg.distill is None:
+        return None
+    return DistillSettings(cfg.distill, cfg.distill_alpha, cfg.feature_kd_weight, cfg.teacher_network,
+                           cfg.teacher_weights, cfg.teacher_classifier, cfg.teacher_dtype,
+                           cfg.teacher_channels_last, cfg.seed)
+
+
+def load_host_config(path: Union[str, os.PathLike], overrides: Optional[List[str]] = None,
+                     world_size: int = 1) -> HostRun:
+    """Validate `path` + `--set` overrides with our loader and build the job the host imports.
+
+    Raises:
+        ConfigError: an unknown or mistyped key, a bad value, a distillation without its teacher,
+            one of our loop-only keys set (see `loop_only_problems`), or a file named base.py.
+    """
+    file = resolve_config_path(path)
+    if file.stem == "base":
+        raise ConfigError(str(file), ["a job config named base.py would replace the host's configs/base.py, "
+                                      "over which train_v2.py merges it; rename the file"])
+    typed = parse_overrides(overrides, source=str(file))
+    job = {**read_config_file(file), **typed}
+    problems = loop_only_problems(job)
+    if problems:
+        raise ConfigError(str(file), problems)
+    cfg = load_config(file, {**typed, **HOST_JUDGED}, world_size=world_size)
+    return HostRun(config_name=file.stem, job_config=EasyDict(job), distill=_settings(cfg))
+

@@ -1,0 +1,88 @@
+"""How our head is called from inside the host's loop: teacher feed, gradient scale, call adapter.
+
+The host's iteration is `loss = module_partial_fc(backbone(img), local_labels)`. The teacher must
+see the same `img`, which only the student's forward has, so a forward hook on the student runs the
+frozen teacher and leaves its embeddings for the head's next call (the teacher is held by the hook,
+outside the student's module tree: not in its state_dict, not in DDP, never in model.pt). A forward
+pre-hook on the head turns the host's positional call into our head contract. The head object the
+host gets is ours, so its `state_dict` (`state_dict_softmax_fc`) has our keys unchanged.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+
+class _ScaleGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor, factor: float) -> Tensor:
+        ctx.factor = factor
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None]:
+        return grad * ctx.factor, None
+
+
+def scale_gradient(tensor: Tensor, factor: float) -> Tensor:
+    """Identity forward; backward multiplies the gradient by `factor`.
+
+    Why: our heads give each rank the true gradient of the global-mean loss for its own embeddings,
+    which our trainer's DDP then SUMS over ranks. The host's DDP AVERAGES (its fp16 compression
+    hook divides by W) and its own Partial FC multiplies by W in the all-gather backward to cancel
+    that; scaling the head's input gradient by W does the same for our heads.
+    """
+    return tensor if factor == 1 else _ScaleGradient.apply(tensor, factor)
+
+
+class TeacherFeed:
+    """Runs the frozen teacher on each training batch the student sees; the head takes it once.
+
+    Register `on_student_forward` as a forward hook of the student (the module `get_model`
+    returned). Evaluation forwards (the host's verification puts the backbone in eval mode) do not
+    run the teacher.
+    """
+
+    def __init__(self, teacher: nn.Module) -> None:
+        self.teacher = teacher
+        self.device: Optional[torch.device] = None
+        self.pending: Optional[Tensor] = None
+
+    def on_student_forward(self, module: nn.Module, inputs: Tuple[Any, ...], output: Any) -> None:
+        if not module.training:
+            return
+        images = inputs[0]  # (B, 3, 112, 112), the batch the student just embedded
+        if self.device != images.device:  # the host moves the student after get_model returns
+            self.teacher.to(images.device)
+            self.device = images.device
+        self.pending = self.teacher(images)  # (B, E), no graph
+
+    def take(self) -> Tensor:
+        """The teacher embeddings of the last training batch; each batch is handed out once."""
+        if self.pending is None:
+            raise RuntimeError("the head was called without a training-mode student forward before it: "
+                               "host-train feeds the teacher from the model get_model() returned, so the "
+                               "loop must call backbone(img) and then module_partial_fc(embeddings, labels)")
+        teacher, self.pending = self.pending, None
+        return teacher
+
+
+def _host_arguments(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[Tensor, Tensor]:
+    if len(args) != 2 or kwargs:
+        raise TypeError(f"host-train's head takes the host's call module_partial_fc(local_embeddings, "
+                        f"local_labels); got {len(args)} positional and {sorted(kwargs)} keyword arguments")
+    return args[0], args[1]
+
+
+def attach_head(head: nn.Module, feed: Optional[TeacherFeed], world_size: int) -> None:
+    """Make `head(local_embeddings, local_labels)` (the host's call) run our head contract."""
+
+    def to_head_contract(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]):
+        local_embeddings, local_labels = _host_arguments(args, kwargs)
+        teacher = feed.take() if feed is not None else None
+        embeddings = scale_gradient(local_embeddings, float(world_size))
+        return (embeddings,), {"local_labels": local_labels, "local_teacher_embeddings": teacher}
+
+    head.register_forward_pre_hook(to_head_contract, with_kwargs=True)

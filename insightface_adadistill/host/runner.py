@@ -1,0 +1,168 @@
+"""Register our pieces into a user's arcface_torch checkout and run its unchanged `train_v2.py`.
+
+With `distill` set, for the duration of the run:
+- `backbones.get_model(...)` returns the host's student unchanged, remembered by the bridge;
+- `partial_fc_v2.PartialFC_V2(margin_loss, embedding_size, num_classes, sample_rate, fp16)` returns
+  our head for `distill`, built from those same arguments (the host's margin, our sharding); for a
+  head that needs the teacher, the frozen teacher is attached to the remembered student
+  (`feed.TeacherFeed`);
+- the host's TensorBoard writer also receives our head statistics (`summary`).
+Without `distill` nothing is replaced. Everything else (DDP, its fp16 compression hook, optimizer,
+schedule, checkpoints, logs) is the host's own code.
+"""
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+from contextlib import ExitStack, contextmanager
+from types import ModuleType
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from insightface_adadistill.distributed import get_world_size
+from insightface_adadistill.heads import build_head
+from insightface_adadistill.host.checkout import (HostCheckout, check_checkout, check_host_api, host_import_path,
+                                                  import_host_module)
+from insightface_adadistill.host.config import DistillSettings, HostRun, load_host_config
+from insightface_adadistill.host.feed import TeacherFeed, attach_head
+from insightface_adadistill.host.summary import tap_summary_writer
+from insightface_adadistill.teacher import build_teacher, check_embedding_sizes, load_teacher_classifier
+
+
+class HostMargin:
+    """The host's margin (`losses.CombinedMarginLoss`) behind our heads' margin interface.
+
+    Our heads pass labels as (N,); the host's margin indexes them as (N, 1), as its own
+    Partial FC passes them (its inter-class filter scatters with them).
+    """
+
+    def __init__(self, margin_loss: Callable[[Tensor, Tensor], Tensor]) -> None:
+        if not callable(margin_loss):
+            raise TypeError(f"PartialFC_V2 got margin_loss={margin_loss!r}, which is not callable")
+        self.margin_loss = margin_loss
+
+    def __call__(self, cos: Tensor, labels: Tensor) -> Tensor:
+        return self.margin_loss(cos, labels.view(-1, 1))
+
+
+class HostRegistration:
+    """The `get_model` and `PartialFC_V2` replacements of one distillation run, and their state."""
+
+    def __init__(self, settings: DistillSettings, host_get_model: Callable[..., nn.Module]) -> None:
+        self.settings = settings
+        self.host_get_model = host_get_model
+        self.student: Optional[nn.Module] = None
+        self.head: Optional[nn.Module] = None
+
+    def get_model(self, name: str, **kwargs: Any) -> nn.Module:
+        """The host's model; the first one built is the student the teacher is attached to."""
+        model = self.host_get_model(name, **kwargs)
+        if self.student is None:
+            self.student = model
+        return model
+
+    def partial_fc(self, margin_loss: Callable[[Tensor, Tensor], Tensor], embedding_size: int, num_classes: int,
+                   sample_rate: float = 1.0, fp16: bool = False) -> nn.Module:
+        """Our head for `distill`. `fp16` is accepted and unused: logits are fp32, as in train_v2."""
+        s = self.settings
+        classifier = (load_teacher_classifier(s.teacher_classifier, num_classes, embedding_size)
+                      if s.distill == "arcdistill" else None)
+        head = build_head(s.distill, HostMargin(margin_loss), embedding_size, num_classes, sample_rate,
+                          alpha=s.alpha, teacher_classifier=classifier, feature_kd_weight=s.feature_kd_weight,
+                          seed=s.seed)
+        feed = None
+        if head.needs_teacher:
+            if self.student is None:
+                raise RuntimeError("PartialFC_V2(...) was built before get_model(...): host-train attaches "
+                                   "the teacher to the student, so train_v2.py must build the backbone first")
+            feed = TeacherFeed(self._teacher(embedding_size))
+            self.student.register_forward_hook(feed.on_student_forward)
+        attach_head(head, feed, get_world_size())
+        self.head = head
+        return head
+
+    def _teacher(self, embedding_size: int) -> nn.Module:
+        s = self.settings
+        device = next(self.student.parameters()).device
+        teacher = build_teacher(s.teacher_network, s.teacher_weights, embedding_size, device,
+                                dtype=s.teacher_dtype, channels_last=s.teacher_channels_last)
+        check_embedding_sizes(teacher(torch.zeros(2, 3, 112, 112, device=device)).shape[1], embedding_size)
+        return teacher
+
+    def stats(self) -> Dict[str, Tensor]:
+        """The head's 0-dim statistics of its last step, by TensorBoard tag."""
+        last = self.head.last_stats if self.head is not None else {}
+        return {f"distill/{name}": value for name, value in last.items() if value.dim() == 0}
+
+
+@contextmanager
+def _patched(owner: Any, name: str, value: Any) -> Iterator[None]:
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+@contextmanager
+def _host_invocation(checkout: HostCheckout, run: HostRun) -> Iterator[None]:
+    """sys.argv as `train_v2.py configs/<name>`, with `configs.<name>` importable as our job config.
+
+    The job module lives in sys.modules only, so nothing is written into the user's checkout and a
+    config from anywhere (with --set values applied) reaches the host's own config loader.
+    """
+    module_name = f"configs.{run.config_name}"
+    job = ModuleType(module_name, "host-train job config")
+    job.config = run.job_config
+    saved_argv, saved_module = list(sys.argv), sys.modules.get(module_name)
+    sys.argv[:] = [str(checkout.train_script), f"configs/{run.config_name}"]
+    sys.modules[module_name] = job
+    try:
+        yield
+    finally:
+        sys.argv[:] = saved_argv
+        if saved_module is None:
+            sys.modules.pop(module_name, None)
+        else:
+            sys.modules[module_name] = saved_module
+
+
+def _registered(settings: Optional[DistillSettings], backbones: ModuleType, partial_fc_v2: ModuleType) -> ExitStack:
+    """The replacements for a distillation run, undone when the returned stack closes."""
+    stack = ExitStack()
+    if settings is None:
+        return stack
+    registration = HostRegistration(settings, backbones.get_model)
+    stack.enter_context(_patched(backbones, "get_model", registration.get_model))
+    stack.enter_context(_patched(partial_fc_v2, "PartialFC_V2", registration.partial_fc))
+    stack.enter_context(tap_summary_writer(registration.stats))
+    return stack
+
+
+def run_host_training(checkout_dir: str | os.PathLike, config: str | os.PathLike,
+                      overrides: Optional[List[str]] = None, world_size: int = 1) -> None:
+    """Check the checkout and config, register our pieces (when `distill` is set), run `train_v2.py`.
+
+    Args:
+        checkout_dir: the arcface_torch folder (holding train_v2.py).
+        config: the job config file, which may set our `distill` / `teacher_*` keys.
+        overrides: `--set key=value` strings.
+        world_size: the number of processes (torchrun's WORLD_SIZE), for the config's derived keys.
+
+    Raises:
+        HostCheckoutError: the folder is not an arcface_torch checkout host-train can drive.
+        ConfigError: the config fails our checks.
+        Whatever the host's own code raises, unchanged.
+    """
+    checkout = check_checkout(checkout_dir)
+    run = load_host_config(config, overrides, world_size)
+    with host_import_path(checkout), _host_invocation(checkout, run):
+        backbones = import_host_module(checkout, "backbones")
+        partial_fc_v2 = import_host_module(checkout, "partial_fc_v2")
+        check_host_api(checkout, backbones, partial_fc_v2)
+        with _registered(run.distill, backbones, partial_fc_v2):
+            runpy.run_path(str(checkout.train_script), run_name="__main__")

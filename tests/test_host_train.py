@@ -1,0 +1,296 @@
+"""`adadistill host-train`: our head inside a host-shaped arcface_torch checkout (tests/host_shaped).
+
+The checkout checks, the config split and the registered pieces are tested in this process; the
+runs go through `python -m insightface_adadistill host-train` (and torchrun) in their own processes,
+as users launch them. Exact parity with our own trainer needs the two loops to do the same
+arithmetic: the host's fp16 gradient compression (HOST_SHAPED_COMM_HOOK=none turns it off) and its
+ArcFace, which round-trips every non-target logit through cos(arccos(x)), are the two differences,
+so the parity runs use CosFace and no compression; the default runs check the mechanics.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import pytest
+import torch
+
+from insightface_adadistill.backbones import get_model
+from insightface_adadistill.commands.host_train import main as host_train_main
+from insightface_adadistill.config import ConfigError
+from insightface_adadistill.data.decode import encode_jpeg
+from insightface_adadistill.data.recordio import IRHeader, pack, write_records
+from insightface_adadistill.heads import CombinedMarginLoss
+from insightface_adadistill.host import HostCheckoutError, check_checkout, load_host_config
+from insightface_adadistill.host.checkout import check_host_api, host_import_path, import_host_module
+from insightface_adadistill.host.config import DistillSettings
+from insightface_adadistill.host.feed import TeacherFeed, scale_gradient
+from insightface_adadistill.host.runner import HostMargin, HostRegistration
+from insightface_adadistill.host.summary import tap_summary_writer
+
+REPO = Path(__file__).resolve().parents[1]
+HOST = REPO / "tests" / "host_shaped"
+JOB = HOST / "configs" / "tiny_host.py"
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+HOST_MODULES = ("backbones", "partial_fc_v2")
+EXACT = ("margin_list=1.0,0.0,0.4",)  # CosFace: the host's margin does the same arithmetic as ours
+
+
+@pytest.fixture
+def clean_host_modules():
+    """In-process imports of a checkout's modules must not leak into other tests."""
+    yield
+    for name in [k for k in sys.modules if k.split(".")[0] in HOST_MODULES]:
+        del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Dict[str, Path]:
+    """128 images of 16 identities as a .rec, and a (random) tiny_resnet teacher file."""
+    root = tmp_path_factory.mktemp("host_data")
+    images = [np.random.default_rng(k).integers(0, 256, (112, 112, 3), dtype=np.uint8) for k in range(128)]
+    write_records(root / "train.rec", [(k, pack(IRHeader(0, float(k % 16), k, 0), encode_jpeg(image)))
+                                       for k, image in enumerate(images)])
+    torch.manual_seed(1)
+    torch.save(get_model("tiny_resnet", num_features=64).state_dict(), root / "teacher.pt")
+    return {"rec": root, "teacher": root / "teacher.pt"}
+
+
+def _distill(data: Dict[str, Path]) -> Tuple[str, ...]:
+    return ("distill=adadistill", "teacher_network=tiny_resnet", f"teacher_weights={data['teacher']}")
+
+
+def _launch(command: List[str], data: Dict[str, Path], output: Path, overrides: Tuple[str, ...], nproc: int,
+            env: Optional[Dict[str, str]] = None) -> Path:
+    args = [*command, "--set", f"rec={data['rec']}", f"output={output}", *overrides]
+    prefix = ([TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", "-m"] if nproc > 1
+              else [sys.executable, "-m"])
+    done = subprocess.run([*prefix, "insightface_adadistill", *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                          cwd=output.parent)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return output
+
+
+def host_run(data: Dict[str, Path], output: Path, *overrides: str, nproc: int = 1,
+             env: Optional[Dict[str, str]] = None) -> Path:
+    """`host-train tests/host_shaped tiny_host.py` on the test data."""
+    return _launch(["host-train", str(HOST), str(JOB)], data, output, overrides, nproc, env)
+
+
+def our_run(data: Dict[str, Path], output: Path, *overrides: str, nproc: int = 1) -> Path:
+    """`adadistill train tiny_host.py` on the same data, writing a checkpoint set every 4 steps."""
+    return _launch(["train", str(JOB)], data, output, (*overrides, "progress_bar=false", "save_every_steps=4"),
+                   nproc)
+
+
+def scalars(output: Path) -> Dict[str, Dict[int, float]]:
+    """TensorBoard scalars of a run (or of a folder of event files): tag -> step -> value."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    folder = output / "tensorboard" if (output / "tensorboard").is_dir() else output
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+
+
+def shard(output: Path, rank: int) -> dict:
+    return torch.load(output / f"checkpoint_gpu_{rank}.pt", weights_only=False)
+
+
+# ------------------------------------------------------------------ the checkout
+
+def _copy_of_host(tmp_path: Path) -> Path:
+    import shutil
+    return Path(shutil.copytree(HOST, tmp_path / "arcface_torch"))
+
+
+def test_host_shaped_checkout_passes(clean_host_modules) -> None:
+    checkout = check_checkout(HOST)
+    with host_import_path(checkout):
+        check_host_api(checkout, import_host_module(checkout, "backbones"),
+                       import_host_module(checkout, "partial_fc_v2"))
+
+
+@pytest.mark.parametrize("break_it,expected", [
+    (lambda root: (root / "train_v2.py").unlink(), "train_v2.py not found"),
+    (lambda root: (root / "configs" / "base.py").unlink(), "base.py not found"),
+    (lambda root: (root / "partial_fc_v2.py").write_text("class PartialFC:\n    pass\n"),
+     "does not define PartialFC_V2"),
+    (lambda root: (root / "backbones" / "__init__.py").write_text("def build(name):\n    pass\n"),
+     "does not define get_model"),
+])
+def test_not_an_arcface_checkout_is_refused_by_file(tmp_path: Path, break_it, expected: str) -> None:
+    root = _copy_of_host(tmp_path)
+    break_it(root)
+    with pytest.raises(HostCheckoutError, match=expected):
+        check_checkout(root)
+
+
+def test_get_model_with_another_signature_is_refused(tmp_path: Path, clean_host_modules) -> None:
+    root = _copy_of_host(tmp_path)
+    (root / "backbones" / "__init__.py").write_text("def get_model(name, width):\n    pass\n")
+    checkout = check_checkout(root)
+    with host_import_path(checkout), pytest.raises(HostCheckoutError, match=r"get_model\(name, width\)"):
+        check_host_api(checkout, import_host_module(checkout, "backbones"),
+                       import_host_module(checkout, "partial_fc_v2"))
+
+
+def test_command_prints_one_clear_refusal(tmp_path: Path, capsys) -> None:
+    assert host_train_main([str(tmp_path), str(JOB)]) == 2
+    err = capsys.readouterr().err
+    assert "train_v2.py not found" in err and str(tmp_path) in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ the config
+
+def test_config_keeps_our_checks_and_leaves_host_keys_to_the_host(tmp_path: Path) -> None:
+    run = load_host_config(JOB, ["network=my_own_net", "dali=True", "distill=adadistill",
+                                 "teacher_network=tiny_resnet", "teacher_weights=t.pt"])
+    assert run.config_name == "tiny_host" and run.job_config.network == "my_own_net" and run.job_config.dali
+    assert run.distill.distill == "adadistill" and run.distill.seed == 2048
+    assert "device" not in run.job_config  # only the file's keys and --set reach the host
+    assert load_host_config(JOB).distill is None
+    with pytest.raises(ConfigError, match="lr_power = 2.0: host-train runs your train_v2.py"):
+        load_host_config(JOB, ["lr_power=2"])
+    with pytest.raises(ConfigError, match="unknown key 'distil'"):
+        load_host_config(JOB, ["distil=adadistill"])
+    with pytest.raises(ConfigError, match="teacher_weights"):
+        load_host_config(JOB, ["distill=adadistill", "teacher_network=tiny_resnet"])
+    base = tmp_path / "base.py"
+    base.write_text(JOB.read_text())
+    with pytest.raises(ConfigError, match="would replace the host's configs/base.py"):
+        load_host_config(base)
+
+
+# ------------------------------------------------------------------ the registered pieces
+
+def _settings(distill: str, **extra) -> DistillSettings:
+    values = dict(distill=distill, alpha="weighted", feature_kd_weight=1.0, teacher_network="tiny_resnet",
+                  teacher_weights=None, teacher_classifier=None, teacher_dtype="fp32",
+                  teacher_channels_last=False, seed=0)
+    return DistillSettings(**{**values, **extra})
+
+
+def _host_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    assert labels.shape == (logits.shape[0], 1)  # the host's margin indexes (N, 1) labels
+    return CombinedMarginLoss(64.0, 1.0, 0.5, 0.0)(logits, labels.view(-1))
+
+
+@pytest.mark.parametrize("distill", ["adadistill", "feature_kd", "arcdistill"])
+def test_registered_head_runs_the_host_call(tmp_path: Path, data, distill: str) -> None:
+    header = tmp_path / "header.pth"
+    torch.save({"kernel": torch.randn(64, 16)}, header)
+    registration = HostRegistration(_settings(distill, teacher_weights=str(data["teacher"]),
+                                              teacher_classifier=str(header)), get_model)
+    student = registration.get_model("tiny_mfn", dropout=0.0, fp16=False, num_features=64)
+    keys = set(student.state_dict())
+    head = registration.partial_fc(_host_margin, 64, 16, 1.0, False)
+    images, labels = torch.randn(4, 3, 112, 112), torch.tensor([0, 1, 2, 3])
+    loss = head(student(images), labels)  # the host's call: module_partial_fc(embeddings, labels)
+    loss.backward()
+    assert torch.isfinite(loss) and set(student.state_dict()) == keys  # the teacher is not in the student
+    assert any(p.grad is not None for p in student.parameters())
+    if distill == "adadistill":
+        assert set(head.state_dict()) == {"weight", "visited"} and not list(head.parameters())
+        assert {"distill/alpha", "distill/centre_teacher_cos"} <= set(registration.stats())
+        with pytest.raises(RuntimeError, match="without a training-mode student forward"):
+            head(student.eval()(images), labels)
+
+
+def test_host_margin_gets_labels_as_a_column() -> None:
+    seen = {}
+    margin = HostMargin(lambda logits, labels: seen.setdefault("shape", labels.shape) and logits)
+    margin(torch.zeros(3, 5), torch.tensor([0, -1, 4]))
+    assert seen["shape"] == (3, 1)
+
+
+def test_scale_gradient_multiplies_only_the_gradient() -> None:
+    x = torch.ones(3, requires_grad=True)
+    y = scale_gradient(x, 2.0)
+    (y * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert torch.equal(y, x.detach()) and torch.equal(x.grad, torch.tensor([2.0, 4.0, 6.0]))
+
+
+def test_teacher_feed_skips_eval_forwards() -> None:
+    teacher = torch.nn.Flatten()
+    calls = []
+    teacher.register_forward_hook(lambda module, inputs, output: calls.append(output.shape))
+    feed = TeacherFeed(teacher)
+    student = torch.nn.Identity()
+    student.register_forward_hook(feed.on_student_forward)
+    student.eval()(torch.zeros(2, 3))
+    assert calls == [] and feed.pending is None
+    student.train()(torch.zeros(2, 3))
+    assert feed.take().shape == (2, 3) and feed.pending is None
+
+
+def test_tensorboard_tap_adds_our_scalars_next_to_the_loss(tmp_path: Path) -> None:
+    from torch.utils import tensorboard
+    original = tensorboard.SummaryWriter
+    with tap_summary_writer(lambda: {"distill/alpha": torch.tensor(0.25)}):
+        writer = tensorboard.SummaryWriter(log_dir=str(tmp_path))
+        writer.add_scalar("learning_rate", 0.1, 3)
+        writer.add_scalar("loss", 40.0, 3)
+        writer.close()
+    assert tensorboard.SummaryWriter is original
+    logged = scalars(tmp_path)
+    assert logged["distill/alpha"] == {3: 0.25} and logged["loss"] == {3: 40.0}
+
+
+# ------------------------------------------------------------------ runs
+
+def test_without_distill_the_host_runs_as_is(tmp_path: Path, data) -> None:
+    out = host_run(data, tmp_path / "plain")
+    assert "head: PartialFC_V2" in (out / "training.log").read_text()
+    assert set(shard(out, 0)["state_dict_softmax_fc"]) == {"weight"}
+    assert not any(tag.startswith("distill/") for tag in scalars(out))
+
+
+def test_distillation_keeps_the_host_conventions(tmp_path: Path, data) -> None:
+    """AdamW with a parameter-free head, fp16 gradient compression, ArcFace: the host's defaults."""
+    out = host_run(data, tmp_path / "ada", *_distill(data), "optimizer=adamw")
+    assert "head: AdaDistillHead" in (out / "training.log").read_text()
+    state = shard(out, 0)
+    assert set(state) == {"epoch", "global_step", "state_dict_backbone", "state_dict_softmax_fc",
+                          "state_optimizer", "state_lr_scheduler"}
+    assert set(state["state_dict_softmax_fc"]) == {"weight", "visited"}
+    assert bool(state["state_dict_softmax_fc"]["visited"].all())
+    assert [len(g["params"]) for g in state["state_optimizer"]["param_groups"]][1] == 0
+    get_model("tiny_mfn", num_features=64).load_state_dict(torch.load(out / "model.pt"), strict=True)
+    logged = scalars(out)
+    assert set(logged["distill/alpha"]) == set(logged["loss"]) == set(range(2, 9))
+
+
+def test_distillation_equals_our_trainer(tmp_path: Path, data) -> None:
+    host = host_run(data, tmp_path / "host", *_distill(data), *EXACT, env={"HOST_SHAPED_COMM_HOOK": "none"})
+    ours = our_run(data, tmp_path / "ours", *_distill(data), *EXACT)
+    _assert_same_result(host, ours, world_size=1, steps=8)
+
+
+def _assert_same_result(host: Path, ours: Path, world_size: int, steps: int) -> None:
+    for rank in range(world_size):
+        a, b = shard(host, rank), shard(ours, rank)
+        for key in ("state_dict_softmax_fc", "state_dict_backbone"):
+            for name, value in a[key].items():
+                assert torch.equal(value, b[key][name]), f"rank {rank} {key}.{name} differs"
+    a, b = scalars(host), scalars(ours)
+    # The host's first logged loss (step 2) averages steps 1 and 2; later ones are single steps.
+    for step in range(3, steps + 1):
+        assert a["loss"][step] == b["loss"][step]
+    for tag in ("distill/alpha", "distill/centre_teacher_cos", "distill/student_teacher_cos"):
+        for step in range(2, steps + 1):
+            assert a[tag][step] == b[tag][step], f"{tag} at step {step}"
+
+
+@pytest.mark.slow
+def test_two_processes_with_and_without_distill(tmp_path: Path, data) -> None:
+    plain = host_run(data, tmp_path / "plain", nproc=2)
+    assert {0, 1} == {r for r in range(2) if (plain / f"checkpoint_gpu_{r}.pt").is_file()}
+    host = host_run(data, tmp_path / "host", *_distill(data), *EXACT, nproc=2,
+                    env={"HOST_SHAPED_COMM_HOOK": "none"})
+    ours = our_run(data, tmp_path / "ours", *_distill(data), *EXACT, nproc=2)
+    _assert_same_result(host, ours, world_size=2, steps=4)

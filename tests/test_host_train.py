@@ -29,7 +29,7 @@ from insightface_adadistill.host import HostCheckoutError, check_checkout, load_
 from insightface_adadistill.host.checkout import check_host_api, host_import_path, import_host_module
 from insightface_adadistill.host.config import DistillSettings
 from insightface_adadistill.host.feed import TeacherFeed, scale_gradient
-from insightface_adadistill.host.runner import HostMargin, HostRegistration
+from insightface_adadistill.host.runner import HostMargin, HostRegistration, load_distill_parts
 from insightface_adadistill.host.summary import tap_summary_writer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,6 +143,11 @@ def test_command_prints_one_clear_refusal(tmp_path: Path, capsys) -> None:
     assert host_train_main([str(tmp_path), str(JOB)]) == 2
     err = capsys.readouterr().err
     assert "train_v2.py not found" in err and str(tmp_path) in err and "Traceback" not in err
+    missing = tmp_path / "no_teacher.pt"
+    assert host_train_main([str(HOST), str(JOB), "--set", "distill=adadistill", "teacher_network=tiny_resnet",
+                            f"teacher_weights={missing}"]) == 2
+    err = capsys.readouterr().err
+    assert f"teacher weights {missing} not found" in err and str(JOB) in err
 
 
 # ------------------------------------------------------------------ the config
@@ -171,7 +176,7 @@ def test_config_keeps_our_checks_and_leaves_host_keys_to_the_host(tmp_path: Path
 def _settings(distill: str, **extra) -> DistillSettings:
     values = dict(distill=distill, alpha="weighted", feature_kd_weight=1.0, teacher_network="tiny_resnet",
                   teacher_weights=None, teacher_classifier=None, teacher_dtype="fp32",
-                  teacher_channels_last=False, seed=0)
+                  teacher_channels_last=False, seed=0, embedding_size=64, num_classes=16)
     return DistillSettings(**{**values, **extra})
 
 
@@ -184,8 +189,9 @@ def _host_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def test_registered_head_runs_the_host_call(tmp_path: Path, data, distill: str) -> None:
     header = tmp_path / "header.pth"
     torch.save({"kernel": torch.randn(64, 16)}, header)
-    registration = HostRegistration(_settings(distill, teacher_weights=str(data["teacher"]),
-                                              teacher_classifier=str(header)), get_model)
+    settings = _settings(distill, teacher_weights=str(data["teacher"]),
+                         teacher_classifier=str(header) if distill == "arcdistill" else None)
+    registration = HostRegistration(settings, load_distill_parts(settings, "test config"), get_model)
     student = registration.get_model("tiny_mfn", dropout=0.0, fp16=False, num_features=64)
     keys = set(student.state_dict())
     head = registration.partial_fc(_host_margin, 64, 16, 1.0, False)
@@ -265,6 +271,7 @@ def test_distillation_keeps_the_host_conventions(tmp_path: Path, data) -> None:
     assert set(logged["distill/alpha"]) == set(logged["loss"]) == set(range(2, 9))
 
 
+@pytest.mark.slow
 def test_distillation_equals_our_trainer(tmp_path: Path, data) -> None:
     host = host_run(data, tmp_path / "host", *_distill(data), *EXACT, env={"HOST_SHAPED_COMM_HOOK": "none"})
     ours = our_run(data, tmp_path / "ours", *_distill(data), *EXACT)

@@ -38,6 +38,8 @@ class DistillSettings:
     teacher_dtype: str
     teacher_channels_last: bool
     seed: int
+    embedding_size: int
+    num_classes: int
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,10 @@ class HostRun:
     merges over its `configs/base.py`; `config_name` is the module name it is imported as
     (`configs.<config_name>`, which also names the default output folder `work_dirs/<config_name>`).
     `distill` is None when the config does not set `distill`: the host then runs as it is.
+    `source` is the config file, for messages.
     """
 
+    source: str
     config_name: str
     job_config: EasyDict
     distill: Optional[DistillSettings]
@@ -68,7 +72,7 @@ def _settings(cfg: Any) -> Optional[DistillSettings]:
         return None
     return DistillSettings(cfg.distill, cfg.distill_alpha, cfg.feature_kd_weight, cfg.teacher_network,
                            cfg.teacher_weights, cfg.teacher_classifier, cfg.teacher_dtype,
-                           cfg.teacher_channels_last, cfg.seed)
+                           cfg.teacher_channels_last, cfg.seed, cfg.embedding_size, cfg.num_classes)
 
 
 def load_host_config(path: Union[str, os.PathLike], overrides: Optional[List[str]] = None,
@@ -89,5 +93,5 @@ def load_host_config(path: Union[str, os.PathLike], overrides: Optional[List[str
     if problems:
         raise ConfigError(str(file), problems)
     cfg = load_config(file, {**typed, **HOST_JUDGED}, world_size=world_size)
-    return HostRun(config_name=file.stem, job_config=EasyDict(job), distill=_settings(cfg))
+    return HostRun(source=str(file), config_name=file.stem, job_config=EasyDict(job), distill=_settings(cfg))
 

@@ -15,13 +15,15 @@ from __future__ import annotations
 import os
 import runpy
 import sys
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 from torch import Tensor, nn
 
+from insightface_adadistill.config import ConfigError
 from insightface_adadistill.distributed import get_world_size
 from insightface_adadistill.heads import build_head
 from insightface_adadistill.host.checkout import (HostCheckout, check_checkout, check_host_api, host_import_path,
@@ -48,11 +50,39 @@ class HostMargin:
         return self.margin_loss(cos, labels.view(-1, 1))
 
 
+@dataclass(frozen=True)
+class DistillParts:
+    """What the config's teacher keys name, loaded before the host starts (None where not named)."""
+
+    teacher: Optional[nn.Module]
+    teacher_classifier: Optional[Tensor]
+
+
+def load_distill_parts(settings: DistillSettings, source: str) -> DistillParts:
+    """The frozen teacher (on the CPU; it follows the student's batches to their device) and the
+    teacher's classifier, so that a bad teacher file is one clear config error before the host's
+    process group exists, not a traceback from inside train_v2.py."""
+    s = settings
+    try:
+        teacher = None
+        if s.teacher_network is not None and s.teacher_weights is not None:
+            teacher = build_teacher(s.teacher_network, s.teacher_weights, s.embedding_size, "cpu",
+                                    dtype=s.teacher_dtype, channels_last=s.teacher_channels_last)
+            check_embedding_sizes(teacher(torch.zeros(2, 3, 112, 112)).shape[1], s.embedding_size)
+        classifier = (load_teacher_classifier(s.teacher_classifier, s.num_classes, s.embedding_size)
+                      if s.teacher_classifier is not None else None)
+    except (OSError, ValueError) as err:
+        raise ConfigError(source, [str(err)]) from err
+    return DistillParts(teacher, classifier)
+
+
 class HostRegistration:
     """The `get_model` and `PartialFC_V2` replacements of one distillation run, and their state."""
 
-    def __init__(self, settings: DistillSettings, host_get_model: Callable[..., nn.Module]) -> None:
+    def __init__(self, settings: DistillSettings, parts: DistillParts,
+                 host_get_model: Callable[..., nn.Module]) -> None:
         self.settings = settings
+        self.parts = parts
         self.host_get_model = host_get_model
         self.student: Optional[nn.Module] = None
         self.head: Optional[nn.Module] = None
@@ -68,29 +98,23 @@ class HostRegistration:
                    sample_rate: float = 1.0, fp16: bool = False) -> nn.Module:
         """Our head for `distill`. `fp16` is accepted and unused: logits are fp32, as in train_v2."""
         s = self.settings
-        classifier = (load_teacher_classifier(s.teacher_classifier, num_classes, embedding_size)
-                      if s.distill == "arcdistill" else None)
+        if embedding_size != s.embedding_size:
+            raise RuntimeError(f"train_v2.py built PartialFC_V2 with embedding_size={embedding_size}, but the "
+                               f"config says {s.embedding_size}; the teacher was checked against the config")
         head = build_head(s.distill, HostMargin(margin_loss), embedding_size, num_classes, sample_rate,
-                          alpha=s.alpha, teacher_classifier=classifier, feature_kd_weight=s.feature_kd_weight,
-                          seed=s.seed)
+                          alpha=s.alpha, teacher_classifier=self.parts.teacher_classifier,
+                          feature_kd_weight=s.feature_kd_weight, seed=s.seed)
         feed = None
         if head.needs_teacher:
-            if self.student is None:
-                raise RuntimeError("PartialFC_V2(...) was built before get_model(...): host-train attaches "
-                                   "the teacher to the student, so train_v2.py must build the backbone first")
-            feed = TeacherFeed(self._teacher(embedding_size))
+            if self.student is None or self.parts.teacher is None:
+                raise RuntimeError("PartialFC_V2(...) was built before get_model(...) (or without a teacher): "
+                                   "host-train attaches the teacher to the student, so train_v2.py must "
+                                   "build the backbone first")
+            feed = TeacherFeed(self.parts.teacher)
             self.student.register_forward_hook(feed.on_student_forward)
         attach_head(head, feed, get_world_size())
         self.head = head
         return head
-
-    def _teacher(self, embedding_size: int) -> nn.Module:
-        s = self.settings
-        device = next(self.student.parameters()).device
-        teacher = build_teacher(s.teacher_network, s.teacher_weights, embedding_size, device,
-                                dtype=s.teacher_dtype, channels_last=s.teacher_channels_last)
-        check_embedding_sizes(teacher(torch.zeros(2, 3, 112, 112, device=device)).shape[1], embedding_size)
-        return teacher
 
     def stats(self) -> Dict[str, Tensor]:
         """The head's 0-dim statistics of its last step, by TensorBoard tag."""
@@ -131,16 +155,17 @@ def _host_invocation(checkout: HostCheckout, run: HostRun) -> Iterator[None]:
             sys.modules[module_name] = saved_module
 
 
-def _registered(settings: Optional[DistillSettings], backbones: ModuleType, partial_fc_v2: ModuleType) -> ExitStack:
-    """The replacements for a distillation run, undone when the returned stack closes."""
-    stack = ExitStack()
-    if settings is None:
-        return stack
-    registration = HostRegistration(settings, backbones.get_model)
-    stack.enter_context(_patched(backbones, "get_model", registration.get_model))
-    stack.enter_context(_patched(partial_fc_v2, "PartialFC_V2", registration.partial_fc))
-    stack.enter_context(tap_summary_writer(registration.stats))
-    return stack
+@contextmanager
+def _registered(registration: Optional[HostRegistration], backbones: ModuleType,
+                partial_fc_v2: ModuleType) -> Iterator[None]:
+    """The replacements of a distillation run (none without one), undone afterwards."""
+    if registration is None:
+        yield
+        return
+    with _patched(backbones, "get_model", registration.get_model), \
+            _patched(partial_fc_v2, "PartialFC_V2", registration.partial_fc), \
+            tap_summary_writer(registration.stats):
+        yield
 
 
 def run_host_training(checkout_dir: str | os.PathLike, config: str | os.PathLike,
@@ -155,14 +180,17 @@ def run_host_training(checkout_dir: str | os.PathLike, config: str | os.PathLike
 
     Raises:
         HostCheckoutError: the folder is not an arcface_torch checkout host-train can drive.
-        ConfigError: the config fails our checks.
+        ConfigError: the config fails our checks, or a teacher file it names cannot be used.
         Whatever the host's own code raises, unchanged.
     """
     checkout = check_checkout(checkout_dir)
     run = load_host_config(config, overrides, world_size)
+    parts = load_distill_parts(run.distill, run.source) if run.distill is not None else None
     with host_import_path(checkout), _host_invocation(checkout, run):
         backbones = import_host_module(checkout, "backbones")
         partial_fc_v2 = import_host_module(checkout, "partial_fc_v2")
         check_host_api(checkout, backbones, partial_fc_v2)
-        with _registered(run.distill, backbones, partial_fc_v2):
+        registration = (HostRegistration(run.distill, parts, backbones.get_model)
+                        if run.distill is not None else None)
+        with _registered(registration, backbones, partial_fc_v2):
             runpy.run_path(str(checkout.train_script), run_name="__main__")

@@ -56,7 +56,8 @@ def check_checkout(root: str | os.PathLike) -> HostCheckout:
         raise HostCheckoutError(f"{root} is not a folder; {hint}")
     required = [
         (root / "train_v2.py", None, None, "the training script train_v2.py"),
-        (root / "configs" / "base.py", None, None, "configs/base.py, which train_v2.py's config loader imports first"),
+        (root / "configs" / "base.py", None, None,
+         "configs/base.py, which train_v2.py's config loader imports first"),
         (root / "partial_fc_v2.py", ast.ClassDef, "PartialFC_V2", "a top-level class PartialFC_V2"),
         (root / "backbones" / "__init__.py", ast.FunctionDef, "get_model", "a top-level function get_model"),
     ]

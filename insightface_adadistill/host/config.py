@@ -14,8 +14,8 @@ from typing import Any, Dict, List, Optional, Union
 
 from easydict import EasyDict
 
-from insightface_adadistill.config import ConfigError, load_config, parse_overrides, resolve_config_path
-from insightface_adadistill.config.defaults import EXTENSION_DEFAULTS
+from insightface_adadistill.config import (KEYS, ConfigError, RunConfig, build_run_config, parse_overrides,
+                                          resolve_config_path)
 from insightface_adadistill.config.loader import read_config_file
 
 # Our keys host-train reads; every other key we add belongs to `adadistill train`'s own loop.
@@ -61,13 +61,14 @@ class HostRun:
 
 def loop_only_problems(job: Dict[str, Any]) -> List[str]:
     """Our keys that only `adadistill train` honours, set to a non-default value in `job`."""
-    return [f"{key} = {job[key]!r}: host-train runs your train_v2.py, whose loop does not read {key}; "
-            f"remove it, or train with `adadistill train`, which honours it"
-            for key, default in EXTENSION_DEFAULTS.items()
-            if key not in BRIDGE_KEYS and key in job and job[key] != default]
+    return [f"{key.name} = {job[key.name]!r}: host-train runs your train_v2.py, whose loop does not read "
+            f"{key.name}; remove it, or train with `adadistill train`, which honours it"
+            for key in KEYS.values()
+            if key.group == "extension" and key.name not in BRIDGE_KEYS and key.name in job
+            and job[key.name] != key.default]
 
 
-def _settings(cfg: Any) -> Optional[DistillSettings]:
+def _settings(cfg: RunConfig) -> Optional[DistillSettings]:
     if cfg.distill is None:
         return None
     return DistillSettings(cfg.distill, cfg.distill_alpha, cfg.feature_kd_weight, cfg.teacher_network,
@@ -92,6 +93,7 @@ def load_host_config(path: Union[str, os.PathLike], overrides: Optional[List[str
     problems = loop_only_problems(job)
     if problems:
         raise ConfigError(str(file), problems)
-    cfg = load_config(file, {**typed, **HOST_JUDGED}, world_size=world_size)
+    cfg = build_run_config({**job, **HOST_JUDGED}, world_size, config_name=file.stem, source=str(file),
+                           overridden=typed)
     return HostRun(source=str(file), config_name=file.stem, job_config=EasyDict(job), distill=_settings(cfg))
 

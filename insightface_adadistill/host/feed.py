@@ -3,9 +3,10 @@
 The host's iteration is `loss = module_partial_fc(backbone(img), local_labels)`. The teacher must
 see the same `img`, which only the student's forward has, so a forward hook on the student runs the
 frozen teacher and leaves its embeddings for the head's next call (the teacher is held by the hook,
-outside the student's module tree: not in its state_dict, not in DDP, never in model.pt). A forward
-pre-hook on the head turns the host's positional call into our head contract. The head object the
-host gets is ours, so its `state_dict` (`state_dict_softmax_fc`) has our keys unchanged.
+outside the student's module tree: not in its state_dict, not in DDP, never in model.pt). Hooks on
+the head turn the host's positional call into our head contract (docs/heads.md) and its
+`HeadOutput` back into the loss tensor the host expects. The head object the host gets is ours, so
+its `state_dict` (`state_dict_softmax_fc`) has our keys unchanged.
 """
 from __future__ import annotations
 
@@ -76,13 +77,27 @@ def _host_arguments(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[Tens
     return args[0], args[1]
 
 
-def attach_head(head: nn.Module, feed: Optional[TeacherFeed], world_size: int) -> None:
-    """Make `head(local_embeddings, local_labels)` (the host's call) run our head contract."""
+class HostHeadCall:
+    """Makes `head(local_embeddings, local_labels) -> loss` (the host's call) run our head contract.
 
-    def to_head_contract(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]):
+    Before the head runs: the teacher embeddings of the batch are added (`teacher=`), and the
+    embeddings' gradient is scaled by the world size (`scale_gradient`). After it: the host gets
+    the loss tensor alone, and `stats` keeps the `HeadOutput` statistics of the last call (by tag).
+    """
+
+    def __init__(self, head: nn.Module, feed: Optional[TeacherFeed], world_size: int) -> None:
+        self.feed = feed
+        self.world_size = world_size
+        self.stats: Dict[str, Tensor] = {}
+        head.register_forward_pre_hook(self._before, with_kwargs=True)
+        head.register_forward_hook(self._after)
+
+    def _before(self, module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]):
         local_embeddings, local_labels = _host_arguments(args, kwargs)
-        teacher = feed.take() if feed is not None else None
-        embeddings = scale_gradient(local_embeddings, float(world_size))
-        return (embeddings,), {"local_labels": local_labels, "local_teacher_embeddings": teacher}
+        teacher = self.feed.take() if self.feed is not None else None
+        embeddings = scale_gradient(local_embeddings, float(self.world_size))
+        return (embeddings, local_labels), {"teacher": teacher}
 
-    head.register_forward_pre_hook(to_head_contract, with_kwargs=True)
+    def _after(self, module: nn.Module, args: Tuple[Any, ...], output: Any) -> Tensor:
+        loss, self.stats = output  # HeadOutput
+        return loss

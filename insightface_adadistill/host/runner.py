@@ -29,7 +29,7 @@ from insightface_adadistill.heads import build_head
 from insightface_adadistill.host.checkout import (HostCheckout, check_checkout, check_host_api, host_import_path,
                                                   import_host_module)
 from insightface_adadistill.host.config import DistillSettings, HostRun, load_host_config
-from insightface_adadistill.host.feed import TeacherFeed, attach_head
+from insightface_adadistill.host.feed import HostHeadCall, TeacherFeed
 from insightface_adadistill.host.summary import tap_summary_writer
 from insightface_adadistill.teacher import build_teacher, check_embedding_sizes, load_teacher_classifier
 
@@ -85,7 +85,7 @@ class HostRegistration:
         self.parts = parts
         self.host_get_model = host_get_model
         self.student: Optional[nn.Module] = None
-        self.head: Optional[nn.Module] = None
+        self.head_call: Optional[HostHeadCall] = None
 
     def get_model(self, name: str, **kwargs: Any) -> nn.Module:
         """The host's model; the first one built is the student the teacher is attached to."""
@@ -112,14 +112,13 @@ class HostRegistration:
                                    "build the backbone first")
             feed = TeacherFeed(self.parts.teacher)
             self.student.register_forward_hook(feed.on_student_forward)
-        attach_head(head, feed, get_world_size())
-        self.head = head
+        self.head_call = HostHeadCall(head, feed, get_world_size())
         return head
 
     def stats(self) -> Dict[str, Tensor]:
-        """The head's 0-dim statistics of its last step, by TensorBoard tag."""
-        last = self.head.last_stats if self.head is not None else {}
-        return {f"distill/{name}": value for name, value in last.items() if value.dim() == 0}
+        """The head's 0-dim statistics of its last step, by their TensorBoard tags."""
+        last = self.head_call.stats if self.head_call is not None else {}
+        return {tag: value for tag, value in last.items() if value.dim() == 0}
 
 
 @contextmanager

@@ -16,7 +16,8 @@ SUMMARY = "run your own arcface_torch checkout's train_v2.py with our distillati
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="adadistill host-train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="adadistill host-train",
+                                     description=f"{SUMMARY}; see docs/host-train.md")
     parser.add_argument("checkout", metavar="ARCFACE_TORCH_DIR",
                         help="your arcface_torch folder (the one holding train_v2.py)")
     add_config_arguments(parser)

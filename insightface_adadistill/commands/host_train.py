@@ -10,7 +10,7 @@ import argparse
 import os
 from typing import List, Optional
 
-from insightface_adadistill.commands.common import add_config_arguments, print_error
+from insightface_adadistill.commands.common import add_config_arguments, parse_config_args
 
 SUMMARY = "run your own arcface_torch checkout's train_v2.py with our distillation head"
 
@@ -21,19 +21,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("checkout", metavar="ARCFACE_TORCH_DIR",
                         help="your arcface_torch folder (the one holding train_v2.py)")
     add_config_arguments(parser)
+    parser.usage = f"{parser.prog} ARCFACE_TORCH_DIR CONFIG [--set KEY=VALUE ...]"
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run the host's train_v2.py with our head registered; 2 on a checkout or config problem."""
-    args = build_parser().parse_args(argv)
-    from insightface_adadistill.config import ConfigError
-    from insightface_adadistill.host import HostCheckoutError, run_host_training
+    """Run the host's train_v2.py with our head registered (a checkout or config problem is a user error)."""
+    args = parse_config_args(build_parser(), argv)
+    from insightface_adadistill.host import run_host_training
 
-    try:
-        run_host_training(args.checkout, args.config, args.overrides,
-                          world_size=int(os.environ.get("WORLD_SIZE", "1")))  # set by torchrun
-    except (HostCheckoutError, ConfigError) as err:
-        print_error("host-train", err)
-        return 2
+    run_host_training(args.checkout, args.config, args.overrides,
+                      world_size=int(os.environ.get("WORLD_SIZE", "1")))  # set by torchrun
     return 0

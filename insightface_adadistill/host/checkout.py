@@ -20,10 +20,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Iterator
 
+from insightface_adadistill.errors import UserError
+
 GET_MODEL_KEYWORDS = ("dropout", "fp16", "num_features")  # what train_v2.py passes to get_model
 
 
-class HostCheckoutError(ValueError):
+class HostCheckoutError(UserError, ValueError):
     """The folder given as ARCFACE_TORCH_DIR is not an arcface_torch checkout host-train can drive."""
 
 

@@ -23,7 +23,6 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import torch
 from torch import Tensor, nn
 
-from insightface_adadistill.config import ConfigError
 from insightface_adadistill.distributed import get_world_size
 from insightface_adadistill.heads import build_head
 from insightface_adadistill.host.checkout import (HostCheckout, check_checkout, check_host_api, host_import_path,
@@ -58,21 +57,18 @@ class DistillParts:
     teacher_classifier: Optional[Tensor]
 
 
-def load_distill_parts(settings: DistillSettings, source: str) -> DistillParts:
+def load_distill_parts(settings: DistillSettings) -> DistillParts:
     """The frozen teacher (on the CPU; it follows the student's batches to their device) and the
-    teacher's classifier, so that a bad teacher file is one clear config error before the host's
-    process group exists, not a traceback from inside train_v2.py."""
+    teacher's classifier, loaded before the host's process group exists, so that a bad teacher file
+    is one clear error rather than a traceback from inside train_v2.py."""
     s = settings
-    try:
-        teacher = None
-        if s.teacher_network is not None and s.teacher_weights is not None:
-            teacher = build_teacher(s.teacher_network, s.teacher_weights, s.embedding_size, "cpu",
-                                    dtype=s.teacher_dtype, channels_last=s.teacher_channels_last)
-            check_embedding_sizes(teacher(torch.zeros(2, 3, 112, 112)).shape[1], s.embedding_size)
-        classifier = (load_teacher_classifier(s.teacher_classifier, s.num_classes, s.embedding_size)
-                      if s.teacher_classifier is not None else None)
-    except (OSError, ValueError) as err:
-        raise ConfigError(source, [str(err)]) from err
+    teacher = None
+    if s.teacher_network is not None and s.teacher_weights is not None:
+        teacher = build_teacher(s.teacher_network, s.teacher_weights, s.embedding_size, "cpu",
+                                dtype=s.teacher_dtype, channels_last=s.teacher_channels_last)
+        check_embedding_sizes(teacher(torch.zeros(2, 3, 112, 112)).shape[1], s.embedding_size)
+    classifier = (load_teacher_classifier(s.teacher_classifier, s.num_classes, s.embedding_size)
+                  if s.teacher_classifier is not None else None)
     return DistillParts(teacher, classifier)
 
 
@@ -179,12 +175,13 @@ def run_host_training(checkout_dir: str | os.PathLike, config: str | os.PathLike
 
     Raises:
         HostCheckoutError: the folder is not an arcface_torch checkout host-train can drive.
-        ConfigError: the config fails our checks, or a teacher file it names cannot be used.
+        ConfigError: the config fails our checks.
+        WeightsError, InputNotFoundError: a teacher file the config names cannot be used.
         Whatever the host's own code raises, unchanged.
     """
     checkout = check_checkout(checkout_dir)
     run = load_host_config(config, overrides, world_size)
-    parts = load_distill_parts(run.distill, run.source) if run.distill is not None else None
+    parts = load_distill_parts(run.distill) if run.distill is not None else None
     with host_import_path(checkout), _host_invocation(checkout, run):
         backbones = import_host_module(checkout, "backbones")
         partial_fc_v2 = import_host_module(checkout, "partial_fc_v2")

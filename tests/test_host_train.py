@@ -191,7 +191,7 @@ def test_registered_head_runs_the_host_call(tmp_path: Path, data, distill: str) 
     torch.save({"kernel": torch.randn(64, 16)}, header)
     settings = _settings(distill, teacher_weights=str(data["teacher"]),
                          teacher_classifier=str(header) if distill == "arcdistill" else None)
-    registration = HostRegistration(settings, load_distill_parts(settings), get_model)
+    registration = HostRegistration(settings, load_distill_parts(settings, torch.device("cpu")), get_model)
     student = registration.get_model("tiny_mfn", dropout=0.0, fp16=False, num_features=64)
     keys = set(student.state_dict())
     head = registration.partial_fc(_host_margin, 64, 16, 1.0, False)

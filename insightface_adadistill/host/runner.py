@@ -57,16 +57,24 @@ class DistillParts:
     teacher_classifier: Optional[Tensor]
 
 
-def load_distill_parts(settings: DistillSettings) -> DistillParts:
-    """The frozen teacher (on the CPU; it follows the student's batches to their device) and the
-    teacher's classifier, loaded before the host's process group exists, so that a bad teacher file
-    is one clear error rather than a traceback from inside train_v2.py."""
+def host_device() -> torch.device:
+    """Where train_v2.py will put this process's student: cuda:LOCAL_RANK (torchrun's variable; 0
+    for a single process) when torch sees a GPU, else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def load_distill_parts(settings: DistillSettings, device: torch.device) -> DistillParts:
+    """The frozen teacher (on `device`; a PyTorch teacher also follows the student's batches to
+    theirs) and the teacher's classifier, loaded before the host's process group exists, so that a
+    bad teacher file is one clear error rather than a traceback from inside train_v2.py."""
     s = settings
     teacher = None
-    if s.teacher_network is not None and s.teacher_weights is not None:
-        teacher = build_teacher(s.teacher_network, s.teacher_weights, s.embedding_size, "cpu",
+    if s.teacher_weights is not None and s.distill != "arcdistill":  # arcdistill uses the classifier only
+        teacher = build_teacher(s.teacher_network, s.teacher_weights, s.embedding_size, device,
                                 dtype=s.teacher_dtype, channels_last=s.teacher_channels_last)
-        check_embedding_sizes(teacher(torch.zeros(2, 3, 112, 112)).shape[1], s.embedding_size)
+        check_embedding_sizes(teacher(torch.zeros(2, 3, 112, 112, device=device)).shape[1], s.embedding_size)
     classifier = (load_teacher_classifier(s.teacher_classifier, s.num_classes, s.embedding_size)
                   if s.teacher_classifier is not None else None)
     return DistillParts(teacher, classifier)
@@ -181,7 +189,7 @@ def run_host_training(checkout_dir: str | os.PathLike, config: str | os.PathLike
     """
     checkout = check_checkout(checkout_dir)
     run = load_host_config(config, overrides, world_size)
-    parts = load_distill_parts(run.distill) if run.distill is not None else None
+    parts = load_distill_parts(run.distill, host_device()) if run.distill is not None else None
     with host_import_path(checkout), _host_invocation(checkout, run):
         backbones = import_host_module(checkout, "backbones")
         partial_fc_v2 = import_host_module(checkout, "partial_fc_v2")

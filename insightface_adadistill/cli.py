@@ -14,8 +14,9 @@ import traceback
 from types import ModuleType
 from typing import Dict, List, Optional
 
-from insightface_adadistill.commands import (check_onnx, config, demo, eval_ijb, export_onnx, host_train,
-                                             inspect_rec, make_rec, make_synthetic, train, verify)
+from insightface_adadistill.commands import (check_onnx, config, convert_host_checkpoint, demo, eval_ijb,
+                                             export_onnx, host_train, inspect_rec, make_rec, make_synthetic,
+                                             train, verify)
 from insightface_adadistill.commands.common import print_error
 from insightface_adadistill.errors import UserError
 
@@ -38,6 +39,7 @@ COMMANDS: Dict[str, ModuleType] = {
     "make-rec": make_rec,
     "make-synthetic": make_synthetic,
     "inspect-rec": inspect_rec,
+    "convert-host-checkpoint": convert_host_checkpoint,
 }
 
 

@@ -275,3 +275,95 @@ def test_train_returns_its_result_and_restores_the_signal_handlers(tmp_path: Pat
     with pytest.raises(NonFiniteLossError):
         _train(tmp_path / "nan", "lr=1e30", "max_steps=8", "clip_grad_norm=0")
     assert handlers() == before
+
+
+def test_a_save_inside_gradient_accumulation_resumes_exactly(tmp_path: Path) -> None:
+    """Sets at steps 3 and 6 with gradient_acc=2: step 3 holds half an accumulated gradient."""
+    args = ("gradient_acc=2", "save_every_steps=3", "keep_checkpoints=4")
+    straight = _train(tmp_path / "straight", *args, "max_steps=6")
+    split = tmp_path / "split"
+    _train(split, *args, "max_steps=4")  # stops after step 4; its newest set is step 3
+    assert ckpt.load_checkpoint_set(ckpt.find_latest_complete(split), 0, 1)["accumulated_grads"] is not None
+    _train(split, *args, "max_steps=6", "resume=True")
+    _assert_same_states(_latest_states(straight, 1)[0], _latest_states(split, 1)[0])
+
+
+def test_resuming_a_run_that_reached_max_steps_trains_no_further_step(tmp_path: Path) -> None:
+    out = _train(tmp_path / "run", "max_steps=4", "save_every_steps=4")
+    saved = _latest_states(out, 1)[0]
+    _train(out, "max_steps=4", "save_every_steps=4", "resume=True")
+    assert [p.name for p in ckpt.list_complete_sets(out)] == ["step_000000004"]
+    model = load_file(out / "model.pt")
+    assert all(torch.equal(model[k], v) for k, v in saved["state_dict_backbone"].items())
+
+
+@pytest.fixture(scope="module")
+def small_rec(tmp_path_factory) -> tuple:
+    """A real 64-image train.rec of 16 identities: 4 steps per epoch at batch 16 (synthetic never ends)."""
+    import numpy as np
+
+    from insightface_adadistill.data.decode import encode_jpeg
+    from insightface_adadistill.data.recordio import IRHeader, pack, write_records
+
+    folder = tmp_path_factory.mktemp("rec")
+    rng = np.random.default_rng(0)
+    write_records(folder / "train.rec", [
+        (k, pack(IRHeader(0, float(k % 16), k, 0), encode_jpeg(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8))))
+        for k in range(64)])
+    return f"rec={folder}", "num_image=64"
+
+
+def test_save_all_states_checkpoints_the_last_epoch_like_the_host(tmp_path: Path, small_rec: tuple) -> None:
+    out = _train(tmp_path / "run", *small_rec, "num_epoch=2", "save_all_states=True")
+    host_file = load_file(out / "checkpoint_gpu_0.pt")  # what arcface_torch's resume=True reads
+    assert (host_file["epoch"], host_file["global_step"], host_file["batch_in_epoch"]) == (2, 8, 0)
+    model = load_file(out / "model.pt")
+    assert all(torch.equal(model[k], v) for k, v in host_file["state_dict_backbone"].items())
+
+
+def test_our_iresnet_optimizer_state_loads_into_the_hosts_optimizer(teacher_run: Path) -> None:
+    checkpoint = load_file(teacher_run / "checkpoint_gpu_0.pt")
+    backbone = get_model("tiny_resnet", num_features=64)
+    partial_fc = torch.nn.Module()
+    partial_fc.weight = torch.nn.Parameter(torch.zeros_like(checkpoint["state_dict_softmax_fc"]["weight"]))
+    # arcface_torch train_v2: SGD(params=[{"params": backbone.parameters()}, {"params": pfc.parameters()}])
+    opt = torch.optim.SGD(params=[{"params": backbone.parameters()}, {"params": partial_fc.parameters()}],
+                          lr=0.1, momentum=0.9, weight_decay=5e-4)
+    assert sum(not p.requires_grad for p in backbone.parameters()) == 1  # the frozen features.weight
+    opt.load_state_dict(checkpoint["state_optimizer"])
+    backbone.load_state_dict(checkpoint["state_dict_backbone"])
+
+
+def test_resume_refuses_a_finished_run_without_checkpoints(tmp_path: Path) -> None:
+    from insightface_adadistill.training.checkpointer import ResumeError
+
+    out = _train(tmp_path / "run", "max_steps=2")
+    before = (out / "model.pt").read_bytes()
+    with pytest.raises(ResumeError, match="overwrite its model.pt"):
+        _train(out, "max_steps=2", "resume=True")
+    assert (out / "model.pt").read_bytes() == before
+
+
+def test_a_host_output_folder_is_converted_then_resumed(tmp_path: Path, small_rec: tuple, capsys) -> None:
+    """Host-shaped files (host keys only, no set) -> one message -> convert-host-checkpoint -> resume."""
+    from insightface_adadistill.commands import convert_host_checkpoint
+    from insightface_adadistill.training.checkpointer import ResumeError
+    from insightface_adadistill.training.host_checkpoint import HOST_KEYS
+
+    ours = _train(tmp_path / "ours", *small_rec, "network=tiny_resnet", "save_all_states=True", "num_epoch=2",
+                  "max_steps=4")  # the host file of epoch 1 of 2
+    host = tmp_path / "host"
+    host.mkdir()
+    full = load_file(ours / "checkpoint_gpu_0.pt")
+    torch.save({k: full[k] for k in HOST_KEYS}, host / "checkpoint_gpu_0.pt")
+    (host / "model.pt").write_bytes((ours / "model.pt").read_bytes())
+    args = (*small_rec, "network=tiny_resnet", "num_epoch=2", "resume=True")
+    with pytest.raises(ResumeError, match=f"convert-host-checkpoint {host}"):
+        _train(host, *args)
+    assert convert_host_checkpoint.main([str(host)]) == 0
+    assert "resume=True" in capsys.readouterr().out
+    _train(host, *args)
+    log = (host / "training.log").read_text()
+    assert "resumed from" in log and "epoch 1, batch 0, global step 4" in log and "Global Step: 8" in log
+    assert load_file(host / "checkpoint_gpu_0.pt")["state_dict_backbone"].keys() == full["state_dict_backbone"].keys()
+    assert convert_host_checkpoint.main([str(host)]) == 1  # already a set: nothing to convert

@@ -109,3 +109,10 @@ def test_sets_of_older_releases_are_compared_on_what_they_saved(tmp_path: Path, 
     assert "predates the saved config snapshot" in caplog.text
     with pytest.raises(ResumeError, match="num_classes: 16 saved, 15 now"):
         Checkpointer(tmp_path, _snapshot(tmp_path, "num_classes=15"), keep=2).resume_point(True, False)
+
+
+def test_the_safety_page_lists_every_key_in_its_class() -> None:
+    rows = {line.split("|")[1].strip(): line for line in (REPO / "docs" / "safety.md").read_text().splitlines()
+            if line.startswith(("| identity |", "| schedule |", "| harmless |"))}
+    for key, rule in RESUME_RULES.items():
+        assert f"`{key}`" in rows[rule], f"docs/safety.md: {key} missing from the {rule} row"

@@ -33,8 +33,8 @@ from insightface_adadistill.data.loader import build_dataloader
 from insightface_adadistill.errors import InputNotFoundError, UserError
 from insightface_adadistill.evaluation.verification import VerificationSet, evaluate_backbone
 from insightface_adadistill.heads import build_head, build_margin_loss
-from insightface_adadistill.teacher import build_teacher, check_embedding_sizes, load_teacher_classifier
 from insightface_adadistill.outputs import claim_output
+from insightface_adadistill.teacher import build_teacher, check_embedding_sizes, load_teacher_classifier
 from insightface_adadistill.training.checkpointer import Checkpointer, all_ranks_agree
 from insightface_adadistill.training.monitor import TrainingMonitor, setup_logging
 from insightface_adadistill.training.optim import build_optimizer, host_param_groups

@@ -40,7 +40,7 @@ def test_compare_classifies_and_ignores_the_folder_name() -> None:
 
 
 def _snapshot(output: Path, *overrides: str, world_size: int = 1) -> dict:
-    return config_snapshot(load_config(TINY, [f"output={output}", *overrides], world_size=world_size))
+    return config_snapshot(load_config(TINY, [f"output={output}", *overrides], world_size=world_size).as_dict())
 
 
 def _set_with(output: Path, fingerprint: dict) -> Path:

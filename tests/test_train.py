@@ -303,6 +303,7 @@ def test_resume_refuses_a_finished_run_without_checkpoints(tmp_path: Path) -> No
 def test_a_host_output_folder_is_converted_then_resumed(tmp_path: Path, small_rec: tuple, capsys) -> None:
     """Host-shaped files (host keys only, no set) -> one message -> convert-host-checkpoint -> resume."""
     from insightface_adadistill.commands import convert_host_checkpoint
+    from insightface_adadistill.training.checkpoint import CheckpointError
     from insightface_adadistill.training.checkpointer import ResumeError
     from insightface_adadistill.training.host_checkpoint import HOST_KEYS
 
@@ -322,7 +323,8 @@ def test_a_host_output_folder_is_converted_then_resumed(tmp_path: Path, small_re
     log = (host / "training.log").read_text()
     assert "resumed from" in log and "epoch 1, batch 0, global step 4" in log and "Global Step: 8" in log
     assert load_file(host / "checkpoint_gpu_0.pt")["state_dict_backbone"].keys() == full["state_dict_backbone"].keys()
-    assert convert_host_checkpoint.main([str(host)]) == 1  # already a set: nothing to convert
+    with pytest.raises(CheckpointError, match="nothing to convert"):
+        convert_host_checkpoint.main([str(host)])
 
 
 def test_a_second_run_on_a_claimed_folder_is_refused_before_it_writes(tmp_path: Path) -> None:
@@ -333,3 +335,14 @@ def test_a_second_run_on_a_claimed_folder_is_refused_before_it_writes(tmp_path: 
         with pytest.raises(OutputFolderError, match=f"{out} is in use by another job"):
             _train(out, "max_steps=2")
     assert not (out / "training.log").exists() and not (out / "model.pt").exists()
+
+
+def test_an_output_that_is_a_file_is_one_message_from_the_cli(tmp_path: Path, capsys) -> None:
+    from insightface_adadistill import cli
+
+    target = tmp_path / "out"
+    target.write_text("notes")
+    assert cli.main(["train", TINY, "--set", f"output={target}", "progress_bar=false"]) == 2
+    err = capsys.readouterr().err
+    assert f"adadistill train: error: output {target} is a file, not a folder" in err
+    assert "Traceback" not in err and target.read_text() == "notes"

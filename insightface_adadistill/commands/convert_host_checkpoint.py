@@ -5,8 +5,6 @@ import argparse
 from pathlib import Path
 from typing import List, Optional
 
-from insightface_adadistill.commands.common import print_error
-
 SUMMARY = "turn an arcface_torch output folder's checkpoint_gpu_*.pt into a set `resume=True` continues"
 
 
@@ -21,17 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Refusals (no host files, a set already there, a folder in use) are `UserError`s for cli.py."""
     args = build_parser().parse_args(argv)
-    from insightface_adadistill.outputs import OutputFolderError, claim_output
-    from insightface_adadistill.training.checkpoint import CheckpointError
+    from insightface_adadistill.outputs import claim_output
     from insightface_adadistill.training.host_checkpoint import convert_host_checkpoint
 
-    try:
-        with claim_output(args.output, "train", resume=True):
-            set_dir = convert_host_checkpoint(args.output)
-    except (CheckpointError, OutputFolderError, OSError) as exc:
-        print_error("convert-host-checkpoint", exc)
-        return 1
+    with claim_output(args.output, "train", resume=True):  # not while a run trains in it
+        set_dir = convert_host_checkpoint(args.output)
     print(f"wrote {set_dir}; continue the run with: adadistill train CONFIG --set output={args.output} "
           "resume=True")
     return 0

@@ -301,3 +301,13 @@ def test_two_processes_with_and_without_distill(tmp_path: Path, data) -> None:
                     env={"HOST_SHAPED_COMM_HOOK": "none"})
     ours = our_run(data, tmp_path / "ours", *_distill(data), *EXACT, nproc=2)
     _assert_same_result(host, ours, world_size=2, steps=4)
+
+
+@pytest.mark.slow
+def test_the_host_resume_loads_our_head_state(tmp_path: Path, data) -> None:
+    """The host's resume reads `state_dict_softmax_fc` back into our head (strict load) and goes on."""
+    out = host_run(data, tmp_path / "run", *_distill(data))
+    host_run(data, out, *_distill(data), "resume=True", "num_epoch=2")
+    state = shard(out, 0)
+    assert (state["epoch"], state["global_step"]) == (2, 16)
+    assert set(scalars(out)["distill/alpha"]) >= set(range(10, 17))

@@ -28,10 +28,8 @@ from insightface_adadistill.serialization import load_file
 from insightface_adadistill.training import store
 from insightface_adadistill.training.checkpoint import CheckpointError
 from insightface_adadistill.training.store import CheckpointSaveError
+from run_utils import REPO, TINY, TORCHRUN, assert_same_states, latest_states
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "recipes" / "tiny_cpu.py")
-TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 LAUNCH = str(Path(__file__).with_name("fault_launch.py"))
 RUN = ("progress_bar=false", "max_steps=8", "save_every_steps=2")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -40,22 +38,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def _train(output: Path, *overrides: str) -> Path:
     assert main([TINY, "--set", f"output={output}", *RUN, *overrides]) == 0
     return output
-
-
-def _states(output: Path, world_size: int = 1) -> list:
-    latest = store.find_latest_complete(output)
-    return [store.load_checkpoint_set(latest, r, world_size) for r in range(world_size)]
-
-
-def _assert_same(a: dict, b: dict) -> None:
-    assert a["global_step"] == b["global_step"]
-    for key in ("state_dict_backbone", "state_dict_softmax_fc"):
-        assert a[key].keys() == b[key].keys()
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
-    for pa, pb in zip(a["state_optimizer"]["state"].values(), b["state_optimizer"]["state"].values()):
-        for name in pa:
-            assert torch.equal(pa[name], pb[name]), f"optimizer {name} differs"
 
 
 @pytest.fixture(autouse=True)
@@ -111,7 +93,7 @@ def test_kill_9_inside_every_phase_of_a_save_and_at_a_random_moment_resumes_exac
         if latest_step is not None:  # nothing complete was lost
             assert store.set_step(store.find_latest_complete(out)) == latest_step, phase
         _train(out, "resume=True", "keep_checkpoints=1")
-        _assert_same(_states(straight)[0], _states(out)[0])
+        assert_same_states(latest_states(straight)[0], latest_states(out)[0])
         assert torch.equal(load_file(out / "model.pt")["conv1.conv.weight"],
                            load_file(straight / "model.pt")["conv1.conv.weight"]), phase
 
@@ -141,8 +123,8 @@ def test_kill_9_of_one_rank_then_torchrun_restart_resumes_exactly(tmp_path: Path
                 os.killpg(running.pid, signal.SIGKILL)
     assert reference.returncode == 0, reference_log[-3000:]
     assert proc.returncode == 0, log[-3000:]
-    for a, b in zip(_states(tmp_path / "straight", 2), _states(out, 2)):
-        _assert_same(a, b)
+    for a, b in zip(latest_states(tmp_path / "straight", 2), latest_states(out, 2)):
+        assert_same_states(a, b)
 
 
 # ---------------------------------------------------------------------------------- signals, two runs
@@ -212,7 +194,7 @@ def test_disk_full_stops_with_the_folder_the_space_and_the_intact_set(tmp_path: 
     assert "MiB" in message and "step_000000002 is intact" in message
     monkeypatch.setattr(store, "save_file_atomic", real_save)
     _train(out, "resume=True")
-    _assert_same(_states(straight)[0], _states(out)[0])
+    assert_same_states(latest_states(straight)[0], latest_states(out)[0])
 
 
 def _tmpfs(path: Path, size: str):

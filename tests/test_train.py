@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,10 +21,8 @@ from insightface_adadistill.commands.train import main
 from insightface_adadistill.outputs import OutputFolderError
 from insightface_adadistill.training import store as ckpt
 from insightface_adadistill.training.train import NonFiniteLossError
+from run_utils import REPO, TINY, TORCHRUN, assert_same_states, latest_states
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "recipes" / "tiny_cpu.py")
-TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
 
 def _train(output: Path, *overrides: str) -> Path:
@@ -38,22 +35,6 @@ def _torchrun(output: Path, *overrides: str, nproc: int = 2, extra: tuple = ()) 
            "train", TINY, "--set", f"output={output}", "progress_bar=false", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
-
-
-def _latest_states(output: Path, world_size: int):
-    latest = ckpt.find_latest_complete(output)
-    return [ckpt.load_checkpoint_set(latest, r, world_size) for r in range(world_size)]
-
-
-def _assert_same_states(a: dict, b: dict) -> None:
-    for key in ("state_dict_backbone", "state_dict_softmax_fc"):
-        assert a[key].keys() == b[key].keys()
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
-    for pa, pb in zip(a["state_optimizer"]["state"].values(), b["state_optimizer"]["state"].values()):
-        for name in pa:
-            assert torch.equal(pa[name], pb[name]), f"optimizer {name} differs"
-    assert a["global_step"] == b["global_step"]
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +69,7 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     split = tmp_path / "split"
     _train(split, "max_steps=6", "save_every_steps=4", "sample_rate=0.5")  # stops after step 6, set at 4
     _train(split, "max_steps=12", "save_every_steps=4", "sample_rate=0.5", "resume=True")
-    _assert_same_states(_latest_states(straight, 1)[0], _latest_states(split, 1)[0])
+    assert_same_states(latest_states(straight, 1)[0], latest_states(split, 1)[0])
 
 
 def test_distillation_resume_is_exact(tmp_path: Path, teacher_run: Path) -> None:
@@ -99,8 +80,8 @@ def test_distillation_resume_is_exact(tmp_path: Path, teacher_run: Path) -> None
     split = tmp_path / "split"
     _train(split, *args, "max_steps=6")
     _train(split, *args, "max_steps=12", "resume=True")
-    a, b = _latest_states(straight, 1)[0], _latest_states(split, 1)[0]
-    _assert_same_states(a, b)
+    a, b = latest_states(straight, 1)[0], latest_states(split, 1)[0]
+    assert_same_states(a, b)
     assert set(a["state_dict_softmax_fc"]) == {"weight", "visited"}
 
 
@@ -124,7 +105,7 @@ def test_two_processes_keep_one_model_and_sharded_head(tmp_path: Path) -> None:
     """
     two = _torchrun(tmp_path / "two", "max_steps=4", "batch_size=8", "save_every_steps=4", "num_classes=15")
     assert two.returncode == 0, two.stderr[-3000:]
-    rank0, rank1 = _latest_states(tmp_path / "two", 2)
+    rank0, rank1 = latest_states(tmp_path / "two", 2)
     for name, value in rank0["state_dict_backbone"].items():
         if "running" not in name and "num_batches" not in name:
             assert torch.equal(value, rank1["state_dict_backbone"][name]), name
@@ -141,7 +122,7 @@ def test_two_process_distillation_then_resume_on_one_process(tmp_path: Path, tea
             "sample_rate=0.5", "batch_size=8", "save_every_steps=4", "num_classes=15")
     two = _torchrun(out, *args, "max_steps=4")
     assert two.returncode == 0, two.stderr[-3000:]
-    shards = _latest_states(out, 2)
+    shards = latest_states(out, 2)
     centres = torch.cat([s["state_dict_softmax_fc"]["weight"] for s in shards])  # (15, E) in class order
     assert "alpha=" in (out / "training.log").read_text()
     _train(out, *args, "max_steps=8", "resume=True", "resume_allow_changes=True")  # world size 2 -> 1
@@ -189,8 +170,8 @@ def test_arcdistill_from_teacher_partial_fc_shards(tmp_path: Path, teacher_run: 
                                                    standalone_run: Path) -> None:
     out = _train(tmp_path / "student", "distill=arcdistill", f"teacher_classifier={teacher_run}/checkpoint_gpu_*.pt",
                  "max_steps=4", "save_every_steps=4")
-    teacher_fc = _latest_states(teacher_run, 1)[0]["state_dict_softmax_fc"]["weight"]
-    student_fc = _latest_states(out, 1)[0]["state_dict_softmax_fc"]["weight"]
+    teacher_fc = latest_states(teacher_run, 1)[0]["state_dict_softmax_fc"]["weight"]
+    student_fc = latest_states(out, 1)[0]["state_dict_softmax_fc"]["weight"]
     assert torch.equal(student_fc, teacher_fc), "arcdistill trains against the teacher's frozen classifier"
     assert _differs(_student(out), _student(standalone_run))
 
@@ -241,12 +222,12 @@ def test_a_save_inside_gradient_accumulation_resumes_exactly(tmp_path: Path) -> 
     _train(split, *args, "max_steps=4")  # stops after step 4; its newest set is step 3
     assert ckpt.load_checkpoint_set(ckpt.find_latest_complete(split), 0, 1)["accumulated_grads"] is not None
     _train(split, *args, "max_steps=6", "resume=True")
-    _assert_same_states(_latest_states(straight, 1)[0], _latest_states(split, 1)[0])
+    assert_same_states(latest_states(straight, 1)[0], latest_states(split, 1)[0])
 
 
 def test_resuming_a_run_that_reached_max_steps_trains_no_further_step(tmp_path: Path) -> None:
     out = _train(tmp_path / "run", "max_steps=4", "save_every_steps=4")
-    saved = _latest_states(out, 1)[0]
+    saved = latest_states(out, 1)[0]
     _train(out, "max_steps=4", "save_every_steps=4", "resume=True")
     assert [p.name for p in ckpt.list_complete_sets(out)] == ["step_000000004"]
     model = load_file(out / "model.pt")

@@ -36,7 +36,8 @@ import torch
 
 from train_throughput import calibrated_teacher_file, device_name, random_images, synchronize
 from insightface_adadistill import distributed
-from insightface_adadistill.export.onnx import export_onnx, load_backbone
+from insightface_adadistill.backbones.loading import load_backbone
+from insightface_adadistill.export.onnx import export_onnx
 from insightface_adadistill.teacher import build_teacher
 
 BASELINE = "torch-fp32"
@@ -92,7 +93,7 @@ def run_configs(preset: Preset, device: torch.device) -> Iterator[Dict[str, obje
     with tempfile.TemporaryDirectory() as folder:
         for network in preset.networks:
             pt = calibrated_teacher_file(network, 512, device, Path(folder))
-            onnx_file = export_onnx(load_backbone(network, pt), Path(folder) / f"{network}.onnx")
+            onnx_file = export_onnx(load_backbone(network, pt, fp16=False, dropout=0.0), Path(folder) / f"{network}.onnx")
             for batch in preset.batches:
                 yield from time_network(network, {"pt": pt, "onnx": onnx_file}, batch, preset, device)
 

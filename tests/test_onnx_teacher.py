@@ -201,3 +201,14 @@ def test_cli_shows_a_bad_onnx_teacher_as_one_error_line(files, tmp_path, monkeyp
                          "distill=adadistill", f"teacher_weights={weights}", f"embedding_size={E}", "max_steps=1"])
         err = capsys.readouterr().err
         assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_fixed_batch_graph_runs_in_chunks(tmp_path) -> None:
+    model = _calibrated("tiny_resnet")
+    path = export_onnx(model, tmp_path / "batch1.onnx", opset=13, batch_size_symbolic=False)
+    teacher = build_teacher(None, path, E, "cpu")
+    assert teacher.fixed_batch == 1
+    images = _images(3)
+    with torch.no_grad():
+        expected = model(images)
+    assert (teacher(images) - expected).abs().max().item() < TOLERANCE

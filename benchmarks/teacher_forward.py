@@ -93,7 +93,8 @@ def run_configs(preset: Preset, device: torch.device) -> Iterator[Dict[str, obje
     with tempfile.TemporaryDirectory() as folder:
         for network in preset.networks:
             pt = calibrated_teacher_file(network, 512, device, Path(folder))
-            onnx_file = export_onnx(load_backbone(network, pt, fp16=False, dropout=0.0), Path(folder) / f"{network}.onnx")
+            backbone = load_backbone(network, pt, fp16=False, dropout=0.0)
+            onnx_file = export_onnx(backbone, Path(folder) / f"{network}.onnx")
             for batch in preset.batches:
                 yield from time_network(network, {"pt": pt, "onnx": onnx_file}, batch, preset, device)
 

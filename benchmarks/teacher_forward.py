@@ -125,7 +125,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     dist = distributed.init_distributed(args.device)
     name = args.preset if args.preset != "auto" else ("gpu" if dist.device.type == "cuda" else "cpu")
-    overrides = {k: getattr(args, k) for k in ("networks", "batches", "warmup", "iters") if getattr(args, k) is not None}
+    fields = ("networks", "batches", "warmup", "iters")
+    overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
     preset = replace(PRESETS[name], **overrides)
     out = args.out.open("w") if args.out is not None else None
     started = time.perf_counter()

@@ -87,8 +87,8 @@ def test_host_state_dict_layout_and_counts(name: str) -> None:
 
 def test_published_sizes() -> None:
     """Parameter counts in millions, for docs/backbones.md."""
-    counts = {name: sum(p.numel() for p in meta_model(name).parameters()) for name in ("vit_t", "vit_s", "vit_b",
-                                                                                         "vit_l_dp005_mask_005", "vit_h")}
+    names = ("vit_t", "vit_s", "vit_b", "vit_l_dp005_mask_005", "vit_h")
+    counts = {name: sum(p.numel() for p in meta_model(name).parameters()) for name in names}
     assert counts == {"vit_t": 19_137_792, "vit_s": 76_023_296, "vit_b": 113_833_472,
                       "vit_l_dp005_mask_005": 255_684_352, "vit_h": 756_393_984}
 

@@ -38,7 +38,8 @@ TRAINING_MEAN = TRAINING_STD = 127.5  # our batches: x = (p - 127.5) / 127.5, RG
 DETECTOR_MIN_OUTPUTS = 5  # insightface routes a graph with >= 5 outputs to its SCRFD detector
 LICENCE = ("insightface model zoo models are for non-commercial research only; "
            "see https://github.com/deepinsight/insightface#license")
-EXTRAS_HINT = "ONNX teachers need onnx, onnxruntime and insightface: pip install 'insightface-adadistill[onnx,insightface]'"
+EXTRAS_HINT = ("ONNX teachers need onnx, onnxruntime and insightface: "
+               "pip install 'insightface-adadistill[onnx,insightface]'")
 
 
 class MissingExtrasError(UserError, ImportError):

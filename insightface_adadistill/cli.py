@@ -14,9 +14,9 @@ import traceback
 from types import ModuleType
 from typing import Dict, List, Optional
 
-from insightface_adadistill.commands import (check_onnx, config, convert_host_checkpoint, demo, eval_ijb,
-                                             export_onnx, host_train, inspect_rec, make_rec, make_synthetic,
-                                             train, verify)
+from insightface_adadistill.commands import (cache_teacher, check_onnx, config, convert_host_checkpoint, demo,
+                                             eval_ijb, export_onnx, host_train, inspect_cache, inspect_rec, make_rec,
+                                             make_synthetic, train, verify)
 from insightface_adadistill.commands.common import print_error
 from insightface_adadistill.errors import UserError
 
@@ -40,6 +40,8 @@ COMMANDS: Dict[str, ModuleType] = {
     "make-synthetic": make_synthetic,
     "inspect-rec": inspect_rec,
     "convert-host-checkpoint": convert_host_checkpoint,
+    "cache-teacher": cache_teacher,
+    "inspect-cache": inspect_cache,
 }
 
 

@@ -20,9 +20,10 @@ ALLOWED = {
     "backbones": {"registry", "serialization"},
     "heads": {"registry", "distributed"},
     "teacher": {"backbones", "registry", "serialization"},
+    "cache": {"teacher", "data", "backbones", "registry", "serialization", "distributed"},
     "evaluation": {"backbones", "teacher", "data", "registry", "serialization", "distributed"},
     "export": {"backbones", "teacher", "data", "registry", "serialization"},
-    "training": {"config", "data", "backbones", "heads", "teacher", "evaluation", "registry",
+    "training": {"config", "data", "backbones", "heads", "teacher", "cache", "evaluation", "registry",
                  "serialization", "distributed"},
     # a fixture generator: writes real file formats through the data and evaluation writers
     "synthetic": {"data", "evaluation", "backbones", "registry", "serialization", "distributed"},
@@ -31,7 +32,7 @@ ALLOWED = {
     # the host-train bridge: registers heads and the teacher into a user's arcface_torch checkout
     "host": {"heads", "teacher", "backbones", "config", "distributed", "registry", "serialization"},
     # commands may call any library layer; only cli (and through it __main__) imports them
-    "commands": {"config", "data", "backbones", "heads", "teacher", "evaluation", "export", "training",
+    "commands": {"config", "data", "backbones", "heads", "teacher", "cache", "evaluation", "export", "training",
                  "synthetic", "demo", "host", "registry", "serialization", "distributed"},
     "cli": {"commands"},
     "__init__": set(),

@@ -166,6 +166,9 @@ class RunConfig:
         Rule(_path_list, "a non-empty list of file paths or one path/glob string"))
     teacher_dtype: str = ours("fp32", "teacher forward precision (autocast)", OneOf(PRECISIONS))
     teacher_channels_last: bool = ours(False, "run the teacher in channels_last memory format")
+    teacher_cache: Optional[str] = ours(
+        None, "folder written by `adadistill cache-teacher`: the teacher's embeddings are read from "
+              "it instead of running the teacher (adadistill, feature_kd; docs/teacher-cache.md)")
 
     # ---- margin --------------------------------------------------------------------------------
     margin_grad: str = ours(

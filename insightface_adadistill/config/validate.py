@@ -79,6 +79,12 @@ def _cross_key_problems(cfg: Mapping[str, Any]) -> List[str]:
             if cfg.get(key) is None:
                 problems.append(f"distill = {distill!r} needs a teacher: set {key} "
                                 f"(e.g. {key} = {example})")
+    if cfg.get("teacher_cache") is not None and distill not in ("adadistill", "feature_kd"):
+        needs = ("trains against the teacher's classifier and needs no teacher embeddings"
+                 if distill == "arcdistill" else "trains without a teacher")
+        problems.append(f"teacher_cache = {cfg['teacher_cache']!r} holds teacher embeddings, but distill = "
+                        f"{distill!r} {needs}; remove teacher_cache (or --set teacher_cache=None), or "
+                        "use distill = 'adadistill' or 'feature_kd'")
     if distill == "arcdistill" and cfg.get("teacher_classifier") is None:
         problems.append("distill = 'arcdistill' trains against the teacher's classifier: set "
                         "teacher_classifier to its checkpoint_gpu_*.pt shards (a list or a glob) "

@@ -144,6 +144,16 @@ class FaceDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> Sample:
         epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
         index = int(index)
+        flipped = self.flip and flip_decision(self.seed, int(epoch), index)
+        image, label = self.load_image(index, flipped)
+        return Sample(image, torch.tensor(label, dtype=torch.int64), index, flipped)
+
+    def load_image(self, index: int, flipped: bool) -> tuple[torch.Tensor, int]:
+        """(image (3, 112, 112) float32, label) of sample `index`, mirrored when `flipped`.
+
+        The one place an item is decoded, checked and normalised, so the teacher cache embeds
+        exactly the tensors training feeds the teacher.
+        """
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         image, label, where = self._load(index)
@@ -153,8 +163,7 @@ class FaceDataset(Dataset):
             raise LabelError(f"{where}: label {label} is outside 0..{self.num_classes_found - 1} "
                              f"({self.num_classes_found} identities, from the {self.num_classes_source})"
                              "; the dataset is inconsistent - rebuild it with `adadistill make-rec`")
-        flipped = self.flip and flip_decision(self.seed, int(epoch), index)
-        return Sample(to_tensor(rgb, flipped), torch.tensor(label, dtype=torch.int64), index, flipped)
+        return to_tensor(rgb, flipped), int(label)
 
     def check_num_classes(self, num_classes: int | None) -> None:
         """Stop early when the config's `num_classes` disagrees with the data."""

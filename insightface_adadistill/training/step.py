@@ -22,20 +22,29 @@ class DistillStep(nn.Module):
     sync on the other steps.
     """
 
-    def __init__(self, student: nn.Module, head: nn.Module, teacher: Optional[nn.Module] = None) -> None:
+    def __init__(self, student: nn.Module, head: nn.Module, teacher: Optional[nn.Module] = None,
+                 teacher_in_batch: bool = False) -> None:
         super().__init__()
-        if head.needs_teacher and teacher is None:
+        if head.needs_teacher and teacher is None and not teacher_in_batch:
             raise ValueError(f"{type(head).__name__} distils from a teacher, but none was given; set "
-                             "teacher_network and teacher_weights in the config")
+                             "teacher_network and teacher_weights (or teacher_cache) in the config")
         self.student = student
         self.head = head
         # Kept out of the module tree: the teacher is never wrapped, optimised or checkpointed.
         self.__dict__["teacher"] = teacher if head.needs_teacher else None
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """images (B, 3, 112, 112) normalised, labels (B,) int64 -> {'loss': 0-dim, **stats}."""
+    def forward(self, images: torch.Tensor, labels: torch.Tensor,
+                teacher_embeddings: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """images (B, 3, 112, 112) normalised, labels (B,) int64 -> {'loss': 0-dim, **stats}.
+
+        `teacher_embeddings` (B, E), the batch's rows of a teacher cache, replace the teacher's
+        forward (they are the same numbers; see docs/teacher-cache.md).
+        """
         local_embeddings = self.student(images)  # (B, E)
         teacher = self.__dict__["teacher"]
-        local_teacher = teacher(images) if teacher is not None else None  # (B, E), no graph
+        if teacher_embeddings is not None:
+            local_teacher = teacher_embeddings.float()  # stored fp16/bf16 rows widen on the device
+        else:
+            local_teacher = teacher(images) if teacher is not None else None  # (B, E), no graph
         loss, stats = self.head(local_embeddings, labels, teacher=local_teacher)
         return {"loss": loss, **stats}

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from insightface_adadistill import distributed
 from insightface_adadistill.backbones import get_model
+from insightface_adadistill.cache import CachedTeacherDataset, TeacherSpec, open_teacher_cache, run_identity
 from insightface_adadistill.config import RunConfig, format_config
 from insightface_adadistill.config.resume import config_snapshot
 from insightface_adadistill.data.datasets import build_dataset
@@ -92,6 +93,8 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
 
     # ---- data ------------------------------------------------------------------------------
     dataset = build_dataset(cfg.rec, cfg.num_classes, cfg.seed)
+    if cfg.teacher_cache is not None:
+        dataset = _with_teacher_cache(cfg, dataset)
     loader = build_dataloader(dataset, cfg.batch_size, dist.rank, dist.world_size, cfg.seed,
                               cfg.num_workers, dist.device)
     steps_per_epoch = loader.batches_per_epoch
@@ -106,9 +109,10 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
     head = build_head(cfg.distill, margin_loss, cfg.embedding_size, cfg.num_classes, cfg.sample_rate,
                       alpha=cfg.distill_alpha, feature_kd_weight=cfg.feature_kd_weight,
                       teacher_classifier=_teacher_classifier(cfg), seed=cfg.seed).to(dist.device)
-    teacher = _build_teacher(cfg, dist.device) if head.needs_teacher else None
+    cached = cfg.teacher_cache is not None  # the batches carry the teacher's rows: no teacher to load
+    teacher = _build_teacher(cfg, dist.device) if head.needs_teacher and not cached else None
     ddp_student = wrap_ddp(student, dist)
-    step_fn = DistillStep(ddp_student, head, teacher)
+    step_fn = DistillStep(ddp_student, head, teacher, teacher_in_batch=cached)
 
     # ---- optimizer and schedule -------------------------------------------------------------
     lr = scaled_lr(cfg.lr, cfg.total_batch_size, cfg.lr_scale_batch)
@@ -147,7 +151,7 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
             images, labels = batch.image, batch.label
             sync_grads = global_step % acc == 0
             with _maybe_no_sync(ddp_student, sync_grads):
-                out = step_fn(images, labels)
+                out = step_fn(images, labels, getattr(batch, "teacher", None))
                 loss = out["loss"]
                 if cfg.nonfinite_loss == "skip" and not torch.isfinite(loss).item():  # opt-in host sync
                     logger.warning("step %d: loss is %s, skipping this batch", global_step, loss.item())
@@ -235,6 +239,17 @@ def _build_teacher(cfg: RunConfig, device: torch.device) -> torch.nn.Module:
                             dtype=cfg.teacher_dtype, channels_last=cfg.teacher_channels_last)
     check_embedding_sizes(teacher(torch.zeros(2, 3, 112, 112, device=device)).shape[1], cfg.embedding_size)
     return teacher
+
+
+def _with_teacher_cache(cfg: RunConfig, dataset: Any) -> CachedTeacherDataset:
+    """The dataset with each sample's cached teacher row, once the cache is checked against this
+    run's teacher weights (sha256), data and embedding size."""
+    spec = TeacherSpec(cfg.teacher_network, cfg.teacher_weights, cfg.embedding_size)
+    cache = open_teacher_cache(cfg.teacher_cache, run_identity(spec, dataset, cfg.rec))
+    teacher = cache.manifest["teacher"]
+    logger.info("teacher embeddings read from %s (%s rows, %s teacher, stored %s); the teacher is not loaded",
+                cache.folder, cache.manifest["rows_written"], teacher["precision"], cache.manifest["dtype"])
+    return CachedTeacherDataset(dataset, cache)
 
 
 def _teacher_classifier(cfg: RunConfig) -> Optional[torch.Tensor]:

@@ -1,0 +1,90 @@
+"""`adadistill cache-teacher CONFIG [--set k=v ...] [--out DIR] [--dtype fp32|fp16|bf16]`.
+
+Embeds every training image of the config's `rec`, plain and mirrored, with the config's teacher
+and writes the cache that `teacher_cache = DIR` trains from (docs/teacher-cache.md). Runs on one
+process or under `torchrun`; rerunning the same command resumes an interrupted build.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from insightface_adadistill.commands.common import add_config_arguments, print_error
+
+SUMMARY = "embed every training image (plain and mirrored) with the teacher, once"
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+def default_folder(teacher_cache: Optional[str], output: str) -> Path:
+    """The config's `teacher_cache` when set (so the same config then trains from it), else
+    `<output>_teacher_cache` beside the run's output folder."""
+    return Path(teacher_cache if teacher_cache is not None else f"{str(output).rstrip('/')}_teacher_cache")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adadistill cache-teacher", description=__doc__.splitlines()[0])
+    add_config_arguments(parser)
+    parser.add_argument("--out", type=Path, help="cache folder (default: the config's teacher_cache, else "
+                                                 "<output>_teacher_cache)")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32",
+                        help="row storage: fp32 (exact, default), fp16 or bf16 (half the disk; "
+                             "deviation in docs/teacher-cache.md)")
+    parser.add_argument("--batch-size", type=int,
+                        help="images per teacher forward (default: the config's batch_size, which "
+                             "makes fp32 rows bit-identical to the online teacher's)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Build (or finish) the teacher cache of a config; exit status 1 on a user error."""
+    args = build_parser().parse_args(argv)
+    from tqdm import tqdm
+
+    from insightface_adadistill import distributed
+    from insightface_adadistill.cache import CacheError, TeacherSpec, build_teacher_cache
+    from insightface_adadistill.cache.store import array_bytes
+    from insightface_adadistill.config import load_config
+    from insightface_adadistill.data.datasets import build_dataset
+    from insightface_adadistill.training.monitor import resolve_progress_bar
+
+    try:
+        cfg = load_config(args.config, args.overrides, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        if not cfg.teacher_weights:
+            raise CacheError(f"{args.config}: cache-teacher needs the teacher: set teacher_network and "
+                             "teacher_weights (e.g. --set teacher_network=r50 teacher_weights=model.pt)")
+        folder = args.out or default_folder(cfg.teacher_cache, cfg.output)
+        spec = TeacherSpec(cfg.teacher_network, cfg.teacher_weights, cfg.embedding_size,
+                           cfg.teacher_dtype, cfg.teacher_channels_last)
+        dist = distributed.init_distributed(cfg.device)
+        try:
+            dataset = build_dataset(cfg.rec, cfg.num_classes, cfg.seed)
+            bar = tqdm(total=0, unit="img", desc="teacher cache", file=sys.stderr,
+                       disable=not (dist.is_main and resolve_progress_bar(cfg.progress_bar, sys.stderr)))
+            done = [0]
+
+            def progress(rows: int, todo: int) -> None:
+                bar.total = todo
+                bar.update(rows - done[0])
+                done[0] = rows
+
+            started = time.perf_counter()
+            manifest = build_teacher_cache(folder, dataset, spec, rec=cfg.rec, dtype=args.dtype,
+                                           batch_size=args.batch_size or cfg.batch_size, dist=dist,
+                                           num_workers=cfg.num_workers, progress=progress)
+            seconds = time.perf_counter() - started
+            bar.close()
+        finally:
+            distributed.destroy_distributed()
+    except (ValueError, OSError) as exc:  # CacheError, ConfigError, dataset and teacher errors
+        print_error("cache-teacher", exc)
+        return 1
+    if dist.is_main:
+        size = array_bytes(manifest["shape"], manifest["dtype"]) / 2 ** 30
+        rate = f", {done[0] * dist.world_size / seconds:.0f} images/s" if done[0] else " (already complete)"
+        print(f"{folder}: {manifest['rows_written']} images x 2 orientations x {manifest['shape'][2]} "
+              f"{manifest['dtype']} = {size:.3f} GiB{rate}; train with --set teacher_cache={folder}")
+    return 0

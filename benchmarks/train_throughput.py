@@ -10,7 +10,10 @@ when the student runs fp16), on random in-memory (B, 3, 112, 112) batches, and c
   classes, an fp32 teacher;
 - `ours-*`: `AdaDistillHead` (sharded centres as buffers, no gradient) with the teacher in fp32,
   or bf16/fp16 autocast with channels_last; `ours-fp16-cl-amp` also runs the student in fp16 with
-  GradScaler.
+  GradScaler;
+- `cached` / `cached-amp`: `AdaDistillHead` with NO teacher forward: each step reads the batch's
+  rows (index, flipped) from a real on-disk teacher cache (`RowFile`, fp16 rows, as
+  `teacher_cache` training does, here on the timed thread) and copies them to the device.
 
 The teachers are random-init networks whose BatchNorm running statistics are first calibrated by a
 few train-mode forwards on random images (otherwise the eval-mode activations of a random r50/r100
@@ -48,6 +51,7 @@ from torch import nn
 from data_throughput import cpu_name
 from insightface_adadistill import distributed
 from insightface_adadistill.backbones import get_model
+from insightface_adadistill.cache.store import ARRAY, RowFile, create_array, read_array_header
 from insightface_adadistill.heads import HeadOutput, build_head, build_margin_loss
 from insightface_adadistill.heads.partial_fc import init_centres
 from insightface_adadistill.serialization import save_file_atomic
@@ -70,6 +74,7 @@ class Variant:
     teacher_dtype: str
     channels_last: bool
     student_amp: Optional[str]  # None: fp32 student (the paper); "fp16": autocast + GradScaler on CUDA
+    cache_dtype: Optional[str] = None  # set: teacher rows come from a teacher cache of this dtype
 
 
 VARIANTS = {v.name: v for v in (
@@ -78,7 +83,11 @@ VARIANTS = {v.name: v for v in (
     Variant("ours-bf16-cl", "adadistill", "bf16", True, None),
     Variant("ours-fp16-cl", "adadistill", "fp16", True, None),
     Variant("ours-fp16-cl-amp", "adadistill", "fp16", True, "fp16"),
+    Variant("cached", "adadistill", "fp32", False, None, cache_dtype="fp16"),
+    Variant("cached-amp", "adadistill", "fp32", False, "fp16", cache_dtype="fp16"),
 )}
+ONLINE_FP32 = "ours-fp32"
+CACHE_ROWS = 8192  # rows of the on-disk cache the cached variants read from
 
 
 @dataclass(frozen=True)
@@ -95,8 +104,10 @@ class Preset:
 
 PRESETS = {
     # whole run < 60 s on 2 CPU cores
-    "cpu": Preset(("tiny_resnet",), "tiny_mfn", 1000, 512, (16, 32), (BASELINE, "ours-fp32", "ours-bf16-cl"),
-                  warmup=2, iters=10),
+    "cpu": Preset(("tiny_resnet",), "tiny_mfn", 1000, 512, (16, 32),
+                  (BASELINE, "ours-fp32", "ours-bf16-cl", "cached"), warmup=2, iters=10),
+    # the issue-10 CPU comparison: a real r18 teacher and the paper's MFN student at a small batch
+    "cpu-r18": Preset(("r18",), "mfn", 1000, 512, (16,), (BASELINE, "ours-fp32", "cached"), warmup=2, iters=8),
     # the paper's sizes (MS1MV2 identities, MFN student, r50 and r100 teachers); ~2-3 min on one H100
     "paper": Preset(("r50", "r100"), "mfn", 85742, 512, (128, 512), tuple(VARIANTS), warmup=5, iters=20),
     # transformers: the host's ViT-T as the student of ViT-S and ViT-B teachers (GPU sizes)
@@ -227,6 +238,25 @@ class PeakMemory:
         return round((self._status_kib("VmHWM") - self.start_kib) / 1024, 1)
 
 
+def cache_rows(folder: Path, embedding_size: int, dtype: str) -> RowFile:
+    """A real teacher-cache array of CACHE_ROWS random rows on disk, opened as training opens it."""
+    path = folder / f"{dtype}_{embedding_size}_{ARRAY}"
+    if not path.is_file():
+        create_array(path, (CACHE_ROWS, 2, embedding_size), dtype)
+        shape, _, offset = read_array_header(path)
+        rows = RowFile(path, shape, dtype, offset)
+        rows.write(0, torch.randn(CACHE_ROWS, 2, embedding_size, generator=torch.Generator().manual_seed(3)))
+        rows.close()
+    shape, _, offset = read_array_header(path)
+    return RowFile(path, shape, dtype, offset)
+
+
+def gather_rows(rows: RowFile, indices: torch.Tensor, flipped: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(B, E) rows of samples (index, flipped), read from disk and copied to `device`."""
+    batch = torch.stack([rows.read(int(i), bool(f)) for i, f in zip(indices, flipped)])  # (B, E)
+    return batch.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else batch
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -250,9 +280,11 @@ def time_config(variant: Variant, teacher_name: str, teacher_file: Path, preset:
     else:
         head = build_head("adadistill", margin_loss, preset.embedding_size, preset.classes).to(device)
         optimised_head = head
-    teacher = build_teacher(teacher_name, teacher_file, preset.embedding_size, device,
-                            dtype=variant.teacher_dtype, channels_last=variant.channels_last)
-    step_fn = DistillStep(wrap_ddp(student, dist), head, teacher)
+    rows = cache_rows(teacher_file.parent, preset.embedding_size, variant.cache_dtype) if variant.cache_dtype else None
+    teacher = None if rows is not None else build_teacher(
+        teacher_name, teacher_file, preset.embedding_size, device, dtype=variant.teacher_dtype,
+        channels_last=variant.channels_last)
+    step_fn = DistillStep(wrap_ddp(student, dist), head, teacher, teacher_in_batch=rows is not None)
     optimizer = build_optimizer("sgd", host_param_groups(student, optimised_head), lr=0.1)
     scaler = torch.amp.GradScaler(device.type, growth_interval=100,
                                   enabled=variant.student_amp == "fp16" and device.type == "cuda")
@@ -261,7 +293,11 @@ def time_config(variant: Variant, teacher_name: str, teacher_file: Path, preset:
     labels = torch.randint(0, preset.classes, (batch,), generator=generator).to(device)
 
     def one_step() -> torch.Tensor:
-        loss = step_fn(images, labels)["loss"]
+        cached = None
+        if rows is not None:  # a fresh random draw every step: the reads hit the file, not a reused buffer
+            indices = torch.randint(0, CACHE_ROWS, (batch,), generator=generator)
+            cached = gather_rows(rows, indices, indices % 2 == 1, device)
+        loss = step_fn(images, labels, cached)["loss"]
         scaler.scale(loss).backward()
         if isinstance(head, DenseCentreHead):
             head.all_reduce_unused_gradient()
@@ -284,7 +320,8 @@ def time_config(variant: Variant, teacher_name: str, teacher_file: Path, preset:
         "device": device_name(device), "teacher": teacher_name, "student": preset.student,
         "classes": preset.classes, "embedding_size": preset.embedding_size, "batch": batch,
         "variant": variant.name, "head": "dense-emulated" if variant.head == "dense" else "AdaDistillHead",
-        "teacher_dtype": variant.teacher_dtype, "channels_last": variant.channels_last,
+        "teacher_dtype": f"cache-{variant.cache_dtype}" if variant.cache_dtype else variant.teacher_dtype,
+        "channels_last": variant.channels_last,
         "student_amp": variant.student_amp or "fp32",
         "images_per_s": round(batch / median_s, 1),
         "ms_per_step": round(1000 * median_s, 2),
@@ -298,8 +335,12 @@ def time_config(variant: Variant, teacher_name: str, teacher_file: Path, preset:
 
 
 def ratios(results: List[Dict[str, object]]) -> List[Dict[str, object]]:
-    """Each variant against the baseline of the same teacher and batch: speed-up and memory ratio."""
-    base = {(r["teacher"], r["batch"]): r for r in results if r["variant"] == BASELINE and "error" not in r}
+    """Each variant against the baseline of the same teacher and batch: speed-up and memory ratio
+    (and the speed-up over our online fp32 step, when it was measured)."""
+    def by_key(name: str) -> Dict[Tuple[object, object], Dict[str, object]]:
+        return {(r["teacher"], r["batch"]): r for r in results if r["variant"] == name and "error" not in r}
+
+    base, online = by_key(BASELINE), by_key(ONLINE_FP32)
     rows = []
     for r in results:
         b = base.get((r["teacher"], r["batch"]))
@@ -307,6 +348,9 @@ def ratios(results: List[Dict[str, object]]) -> List[Dict[str, object]]:
             continue
         row = {"teacher": r["teacher"], "batch": r["batch"], "variant": r["variant"],
                "speedup_vs_baseline": round(r["images_per_s"] / b["images_per_s"], 3)}
+        o = online.get((r["teacher"], r["batch"]))
+        if o is not None and o is not r:
+            row["speedup_vs_ours_fp32"] = round(r["images_per_s"] / o["images_per_s"], 3)
         if r["peak_memory_mib"] and b["peak_memory_mib"]:
             row["peak_memory_vs_baseline"] = round(r["peak_memory_mib"] / b["peak_memory_mib"], 3)
         rows.append(row)

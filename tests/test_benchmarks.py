@@ -29,18 +29,20 @@ def test_train_throughput_smallest_cpu_run(tmp_path: Path) -> None:
     out = tmp_path / "train_throughput.json"
     lines = _run("train_throughput.py", "--device", "cpu", "--preset", "cpu", "--batches", "4", "--classes", "50",
                  "--embedding-size", "64", "--warmup", "0", "--iters", "1", "--threads", "1",
-                 "--variants", "dense-fp32", "ours-bf16-cl", "--out", str(out))
+                 "--variants", "dense-fp32", "ours-bf16-cl", "cached", "--out", str(out))
     *configs, summary = lines
-    assert [c["variant"] for c in configs] == ["dense-fp32", "ours-bf16-cl"]
+    assert [c["variant"] for c in configs] == ["dense-fp32", "ours-bf16-cl", "cached"]
     for config in configs:
         assert set(config) == CONFIG_KEYS
         assert config["images_per_s"] > 0 and config["nonfinite_losses"] == 0
         assert (config["teacher"], config["student"], config["batch"]) == ("tiny_resnet", "tiny_mfn", 4)
     assert configs[0]["head"] == "dense-emulated" and configs[1]["head"] == "AdaDistillHead"
+    assert configs[2]["teacher_dtype"] == "cache-fp16"  # rows read from an on-disk cache, no teacher
     assert configs[0]["allreduce_mib_per_step"] > configs[1]["allreduce_mib_per_step"]  # + the (C, E) gradient
     assert summary["summary"] is True and summary["device_type"] == "cpu" and summary["preset"] == "cpu"
-    (ratio,) = summary["ratios"]
+    ratio, cached = summary["ratios"]
     assert ratio["variant"] == "ours-bf16-cl" and ratio["speedup_vs_baseline"] > 0
+    assert cached["variant"] == "cached" and cached["speedup_vs_baseline"] > 0
     assert [json.loads(line) for line in out.read_text().splitlines()] == lines
 
 
@@ -65,3 +67,14 @@ def test_train_throughput_vit_preset_runs() -> None:
     *configs, _ = _run("train_throughput.py", "--device", "cpu", "--preset", "vit-cpu", "--batches", "2",
                        "--classes", "20", "--warmup", "0", "--iters", "1", "--threads", "1", "--variants", "ours-fp32")
     assert [(c["teacher"], c["student"], c["variant"]) for c in configs] == [("tiny_vit", "tiny_vit", "ours-fp32")]
+
+
+def test_cache_epoch_smallest_cpu_run() -> None:
+    lines = _run("cache_epoch.py", "--device", "cpu", "--images", "32", "--teacher", "tiny_resnet",
+                 "--student", "tiny_mfn", "--batch", "8", "--loader-workers", "0", "--threads", "1")
+    runs = {line.get("run"): line for line in lines}
+    assert {"build", "epoch-online", "epoch-cached-fp32", "epoch-cached-fp16", "epoch-cached-bf16",
+            "loader-cached", None} == set(runs)
+    assert runs["build"]["images_per_s"] > 0 and runs["epoch-online"]["images"] == 32
+    assert runs["epoch-cached-fp32"]["max_abs_alpha_delta"] == 0.0  # the fp32 cache is exact on CPU
+    assert 0 < runs["epoch-cached-fp16"]["max_abs_row_error"] < runs["epoch-cached-bf16"]["max_abs_row_error"]

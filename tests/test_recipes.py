@@ -35,6 +35,7 @@ def test_the_recipe_set_is_complete():
                 "paper_mfn_adacos_m040", "paper_teacher_r18", "paper_teacher_r50",
                 "paper_teacher_r100", "paper_mfn_adaarc_m045_r18teacher",
                 "paper_mfn_adaarc_m045_r100teacher", "paper_casia_mfn_adaarc_m045",
+                "paper_mfn_adaarc_m045_cached",
                 "ms1mv3_mbf_adadistill", "glint360k_mbf_adadistill_pfc02", "tiny_cpu",
                 "wf42m_pfc03_40epoch_8gpu_vit_t", "wf42m_pfc03_40epoch_8gpu_vit_b"}
     assert set(ids(ALL)) == expected
@@ -132,3 +133,9 @@ def test_recipe_networks_are_registered_backbones():
         cfg = load(path)
         assert cfg.network in names, f"{path.name}: network {cfg.network!r}"
         assert cfg.teacher_network in names | {None}, f"{path.name}: {cfg.teacher_network!r}"
+
+
+def test_cached_main_row_differs_from_the_main_row_only_by_the_cache():
+    main, cached = load(RECIPES / "paper_mfn_adaarc_m045.py"), load(RECIPES / "paper_mfn_adaarc_m045_cached.py")
+    differing = {key for key in {**main, **cached} if main.get(key) != cached.get(key)}
+    assert differing == {"teacher_cache", "output"}

@@ -64,7 +64,7 @@ PRESETS = {
     # the CPU comparison: r18 teacher, MFN student, batch 16, 10 steps; ~2 min on 2 idle cores
     "cpu": Preset(160, 16, "r18", "mfn", 16, 1, "fp32", False, (0, 1, 2)),
     # one H200: paper networks and batch, a bf16 channels_last r50 teacher (the build target)
-    "gpu": Preset(32768, 85742, "r50", "mfn", 512, 8, "bf16", True, (4, 8, 16)),
+    "gpu": Preset(16384, 85742, "r50", "mfn", 512, 8, "bf16", True, (4, 8, 16)),
 }
 
 

@@ -32,8 +32,8 @@ from insightface_adadistill.data.datasets import Sample, build_dataset
 from insightface_adadistill.data.decode import encode_jpeg
 from insightface_adadistill.data.rec_tools import write_insightface_rec
 from insightface_adadistill.serialization import load_file, save_file_atomic
-from insightface_adadistill.training import checkpoint as ckpt
-from insightface_adadistill.training.train import main as train_main
+from insightface_adadistill.commands.train import main as train_main
+from insightface_adadistill.training import store as ckpt
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "recipes" / "tiny_cpu.py")
@@ -171,7 +171,7 @@ def test_disk_full_build_is_resumable_and_ends_identical(tmp_path: Path, world: 
 def test_build_refuses_a_folder_it_did_not_write(tmp_path: Path, world: dict, capsys) -> None:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    assert cache_teacher.main([TINY, "--set", *world["sets"], "--out", str(tmp_path / "mine")]) == 2
+    assert cache_teacher.main([TINY, "--set", *world["sets"], "--out", str(tmp_path / "mine")]) == 1
     assert "not a teacher cache" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
@@ -179,13 +179,13 @@ def test_build_refuses_a_folder_it_did_not_write(tmp_path: Path, world: dict, ca
 def test_finished_cache_is_not_rebuilt_nor_overwritten(tmp_path: Path, world: dict, capsys) -> None:
     assert cache_teacher.main([TINY, "--set", *world["sets"], "--out", str(world["cache"])]) == 0
     assert "already complete" in capsys.readouterr().out
-    assert cache_teacher.main([TINY, "--set", *world["sets"], "--out", str(world["cache"]), "--dtype", "fp16"]) == 2
+    assert cache_teacher.main([TINY, "--set", *world["sets"], "--out", str(world["cache"]), "--dtype", "fp16"]) == 1
     err = capsys.readouterr().err
     assert "dtype: cache has 'fp32', this run has 'fp16'" in err and "another --out" in err
 
 
 def test_cache_teacher_needs_a_teacher(capsys, world: dict) -> None:
-    assert cache_teacher.main([TINY, "--set", f"rec={world['data']}"]) == 2
+    assert cache_teacher.main([TINY, "--set", f"rec={world['data']}"]) == 1
     assert "teacher_weights" in capsys.readouterr().err
 
 

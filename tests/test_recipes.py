@@ -136,6 +136,7 @@ def test_recipe_networks_are_registered_backbones():
 
 
 def test_cached_main_row_differs_from_the_main_row_only_by_the_cache():
-    main, cached = load(RECIPES / "paper_mfn_adaarc_m045.py"), load(RECIPES / "paper_mfn_adaarc_m045_cached.py")
-    differing = {key for key in {**main, **cached} if main.get(key) != cached.get(key)}
+    main = load(RECIPES / "paper_mfn_adaarc_m045.py").as_dict()
+    cached = load(RECIPES / "paper_mfn_adaarc_m045_cached.py").as_dict()
+    differing = {key for key in main if main[key] != cached[key]}
     assert differing == {"teacher_cache", "output"}

@@ -105,7 +105,7 @@ def run_epoch(dataset, preset: Preset, teacher_file: Path, dist: distributed.Dis
         out = step_fn(batch.image, batch.label, getattr(batch, "teacher", None))
         out["loss"].backward()
         optimizer_step(optimizer, scaler, student, CLIP_GRAD_NORM)
-        alphas.append(out["alpha_weighted"].detach())
+        alphas.append(out["distill/alpha_weighted"].detach())
         count += len(batch.label)
     synchronize(device)
     seconds = time.perf_counter() - started

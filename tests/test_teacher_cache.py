@@ -168,25 +168,28 @@ def test_disk_full_build_is_resumable_and_ends_identical(tmp_path: Path, world: 
     assert np.array_equal(np.load(tmp_path / "c" / store.ARRAY), np.load(world["cache"] / store.ARRAY))
 
 
-def test_build_refuses_a_folder_it_did_not_write(tmp_path: Path, world: dict, capsys) -> None:
+def test_build_refuses_a_folder_it_did_not_write(tmp_path: Path, world: dict) -> None:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    assert cache_teacher.main([TINY, "--set", *world["sets"], "--out", str(tmp_path / "mine")]) == 1
-    assert "not a teacher cache" in capsys.readouterr().err
+    with pytest.raises(CacheError, match="not a teacher cache"):
+        cache_teacher.main([TINY, "--set", *world["sets"], "--out", str(tmp_path / "mine")])
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 def test_finished_cache_is_not_rebuilt_nor_overwritten(tmp_path: Path, world: dict, capsys) -> None:
     assert cache_teacher.main([TINY, "--set", *world["sets"], "--out", str(world["cache"])]) == 0
     assert "already complete" in capsys.readouterr().out
-    assert cache_teacher.main([TINY, "--set", *world["sets"], "--out", str(world["cache"]), "--dtype", "fp16"]) == 1
-    err = capsys.readouterr().err
-    assert "dtype: cache has 'fp32', this run has 'fp16'" in err and "another --out" in err
+    with pytest.raises(CacheError, match="dtype: cache has 'fp32', this run has 'fp16'[\\s\\S]*another --out"):
+        cache_teacher.main([TINY, "--set", *world["sets"], "--out", str(world["cache"]), "--dtype", "fp16"])
 
 
-def test_cache_teacher_needs_a_teacher(capsys, world: dict) -> None:
-    assert cache_teacher.main([TINY, "--set", f"rec={world['data']}"]) == 1
-    assert "teacher_weights" in capsys.readouterr().err
+def test_cache_teacher_needs_a_teacher_and_errors_reach_the_cli_path(world: dict) -> None:
+    with pytest.raises(CacheError, match="teacher_weights"):
+        cache_teacher.main([TINY, "--set", f"rec={world['data']}"])
+    cmd = [sys.executable, "-m", "insightface_adadistill", "cache-teacher", TINY, "--set", f"rec={world['data']}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "adadistill cache-teacher: error:" in proc.stderr and "teacher_weights" in proc.stderr
 
 
 # ---------------------------------------------------------------- bad caches, bad configs

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import insightface_adadistill as package
 from insightface_adadistill.data.datasets import FaceDataset, ImageFolderDataset, RecordDataset, SyntheticDataset
+from insightface_adadistill.errors import UserError
 
 FORMAT = "adadistill-teacher-cache"
 FORMAT_VERSION = 1
@@ -34,7 +35,7 @@ CHECKED_FIELDS = {
 }
 
 
-class CacheError(ValueError):
+class CacheError(UserError, ValueError):
     """A teacher cache that cannot serve this run (or cannot be built); the message gives the fix."""
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from insightface_adadistill.commands.common import add_config_arguments, print_error
+from insightface_adadistill.commands.common import add_config_arguments
 
 SUMMARY = "embed every training image (plain and mirrored) with the teacher, once"
 DTYPES = ("fp32", "fp16", "bf16")
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Build (or finish) the teacher cache of a config; exit status 1 on a user error."""
+    """Build (or finish) the teacher cache of a config; user errors (a `UserError`) propagate to
+    the command line's one error path."""
     args = build_parser().parse_args(argv)
     from tqdm import tqdm
 
@@ -51,37 +52,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     from insightface_adadistill.data.datasets import build_dataset
     from insightface_adadistill.training.monitor import resolve_progress_bar
 
+    cfg = load_config(args.config, args.overrides, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    if not cfg.teacher_weights:
+        raise CacheError(f"{args.config}: cache-teacher needs the teacher: set teacher_network and "
+                         "teacher_weights (e.g. --set teacher_network=r50 teacher_weights=model.pt)")
+    folder = args.out or default_folder(cfg.teacher_cache, cfg.output)
+    spec = TeacherSpec(cfg.teacher_network, cfg.teacher_weights, cfg.embedding_size,
+                       cfg.teacher_dtype, cfg.teacher_channels_last)
+    dist = distributed.init_distributed(cfg.device)
     try:
-        cfg = load_config(args.config, args.overrides, world_size=int(os.environ.get("WORLD_SIZE", "1")))
-        if not cfg.teacher_weights:
-            raise CacheError(f"{args.config}: cache-teacher needs the teacher: set teacher_network and "
-                             "teacher_weights (e.g. --set teacher_network=r50 teacher_weights=model.pt)")
-        folder = args.out or default_folder(cfg.teacher_cache, cfg.output)
-        spec = TeacherSpec(cfg.teacher_network, cfg.teacher_weights, cfg.embedding_size,
-                           cfg.teacher_dtype, cfg.teacher_channels_last)
-        dist = distributed.init_distributed(cfg.device)
-        try:
-            dataset = build_dataset(cfg.rec, cfg.num_classes, cfg.seed)
-            bar = tqdm(total=0, unit="img", desc="teacher cache", file=sys.stderr,
-                       disable=not (dist.is_main and resolve_progress_bar(cfg.progress_bar, sys.stderr)))
-            done = [0]
+        dataset = build_dataset(cfg.rec, cfg.num_classes, cfg.seed)
+        bar = tqdm(total=0, unit="img", desc="teacher cache", file=sys.stderr,
+                   disable=not (dist.is_main and resolve_progress_bar(cfg.progress_bar, sys.stderr)))
+        done = [0]
 
-            def progress(rows: int, todo: int) -> None:
-                bar.total = todo
-                bar.update(rows - done[0])
-                done[0] = rows
+        def progress(rows: int, todo: int) -> None:
+            bar.total = todo
+            bar.update(rows - done[0])
+            done[0] = rows
 
-            started = time.perf_counter()
-            manifest = build_teacher_cache(folder, dataset, spec, rec=cfg.rec, dtype=args.dtype,
-                                           batch_size=args.batch_size or cfg.batch_size, dist=dist,
-                                           num_workers=cfg.num_workers, progress=progress)
-            seconds = time.perf_counter() - started
-            bar.close()
-        finally:
-            distributed.destroy_distributed()
-    except (ValueError, OSError) as exc:  # CacheError, ConfigError, dataset and teacher errors
-        print_error("cache-teacher", exc)
-        return 1
+        started = time.perf_counter()
+        manifest = build_teacher_cache(folder, dataset, spec, rec=cfg.rec, dtype=args.dtype,
+                                       batch_size=args.batch_size or cfg.batch_size, dist=dist,
+                                       num_workers=cfg.num_workers, progress=progress)
+        seconds = time.perf_counter() - started
+        bar.close()
+    finally:
+        distributed.destroy_distributed()
     if dist.is_main:
         size = array_bytes(manifest["shape"], manifest["dtype"]) / 2 ** 30
         rate = f", {done[0] * dist.world_size / seconds:.0f} images/s" if done[0] else " (already complete)"

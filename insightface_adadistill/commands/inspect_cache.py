@@ -48,28 +48,25 @@ def _verify(cache: Any, count: int, seed: int, device: str) -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Exit 0 for a finished cache (whose verified rows match), 1 otherwise or on a user error."""
+    """Exit 0 for a finished cache whose verified rows match, 1 for an unfinished build or rows
+    that differ; user errors (a `UserError`) propagate to the command line's one error path."""
     args = build_parser().parse_args(argv)
     from insightface_adadistill.cache import build_progress, open_teacher_cache
     from insightface_adadistill.cache.manifest import MANIFEST
 
-    try:
-        progress = build_progress(args.folder) if args.folder.is_dir() else None
-        if progress is not None and not (args.folder / MANIFEST).is_file():
-            print(f"{args.folder}: unfinished build, {progress} committed; rerun `adadistill cache-teacher "
-                  f"CONFIG --out {args.folder}` to finish it")
-            return 1
-        cache = open_teacher_cache(args.folder)
-        print(json.dumps(cache.manifest, indent=2))
-        if args.verify > 0:
-            result = _verify(cache, args.verify, args.seed, args.device)
-            print(json.dumps({"verify": result}))
-            if not result["ok"]:
-                print_error("inspect-cache", f"rows differ from the teacher by {result['max_rel_error']:.2e} "
-                            f"(relative), more than the {cache.manifest['dtype']} tolerance "
-                            f"{result['tolerance']:.0e}; rebuild the cache")
-                return 1
-    except (ValueError, OSError) as exc:  # CacheError, dataset and teacher errors
-        print_error("inspect-cache", exc)
+    progress = build_progress(args.folder) if args.folder.is_dir() else None
+    if progress is not None and not (args.folder / MANIFEST).is_file():
+        print(f"{args.folder}: unfinished build, {progress} committed; rerun `adadistill cache-teacher "
+              f"CONFIG --out {args.folder}` to finish it")
         return 1
+    cache = open_teacher_cache(args.folder)
+    print(json.dumps(cache.manifest, indent=2))
+    if args.verify > 0:
+        result = _verify(cache, args.verify, args.seed, args.device)
+        print(json.dumps({"verify": result}))
+        if not result["ok"]:
+            print_error("inspect-cache", f"rows differ from the teacher by {result['max_rel_error']:.2e} "
+                        f"(relative), more than the {cache.manifest['dtype']} tolerance "
+                        f"{result['tolerance']:.0e}; rebuild the cache")
+            return 1
     return 0

@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Mapping, Optional
 import insightface_adadistill as package
 from insightface_adadistill.data.datasets import FaceDataset, ImageFolderDataset, RecordDataset, SyntheticDataset
 from insightface_adadistill.errors import UserError
+from insightface_adadistill.teacher import resolve_onnx_teacher
+from insightface_adadistill.teacher.onnx_teacher import is_onnx_teacher
 
 FORMAT = "adadistill-teacher-cache"
 FORMAT_VERSION = 1
@@ -50,9 +52,11 @@ class TeacherSpec:
     channels_last: bool = False
 
     def identity(self) -> Dict[str, Any]:
-        """The manifest's `teacher` entry; hashing the weight file is what ties rows to weights."""
+        """The manifest's `teacher` entry; hashing the weight file is what ties rows to weights
+        (for an ONNX teacher or an insightface pack: the recognition `.onnx` file it resolves to)."""
+        weights = resolve_onnx_teacher(self.weights) if is_onnx_teacher(self.weights) else self.weights
         return {"network": self.network, "weights": str(self.weights),
-                "weights_sha256": file_sha256(self.weights), "embedding_size": self.embedding_size,
+                "weights_sha256": file_sha256(weights), "embedding_size": self.embedding_size,
                 "precision": self.precision, "channels_last": self.channels_last}
 
 

@@ -33,11 +33,8 @@ from insightface_adadistill.data.decode import encode_jpeg
 from insightface_adadistill.data.rec_tools import write_insightface_rec
 from insightface_adadistill.serialization import load_file, save_file_atomic
 from insightface_adadistill.commands.train import main as train_main
-from insightface_adadistill.training import store as ckpt
+from run_utils import REPO, TINY, TORCHRUN, assert_same_states, latest_states
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "recipes" / "tiny_cpu.py")
-TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 IMAGES, CLASSES, E = 256, 16, 64
 
 
@@ -77,14 +74,8 @@ def _losses(output: Path) -> list:
 
 def _assert_same_run(a: Path, b: Path, world_size: int = 1) -> None:
     """Same final checkpoint set (backbone, centres, optimizer), model.pt and loss history."""
-    for rank in range(world_size):
-        sa = ckpt.load_checkpoint_set(ckpt.find_latest_complete(a), rank, world_size)
-        sb = ckpt.load_checkpoint_set(ckpt.find_latest_complete(b), rank, world_size)
-        for key in ("state_dict_backbone", "state_dict_softmax_fc"):
-            for name, value in sa[key].items():
-                assert torch.equal(value, sb[key][name]), f"rank {rank} {key}.{name} differs"
-        for pa, pb in zip(sa["state_optimizer"]["state"].values(), sb["state_optimizer"]["state"].values()):
-            assert all(torch.equal(pa[n], pb[n]) for n in pa)
+    for sa, sb in zip(latest_states(a, world_size), latest_states(b, world_size)):
+        assert_same_states(sa, sb)
     ma, mb = load_file(a / "model.pt"), load_file(b / "model.pt")
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
     assert _losses(a) == _losses(b) and _losses(a)
@@ -114,10 +105,7 @@ def test_cached_run_resumes_exactly(tmp_path: Path, world: dict) -> None:
     straight = _train(tmp_path / "straight", world, *args, "max_steps=12")
     split = _train(tmp_path / "split", world, *args, "max_steps=6")
     _train(split, world, *args, "max_steps=12", "resume=True")
-    sa = ckpt.load_checkpoint_set(ckpt.find_latest_complete(straight), 0, 1)
-    sb = ckpt.load_checkpoint_set(ckpt.find_latest_complete(split), 0, 1)
-    for key in ("state_dict_backbone", "state_dict_softmax_fc"):
-        assert all(torch.equal(v, sb[key][k]) for k, v in sa[key].items())
+    assert_same_states(latest_states(straight)[0], latest_states(split)[0])
 
 
 def test_other_build_batch_size_is_within_float_tolerance(tmp_path: Path, world: dict) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -107,12 +108,13 @@ def test_kill_9_of_one_rank_then_torchrun_restart_resumes_exactly(tmp_path: Path
     reference = subprocess.Popen([TORCHRUN, "--nproc_per_node=2", "-m", "insightface_adadistill", *args,
                                   f"output={tmp_path / 'straight'}"], cwd=REPO, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True)
-    proc = subprocess.Popen([TORCHRUN, "--nproc_per_node=2", "--max-restarts=1", "-m", "insightface_adadistill",
-                             *args, f"output={out}", "resume=True"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True)
+    proc = subprocess.Popen([TORCHRUN, "--nproc_per_node=2", "--max-restarts=1", "--monitor-interval=0.5", "-m",
+                             "insightface_adadistill", *args, f"output={out}", "resume=True"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+                            start_new_session=True)
     try:
         _wait_for(lambda: store.find_latest_complete(out) is not None, proc, seconds=240)
-        time.sleep(random.Random().uniform(0.0, 1.0))
+        time.sleep(random.Random().uniform(0.0, 0.3))
         workers = subprocess.run(["pgrep", "-f", f"output={out}"], capture_output=True, text=True).stdout.split()
         os.kill(max(int(p) for p in workers if int(p) != proc.pid), signal.SIGKILL)
         log, _ = proc.communicate(timeout=300)
@@ -123,6 +125,9 @@ def test_kill_9_of_one_rank_then_torchrun_restart_resumes_exactly(tmp_path: Path
                 os.killpg(running.pid, signal.SIGKILL)
     assert reference.returncode == 0, reference_log[-3000:]
     assert proc.returncode == 0, log[-3000:]
+    log_text = (out / "training.log").read_text()
+    resumed = re.search(r"resumed from \S+: epoch \d+, batch \d+, global step (\d+)", log_text)
+    assert resumed and int(resumed.group(1)) < 12, "the kill came after the last step"
     for a, b in zip(latest_states(tmp_path / "straight", 2), latest_states(out, 2)):
         assert_same_states(a, b)
 

@@ -51,7 +51,8 @@ def _set_with(output: Path, fingerprint: dict) -> Path:
 def test_identity_changes_are_refused_naming_both_values(tmp_path: Path) -> None:
     latest = _set_with(tmp_path, _snapshot(tmp_path))
     checkpointer = Checkpointer(tmp_path, _snapshot(tmp_path, "margin_list=(1.0,0.0,0.4)"), keep=2)
-    with pytest.raises(ResumeError, match=r"different run \(margin_list: \[1.0, 0.5, 0.0\] saved, \[1.0, 0.0, 0.4\] now"):
+    with pytest.raises(ResumeError,
+                       match=r"different run \(margin_list: \[1.0, 0.5, 0.0\] saved, \[1.0, 0.0, 0.4\] now"):
         checkpointer.resume_point(resume=True, allow_changes=True)
     assert Checkpointer(tmp_path, _snapshot(tmp_path), keep=2).resume_point(True, False) == latest
 

@@ -25,8 +25,8 @@ def reshard_checkpoint(shards: Sequence[Mapping[str, Any]], rank: int, world_siz
     class order, then sliced with the arcface_torch shard formula. Replicated state (backbone, its
     optimizer state, the scheduler and the scaler, identical on every rank under DDP) comes from
     rank 0. Per-rank RNG states, `head_extra` and a partly accumulated gradient
-    (`accumulated_grads`) cannot be split and restart (None). `batch_in_epoch` is rescaled to keep the number of samples seen, assuming the same per-rank
-    batch size.
+    (`accumulated_grads`) cannot be split and restart (None). `batch_in_epoch` is rescaled to
+    keep the number of samples seen, assuming the same per-rank batch size.
     """
     num_classes, old_world = shards[0]["num_classes"], len(shards)
     old_sizes = [shard_classes(num_classes, r, old_world)[1] for r in range(old_world)]

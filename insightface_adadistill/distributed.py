@@ -170,9 +170,10 @@ def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
     world_size = get_world_size()
     if world_size == 1:
         return tensor.detach()
-    chunks = [torch.empty_like(tensor) for _ in range(world_size)]
-    dist.all_gather(chunks, tensor.detach().contiguous())
-    return torch.cat(chunks)
+    # One output buffer filled in place: no per-rank chunks and no concatenating copy.
+    gathered = tensor.new_empty((world_size * tensor.shape[0], *tensor.shape[1:]))
+    dist.all_gather_into_tensor(gathered, tensor.detach().contiguous())
+    return gathered
 
 
 class _AllGatherWithGrad(torch.autograd.Function):

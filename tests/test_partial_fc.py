@@ -139,6 +139,24 @@ def test_label_errors_are_clear():
     assert torch.isfinite(head(embeddings, torch.tensor([[1], [2]])).loss)  # (B, 1) as the host
 
 
+def test_deferred_label_check_reads_the_range_once():
+    """The trainer's mode: no host read per step; the first check afterwards names the bad range."""
+    weight = torch.randn(C, E)
+    head = make_head(weight=weight)
+    head.defer_label_check()
+    embeddings = torch.randn(2, E)
+    reference = make_head(weight=weight)(embeddings, torch.tensor([0, 1])).loss
+    torch.testing.assert_close(head(embeddings, torch.tensor([0, 1])).loss, reference, rtol=0, atol=0)
+    head.check_deferred_labels()
+    head(embeddings, torch.tensor([0, 10]))  # not read back yet
+    head(embeddings, torch.tensor([-1, 2]))
+    with pytest.raises(ValueError, match=r"\[0, 10\), got min -1 and max 10 in the steps since"):
+        head.check_deferred_labels()
+    head.check_deferred_labels()  # reported once, then reset
+    with pytest.raises(TypeError, match="int64"):  # metadata checks stay immediate
+        head(embeddings, torch.tensor([1.0, 2.0]))
+
+
 def test_constructor_errors():
     with pytest.raises(TypeError, match="callable"):
         PartialFC("arcface", E, C)

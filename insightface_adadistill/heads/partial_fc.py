@@ -12,7 +12,9 @@ teacher=None)` returns a `HeadOutput(loss, stats)`, the stats keyed by their Ten
 ranks must pass the same B.
 
 Labels: int64 global class ids of shape (B,) or (B, 1), checked against [0, num_classes) (one small
-device-to-host copy per step; arcface_torch instead reports a silent loss of 69.0776).
+device-to-host copy per step; arcface_torch instead reports a silent loss of 69.0776). The trainer
+defers that check (`ShardedHead.defer_label_check`): the range is folded on the device every step
+and read once per logging window, so the host never waits for the device mid-step.
 """
 from __future__ import annotations
 
@@ -52,8 +54,8 @@ def localise_labels(labels: torch.Tensor, class_start: int, num_local: int) -> t
     return torch.where((local >= 0) & (local < num_local), local, torch.full_like(local, -1))
 
 
-def check_labels(labels: torch.Tensor, num_classes: int) -> None:
-    """Raise if `labels` (B,) are not int64 ids in [0, num_classes); costs one device-to-host copy."""
+def check_label_type(labels: torch.Tensor) -> None:
+    """Raise unless `labels` (B,) are a non-empty int64 tensor; reads only metadata (no sync)."""
     if labels.dtype != torch.int64:
         raise TypeError(f"labels must be int64 (torch.long) class ids, got {labels.dtype}; convert "
                         f"them in the data loader with `.long()` (a float tensor here usually means "
@@ -61,10 +63,46 @@ def check_labels(labels: torch.Tensor, num_classes: int) -> None:
                         f"head(embeddings, labels, teacher=...))")
     if labels.numel() == 0:
         raise ValueError("the batch is empty; every rank needs at least one sample per step")
-    low, high = (int(v) for v in torch.stack(torch.aminmax(labels)).tolist())
+
+
+def _raise_if_out_of_range(low: int, high: int, num_classes: int, seen: str = "") -> None:
     if low < 0 or high >= num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes}), got min {low} and max {high}; "
+        raise ValueError(f"labels must lie in [0, {num_classes}), got min {low} and max {high}{seen}; "
                          f"set num_classes to the dataset's identity count")
+
+
+def check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    """Raise if `labels` (B,) are not int64 ids in [0, num_classes); costs one device-to-host copy."""
+    check_label_type(labels)
+    low, high = (int(v) for v in torch.stack(torch.aminmax(labels)).tolist())
+    _raise_if_out_of_range(low, high, num_classes)
+
+
+class DeferredLabelCheck:
+    """`check_labels`' range check without a host sync per step (the trainer's mode).
+
+    `record` folds a batch's min and max into a (2,) device tensor: a few tiny device ops, no
+    copy to the host, so the host keeps queuing work while the device runs the student. `check`
+    reads that pair once (one device-to-host copy; the trainer calls it once per logging window
+    and before each save) and raises `check_labels`' error for any label seen since the last check.
+    """
+
+    def __init__(self) -> None:
+        self.bounds: Optional[torch.Tensor] = None  # (2,) running [min, max]
+
+    def record(self, labels: torch.Tensor) -> None:
+        check_label_type(labels)
+        batch = torch.stack(torch.aminmax(labels))  # (2,)
+        if self.bounds is not None:
+            batch = torch.stack([torch.minimum(self.bounds[0], batch[0]), torch.maximum(self.bounds[1], batch[1])])
+        self.bounds = batch
+
+    def check(self, num_classes: int) -> None:
+        if self.bounds is None:
+            return
+        low, high = (int(v) for v in self.bounds.tolist())
+        self.bounds = None
+        _raise_if_out_of_range(low, high, num_classes, " in the steps since the last logged one")
 
 
 def reshard_weight(full_weight: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
@@ -168,7 +206,8 @@ class ShardedMarginSoftmax(nn.Module):
         num_classes: C, all ranks together; this rank owns [class_start, class_start + num_local).
         sample_rate: fraction of local centres per step (positives always kept; 0: positives only).
         seed: negative-sampling seed; rank r uses seed + r.
-        validate_labels: run `check_labels` on every batch.
+        validate_labels: run `check_labels` on every batch; `defer_label_check()` turns this into
+            a `DeferredLabelCheck` read by `check_deferred_labels()`.
     """
 
     def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], num_classes: int,
@@ -186,6 +225,7 @@ class ShardedMarginSoftmax(nn.Module):
         self.num_sample = int(sample_rate * self.num_local)
         self.sampler = NegativeSampler(seed + self.rank) if sample_rate < 1.0 else None
         self.validate_labels = validate_labels
+        self.deferred_labels: Optional[DeferredLabelCheck] = None
 
     def gather_embeddings(self, local_embeddings: torch.Tensor, embedding_size: int) -> torch.Tensor:
         """(B, E) -> (W*B, E) fp32, differentiable (the local chunk gets the summed gradient)."""
@@ -200,7 +240,9 @@ class ShardedMarginSoftmax(nn.Module):
             raise RuntimeError(f"this head was built for world size {self.world_size} but the process group "
                                f"now has {get_world_size()}; build heads after init_distributed()")
         local_labels = local_labels.reshape(-1)
-        if self.validate_labels:
+        if self.deferred_labels is not None:
+            self.deferred_labels.record(local_labels)
+        elif self.validate_labels:
             check_labels(local_labels, self.num_classes)
         return localise_labels(all_gather_tensor(local_labels), self.class_start, self.num_local)
 
@@ -280,6 +322,16 @@ class ShardedHead(nn.Module):
         """Gather, then margin softmax against this head's `weight` (num_local, E)."""
         embeddings, labels = self.gather(local_embeddings, local_labels)
         return self.margin_softmax(embeddings, labels, self.weight)
+
+    def defer_label_check(self) -> None:
+        """Check the label range in `check_deferred_labels()` instead of at every step (no host sync)."""
+        if self.margin_softmax.validate_labels:
+            self.margin_softmax.deferred_labels = DeferredLabelCheck()
+
+    def check_deferred_labels(self) -> None:
+        """Raise `check_labels`' error if a label since the last call was out of range (one host read)."""
+        if self.margin_softmax.deferred_labels is not None:
+            self.margin_softmax.deferred_labels.check(self.margin_softmax.num_classes)
 
     def sampler_state(self) -> Optional[torch.Tensor]:
         """The negative sampler's generator state (None without sampling), for checkpoints."""

@@ -109,6 +109,7 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
     head = build_head(cfg.distill, margin_loss, cfg.embedding_size, cfg.num_classes, cfg.sample_rate,
                       alpha=cfg.distill_alpha, feature_kd_weight=cfg.feature_kd_weight,
                       teacher_classifier=_teacher_classifier(cfg), seed=cfg.seed).to(dist.device)
+    head.defer_label_check()  # read once per logging window and before saves, not every step
     cached = cfg.teacher_cache is not None  # the batches carry the teacher's rows: no teacher to load
     teacher = _build_teacher(cfg, dist.device) if head.needs_teacher and not cached else None
     ddp_student = wrap_ddp(student, dist)
@@ -166,16 +167,19 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
             monitor.update(global_step, epoch=epoch, loss=loss.detach(), lr=scheduler.get_last_lr()[0],
                            grad_norm=grad_norm, **_stats_for_monitor(out))
             if global_step % cfg.frequent == 0 or global_step == last_step:
+                head.check_deferred_labels()
                 stop.check(window_loss, global_step)  # one small collective per logging window
                 window_loss.zero_()
             if cfg.verbose > 0 and global_step % cfg.verbose == 0:
                 _verify(val_sets, student, monitor, global_step, dist)
             if stop.requested or (cfg.save_every_steps > 0 and global_step % cfg.save_every_steps == 0):
+                head.check_deferred_labels()
                 checkpointer.save(state.at(epoch, global_step, batch_in_epoch))
             if stop.requested or global_step >= last_step:
                 break
         start_batch = 0
         if batch_in_epoch >= steps_per_epoch:  # the epoch is complete (also when it ends the run)
+            head.check_deferred_labels()
             if cfg.save_all_states:
                 checkpointer.save(state.at(epoch + 1, global_step, 0))
             if dist.is_main:

@@ -40,7 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -265,11 +265,38 @@ def synchronize(device: torch.device) -> None:
 # ------------------------------------------------------------------------------------------------
 # one configuration
 
-def time_config(variant: Variant, teacher_name: str, teacher_file: Path, preset: Preset, batch: int,
-                dist: distributed.DistInfo, memory: PeakMemory) -> Dict[str, object]:
-    """Build the models as the trainer does, run warm-up + timed optimizer steps, return one result line."""
+@dataclass
+class StepSetup:
+    """The objects of one configuration, built as the trainer builds them, and its optimizer step."""
+
+    variant: Variant
+    step_fn: DistillStep
+    student: nn.Module
+    head: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    rows: Optional[RowFile] = None  # the cached variants' teacher rows
+    generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(3))
+
+    def one_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Forward, backward and the trainer's `optimizer_step`; returns the detached loss."""
+        cached = None
+        if self.rows is not None:  # a fresh random draw every step: the reads hit the file, not a reused buffer
+            indices = torch.randint(0, CACHE_ROWS, (images.shape[0],), generator=self.generator)
+            cached = gather_rows(self.rows, indices, indices % 2 == 1, images.device)
+        loss = self.step_fn(images, labels, cached)["loss"]
+        self.scaler.scale(loss).backward()
+        if isinstance(self.head, DenseCentreHead):
+            self.head.all_reduce_unused_gradient()
+        optimizer_step(self.optimizer, self.scaler, self.student, CLIP_GRAD_NORM)
+        return loss.detach()
+
+
+def build_step(variant: Variant, teacher_name: str, teacher_file: Path, preset: Preset,
+               dist: distributed.DistInfo) -> StepSetup:
+    """Student, head, teacher (or cache rows), DDP, optimizer and GradScaler of `variant`, as `adadistill
+    train` builds them."""
     device = dist.device
-    memory.reset()
     torch.manual_seed(0)
     student = get_model(preset.student, dropout=0.0, fp16=variant.student_amp is not None,
                         amp_dtype=variant.student_amp, num_features=preset.embedding_size).to(device)
@@ -279,6 +306,7 @@ def time_config(variant: Variant, teacher_name: str, teacher_file: Path, preset:
         optimised_head: nn.Module = nn.Module()  # its gradient is never stepped
     else:
         head = build_head("adadistill", margin_loss, preset.embedding_size, preset.classes).to(device)
+        head.defer_label_check()  # as the trainer: no host read per step
         optimised_head = head
     rows = cache_rows(teacher_file.parent, preset.embedding_size, variant.cache_dtype) if variant.cache_dtype else None
     teacher = None if rows is not None else build_teacher(
@@ -288,21 +316,28 @@ def time_config(variant: Variant, teacher_name: str, teacher_file: Path, preset:
     optimizer = build_optimizer("sgd", host_param_groups(student, optimised_head), lr=0.1)
     scaler = torch.amp.GradScaler(device.type, growth_interval=100,
                                   enabled=variant.student_amp == "fp16" and device.type == "cuda")
+    return StepSetup(variant, step_fn, student, head, optimizer, scaler, rows)
+
+
+def random_batch(batch: int, classes: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The fixed (B, 3, 112, 112) images and (B,) labels every configuration is timed on."""
     generator = torch.Generator().manual_seed(2)
     images = random_images(batch, device, generator)
-    labels = torch.randint(0, preset.classes, (batch,), generator=generator).to(device)
+    labels = torch.randint(0, classes, (batch,), generator=generator).to(device)
+    return images, labels
+
+
+def time_config(variant: Variant, teacher_name: str, teacher_file: Path, preset: Preset, batch: int,
+                dist: distributed.DistInfo, memory: PeakMemory) -> Dict[str, object]:
+    """Build the models as the trainer does, run warm-up + timed optimizer steps, return one result line."""
+    device = dist.device
+    memory.reset()
+    setup = build_step(variant, teacher_name, teacher_file, preset, dist)
+    student, head, scaler = setup.student, setup.head, setup.scaler
+    images, labels = random_batch(batch, preset.classes, device)
 
     def one_step() -> torch.Tensor:
-        cached = None
-        if rows is not None:  # a fresh random draw every step: the reads hit the file, not a reused buffer
-            indices = torch.randint(0, CACHE_ROWS, (batch,), generator=generator)
-            cached = gather_rows(rows, indices, indices % 2 == 1, device)
-        loss = step_fn(images, labels, cached)["loss"]
-        scaler.scale(loss).backward()
-        if isinstance(head, DenseCentreHead):
-            head.all_reduce_unused_gradient()
-        optimizer_step(optimizer, scaler, student, CLIP_GRAD_NORM)
-        return loss.detach()
+        return setup.one_step(images, labels)
 
     for _ in range(preset.warmup):
         one_step()

@@ -78,3 +78,16 @@ def test_cache_epoch_smallest_cpu_run() -> None:
     assert runs["build"]["images_per_s"] > 0 and runs["epoch-online"]["images"] == 32
     assert runs["epoch-cached-fp32"]["max_abs_alpha_delta"] == 0.0  # the fp32 cache is exact on CPU
     assert 0 < runs["epoch-cached-fp16"]["max_abs_row_error"] < runs["epoch-cached-bf16"]["max_abs_row_error"]
+
+
+def test_profile_step_breaks_the_step_into_parts() -> None:
+    *configs, summary = _run("profile_step.py", "--device", "cpu", "--batches", "4", "--classes", "50",
+                             "--steps", "1", "--warmup", "0", "--threads", "1")
+    (config,) = configs
+    parts = {p["part"]: p for p in config["parts"]}
+    assert {"student fwd", "student bwd", "teacher fwd", "centre update", "cosine logits", "margin",
+            "cross-entropy", "clip grad norm", "optimizer step", "label check"} <= set(parts)
+    assert config["unlabelled_targets"] == ["negative sampling"]  # sample_rate 1: no sampler to label
+    assert config["host_reads_per_step"] == 0  # the trainer's deferred label check reads nothing per step
+    assert parts["label check"]["host_reads_per_step"] == 0
+    assert summary["summary"] is True and summary["device_type"] == "cpu"

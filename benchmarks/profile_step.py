@@ -113,7 +113,7 @@ def step_targets(setup: tt.StepSetup) -> List[tuple[Any, str, str]]:
         (softmax, "gather_labels", "gathers"),
         (adadistill_module, "all_gather_tensor", "gathers"),
         (adadistill_module, "update_class_centres", "centre update"),
-        (head, "_record_stats", "head statistics"),
+        (head, "_global_stats", "head statistics"),
         (softmax, "forward", "cosine logits"),
         (getattr(softmax, "sampler", None), "sample", "negative sampling"),
         (getattr(softmax, "margin_loss", None), "forward", "margin"),

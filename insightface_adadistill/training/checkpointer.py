@@ -17,7 +17,7 @@ from insightface_adadistill import distributed
 from insightface_adadistill.config.resume import HARMLESS, compare_configs, describe
 from insightface_adadistill.errors import UserError
 from insightface_adadistill.outputs import OutputFolderError
-from insightface_adadistill.training.checkpoint import CheckpointError
+from insightface_adadistill.training.checkpoint import CheckpointError, check_storable
 from insightface_adadistill.training.state import TrainState
 from insightface_adadistill.training.store import (MODEL_FILE, Agree, host_files, list_complete_sets,
                                                    load_checkpoint_set, read_marker, save_checkpoint_set)
@@ -52,6 +52,7 @@ class Checkpointer:
     def __init__(self, output: str | os.PathLike, fingerprint: Mapping[str, Any], keep: int,
                  agree: Optional[Agree] = None) -> None:
         self.output, self.fingerprint, self.keep, self.agree = Path(output), dict(fingerprint), keep, agree
+        check_storable(self.fingerprint, "fingerprint")  # now, on every rank, not at rank 0's first marker
 
     def save(self, state: TrainState) -> Path:
         """Write `state` as this rank's file of the set for its global step (every rank calls it)."""

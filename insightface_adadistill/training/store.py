@@ -138,14 +138,16 @@ def _try_write(obj: Any, path: Path, set_nbytes: int) -> Optional[CheckpointSave
 def _try_finish(output: Path, set_dir: Path, checkpoint: Mapping[str, Any],
                 fingerprint: Optional[Mapping[str, Any]], keep: int) -> Optional[CheckpointSaveError]:
     world_size = checkpoint["world_size"]
+    try:
+        sizes = {rank_file_name(r): _size(set_dir / rank_file_name(r)) for r in range(world_size)}
+        for stale in rank_files(set_dir, lambda r: r >= world_size):
+            stale.unlink()  # from an earlier, larger run that crashed at this very step
+    except OSError as exc:  # every rank must hear about it at the next agreement
+        return _save_error(exc, set_dir / MARKER, 4096)
     marker = {"global_step": checkpoint["global_step"], "epoch": checkpoint["epoch"],
-              "world_size": world_size, "fingerprint": dict(fingerprint or {}),
-              "files": {rank_file_name(r): (set_dir / rank_file_name(r)).stat().st_size
-                        for r in range(world_size)},
+              "world_size": world_size, "fingerprint": dict(fingerprint or {}), "files": sizes,
               "format_version": FORMAT_VERSION}
     check_storable(marker, "fingerprint")
-    for stale in rank_files(set_dir, lambda r: r >= world_size):
-        stale.unlink()  # from an earlier, larger run that crashed at this very step
     error = _try_write(marker, set_dir / MARKER, 4096)
     if error is None:
         try:
@@ -154,6 +156,12 @@ def _try_finish(output: Path, set_dir: Path, checkpoint: Mapping[str, Any],
             logger.warning("could not link the host file names to %s: %s", set_dir, exc)
         _prune(output, keep)
     return error
+
+
+def _size(file: Path) -> int:
+    """Size as written by another node: opening first makes NFS revalidate its cached attributes."""
+    with open(file, "rb") as fh:
+        return os.fstat(fh.fileno()).st_size
 
 
 def _abandon(set_dir: Path, rank: int) -> None:

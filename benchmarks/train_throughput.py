@@ -5,9 +5,9 @@ trainer wraps it (DDP student with the sum hook, `build_teacher` from a weight f
 when the student runs fp16), on random in-memory (B, 3, 112, 112) batches, and compares:
 
 - `dense-fp32` (the baseline): an EMULATION of the published AdaDistill code's head, written here
-  from spec section 3 for comparison only: the full (C, E) centre matrix on every rank as a
-  Parameter that receives an unused gradient (all-reduced, never stepped), a plain softmax over all
-  classes, an fp32 teacher;
+  from its documented behaviour (docs/differences.md) for comparison only: the full (C, E) centre
+  matrix on every rank as a Parameter that receives an unused gradient (all-reduced, never
+  stepped), a plain softmax over all classes, an fp32 teacher;
 - `ours-*`: `AdaDistillHead` (sharded centres as buffers, no gradient) with the teacher in fp32,
   or bf16/fp16 autocast with channels_last; `ours-fp16-cl-amp` also runs the student in fp16 with
   GradScaler;
@@ -122,7 +122,7 @@ PRESETS = {
 # the published-code-like head (emulation for comparison; not used by training)
 
 class DenseCentreHead(nn.Module):
-    """EMULATION of the published AdaDistill head (spec 3.1-3.2), to measure what our head saves.
+    """EMULATION of the published AdaDistill head (docs/differences.md), to measure what our head saves.
 
     The full (C, E) centres live on every rank as a Parameter with requires_grad, so backward
     computes a dense (C, E) gradient that is all-reduced and then thrown away (never stepped);

@@ -1,7 +1,7 @@
 # Scale-out (not in the paper): arcface_torch configs/glint360k_mbf.py with Partial FC
 # sampling 0.2 (centres are sampled the same way for the distilled classifier) plus the
 # distillation lines. Teacher: recipes/glint360k_r100_pfc02.py. Not measured; the standalone
-# mbf baseline is IJB-C 95.04 / 92.62 (arcface_torch.md 8.1).
+# mbf baseline is IJB-C 95.04 / 92.62 (arcface_torch model zoo).
 from easydict import EasyDict as edict
 
 config = edict()

@@ -1,5 +1,5 @@
 # arcface_torch configs/ms1mv2_r50.py: iResNet50, ArcFace m 0.5, MS1MV2, 8 GPUs x 128.
-# Published (spec arcface_torch.md 8.1/8.2): IJB-C 95.97 / 94.07, LFW 99.78, CFP-FP 97.94,
+# Published (arcface_torch model zoo and training logs): IJB-C 95.97 / 94.07, LFW 99.78, CFP-FP 97.94,
 # AgeDB-30 98.25. Also a teacher for the distillation recipes.
 # The zoo models were trained with power-2 poly decay and the exact ArcFace gradient;
 # add `--set lr_power=2 margin_grad=exact` to train them that way.

@@ -1,6 +1,6 @@
 # Scale-out (not in the paper): arcface_torch configs/ms1mv3_mbf.py plus the distillation lines.
 # Student mbf, teacher the iResNet50 of recipes/ms1mv3_r50.py. Not measured; the standalone
-# mbf baseline is IJB-C 94.23 / 91.33 (arcface_torch.md 8.1).
+# mbf baseline is IJB-C 94.23 / 91.33 (arcface_torch model zoo).
 from easydict import EasyDict as edict
 
 config = edict()

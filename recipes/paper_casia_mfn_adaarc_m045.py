@@ -1,4 +1,4 @@
-# AdaDistill (ECCV 2024), results table (adadistill.md section 6), row "identity-disjoint": MFN on
+# AdaDistill (ECCV 2024), published results table, row "identity-disjoint": MFN on
 # CASIA-WebFace standalone IJB-C 77.46 / 57.75 -> AdaArcDistill 91.49 / 86.25. The teacher
 # (recipes/paper_teacher_r50.py) never saw these identities; centres start random and take the
 # teacher's embedding on a class's first visit. faces_webface_112x112 holds 10572 identities and
@@ -16,7 +16,7 @@ config.distill_alpha = "weighted"
 config.teacher_network = "r50"
 config.teacher_weights = "work_dirs/paper_teacher_r50/model.pt"
 
-# ---- the paper's training setup (adadistill.md section 5); tests/test_recipes.py checks that
+# ---- the paper's training setup (recipes/README.md); tests/test_recipes.py checks that
 # ---- every paper_* recipe repeats it
 config.output = None
 config.embedding_size = 512

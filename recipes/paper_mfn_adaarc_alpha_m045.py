@@ -1,4 +1,4 @@
-# AdaDistill (ECCV 2024), results table (adadistill.md section 6), row "MFN + AdaArcDistill
+# AdaDistill (ECCV 2024), published results table, row "MFN + AdaArcDistill
 # (alpha)": LFW 99.60, CFP-FP 94.00, AgeDB-30 96.88, IJB-C 92.56 / 88.23. Plain alpha =
 # cos(student, teacher), ArcFace m 0.45. Teacher: recipes/paper_teacher_r50.py.
 from easydict import EasyDict as edict
@@ -12,7 +12,7 @@ config.distill_alpha = "plain"
 config.teacher_network = "r50"
 config.teacher_weights = "work_dirs/paper_teacher_r50/model.pt"
 
-# ---- the paper's training setup (adadistill.md section 5); tests/test_recipes.py checks that
+# ---- the paper's training setup (recipes/README.md); tests/test_recipes.py checks that
 # ---- every paper_* recipe repeats it
 config.output = None
 config.embedding_size = 512

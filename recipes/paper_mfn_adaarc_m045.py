@@ -1,4 +1,4 @@
-# AdaDistill (ECCV 2024), results table (adadistill.md section 6), row "MFN + AdaArcDistill"
+# AdaDistill (ECCV 2024), published results table, row "MFN + AdaArcDistill"
 # (alpha', m 0.45): LFW 99.58, CFP-FP 95.24, AgeDB-30 96.78, CA-LFW 95.55, CP-LFW 90.02, IJB-B
 # 91.21 / 84.13, IJB-C 93.27 / 89.32. The paper's headline result. Weighted alpha' = cos(student,
 # teacher) * cos(centre, teacher). Teacher: recipes/paper_teacher_r50.py.
@@ -13,7 +13,7 @@ config.distill_alpha = "weighted"
 config.teacher_network = "r50"
 config.teacher_weights = "work_dirs/paper_teacher_r50/model.pt"
 
-# ---- the paper's training setup (adadistill.md section 5); tests/test_recipes.py checks that
+# ---- the paper's training setup (recipes/README.md); tests/test_recipes.py checks that
 # ---- every paper_* recipe repeats it
 config.output = None
 config.embedding_size = 512

@@ -18,7 +18,7 @@ config.teacher_network = "r50"
 config.teacher_weights = "work_dirs/paper_teacher_r50/model.pt"
 config.teacher_cache = "work_dirs/paper_teacher_r50_cache"  # checked against teacher_weights and rec
 
-# ---- the paper's training setup (adadistill.md section 5); tests/test_recipes.py checks that
+# ---- the paper's training setup (recipes/README.md); tests/test_recipes.py checks that
 # ---- every paper_* recipe repeats it
 config.output = None
 config.embedding_size = 512

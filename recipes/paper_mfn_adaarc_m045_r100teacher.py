@@ -1,4 +1,4 @@
-# AdaDistill (ECCV 2024), results table (adadistill.md section 6), row "teachers": ResNet100
+# AdaDistill (ECCV 2024), published results table, row "teachers": ResNet100
 # teacher IJB-C 96.39 / 94.58 -> student 92.54 / 87.48. AdaArcDistill alpha', m 0.45, with the r100
 # teacher of recipes/paper_teacher_r100.py.
 from easydict import EasyDict as edict
@@ -12,7 +12,7 @@ config.distill_alpha = "weighted"
 config.teacher_network = "r100"
 config.teacher_weights = "work_dirs/paper_teacher_r100/model.pt"
 
-# ---- the paper's training setup (adadistill.md section 5); tests/test_recipes.py checks that
+# ---- the paper's training setup (recipes/README.md); tests/test_recipes.py checks that
 # ---- every paper_* recipe repeats it
 config.output = None
 config.embedding_size = 512

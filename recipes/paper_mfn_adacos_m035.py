@@ -1,4 +1,4 @@
-# AdaDistill (ECCV 2024), results table (adadistill.md section 6), row "MFN + AdaCosDistill"
+# AdaDistill (ECCV 2024), published results table, row "MFN + AdaCosDistill"
 # (alpha', m 0.35): LFW 99.50, CFP-FP 95.07, AgeDB-30 96.60, CA-LFW 95.33, CP-LFW 90.02, IJB-B
 # 90.93 / 84.32, IJB-C 93.05 / 89.21. CosFace margin, weighted alpha'. Teacher:
 # recipes/paper_teacher_r50.py.
@@ -13,7 +13,7 @@ config.distill_alpha = "weighted"
 config.teacher_network = "r50"
 config.teacher_weights = "work_dirs/paper_teacher_r50/model.pt"
 
-# ---- the paper's training setup (adadistill.md section 5); tests/test_recipes.py checks that
+# ---- the paper's training setup (recipes/README.md); tests/test_recipes.py checks that
 # ---- every paper_* recipe repeats it
 config.output = None
 config.embedding_size = 512

@@ -1,4 +1,4 @@
-# AdaDistill (ECCV 2024), results table (adadistill.md section 6), row "MFN + ArcDistill" (Eq. 4):
+# AdaDistill (ECCV 2024), published results table, row "MFN + ArcDistill" (Eq. 4):
 # LFW 99.63, CFP-FP 93.83, AgeDB-30 96.82, IJB-C 91.70 / 84.57. The student trains against the
 # teacher's frozen classifier, read from the Partial FC shards that recipes/paper_teacher_r50.py
 # saves (save_all_states = True there).
@@ -13,7 +13,7 @@ config.teacher_network = "r50"
 config.teacher_weights = "work_dirs/paper_teacher_r50/model.pt"
 config.teacher_classifier = "work_dirs/paper_teacher_r50/checkpoint_gpu_*.pt"
 
-# ---- the paper's training setup (adadistill.md section 5); tests/test_recipes.py checks that
+# ---- the paper's training setup (recipes/README.md); tests/test_recipes.py checks that
 # ---- every paper_* recipe repeats it
 config.output = None
 config.embedding_size = 512

@@ -1,4 +1,4 @@
-# AdaDistill (ECCV 2024), results table (adadistill.md section 6), row "MFN standalone": LFW 99.52,
+# AdaDistill (ECCV 2024), published results table, row "MFN standalone": LFW 99.52,
 # CFP-FP 91.66, AgeDB-30 95.82, IJB-B 87.07 / 74.63, IJB-C 89.13 / 81.65. The paper's MobileFaceNet
 # with a learned ArcFace (m 0.45) classifier; no teacher.
 from easydict import EasyDict as edict
@@ -9,7 +9,7 @@ config.network = "mfn"
 config.margin_list = (1.0, 0.45, 0.0)
 config.distill = None
 
-# ---- the paper's training setup (adadistill.md section 5); tests/test_recipes.py checks that
+# ---- the paper's training setup (recipes/README.md); tests/test_recipes.py checks that
 # ---- every paper_* recipe repeats it
 config.output = None
 config.embedding_size = 512

@@ -1,4 +1,4 @@
-# AdaDistill (ECCV 2024), results table (adadistill.md section 6), row "MFN + vanilla KD" (Eq. 2):
+# AdaDistill (ECCV 2024), published results table, row "MFN + vanilla KD" (Eq. 2):
 # LFW 99.57, CFP-FP 93.77, AgeDB-30 96.97, IJB-C 91.29 / 79.79. ArcFace m 0.45 with a learned
 # classifier plus MSE between L2-normalised student and teacher embeddings, weight 1. Teacher:
 # recipes/paper_teacher_r50.py.
@@ -13,7 +13,7 @@ config.feature_kd_weight = 1.0
 config.teacher_network = "r50"
 config.teacher_weights = "work_dirs/paper_teacher_r50/model.pt"
 
-# ---- the paper's training setup (adadistill.md section 5); tests/test_recipes.py checks that
+# ---- the paper's training setup (recipes/README.md); tests/test_recipes.py checks that
 # ---- every paper_* recipe repeats it
 config.output = None
 config.embedding_size = 512

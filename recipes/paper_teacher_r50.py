@@ -12,7 +12,7 @@ config.margin_list = (1.0, 0.5, 0.0)
 config.distill = None
 config.save_all_states = True
 
-# ---- the paper's training setup (adadistill.md section 5); tests/test_recipes.py checks that
+# ---- the paper's training setup (recipes/README.md); tests/test_recipes.py checks that
 # ---- every paper_* recipe repeats it
 config.output = None
 config.embedding_size = 512

@@ -12,7 +12,8 @@ from torch import nn
 from insightface_adadistill.backbones import BackboneSpec, backbone_spec, get_model, list_backbones, register_backbone
 from insightface_adadistill.backbones.spec import BACKBONES
 
-# (state_dict entries, parameters) at num_features=512: arcface_torch spec 5.2/5.3, AdaDistill spec 7.
+# (state_dict entries, parameters) at num_features=512: arcface_torch's iresnet.py and
+# mobilefacenet.py, and the published AdaDistill student.
 EXPECTED_COUNTS = {
     "r18": (187, 24_025_600),
     "r34": (331, 34_139_328),

@@ -34,6 +34,7 @@ NoneType = type(None)
 # The trainer's own choices; `training/optim.py` and `training/schedule.py` import these.
 OPTIMIZER_KINDS = ("sgd", "adamw")
 SCHEDULE_KINDS = ("poly", "step")
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 STANDALONE_HEAD = "standalone"  # the head `distill = None` selects; not a `distill` value itself
 
 GROUPS = ("host", "extension", "required", "derived")
@@ -192,6 +193,14 @@ class RunConfig:
         Rule(lambda v: v >= 1, "None or a global batch size >= 1"))
     clip_grad_norm: float = ours(5.0, "L2 gradient-norm clip on the backbone; 0 disables",
                                  Rule(lambda v: v >= 0, ">= 0 (0 disables clipping)"))
+
+    # ---- speed ---------------------------------------------------------------------------------
+    compile: bool = ours(False, "torch.compile the student and the teacher forward (in place: checkpoints, "
+                                "model.pt and ONNX export are unchanged); docs/speed.md")
+    compile_mode: Optional[str] = ours(
+        None, "torch.compile mode when compile=True: None (the default mode), 'reduce-overhead' (CUDA "
+              "graphs, for small per-GPU batches), 'max-autotune' or 'max-autotune-no-cudagraphs'",
+        OneOf(COMPILE_MODES))
 
     # ---- checkpoints and faults ----------------------------------------------------------------
     save_every_steps: int = ours(0, "also checkpoint every N global steps (0 = epoch ends only)",

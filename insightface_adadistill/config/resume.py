@@ -34,7 +34,8 @@ _HARMLESS_KEYS = ("resume", "save_all_states", "output", "verbose", "frequent", 
                   "wandb_project", "wandb_log_all", "save_artifacts", "wandb_resume", "notes",
                   "teacher_weights", "teacher_classifier", "teacher_channels_last", "save_every_steps",
                   "keep_checkpoints", "nonfinite_loss", "device", "progress_bar", "max_steps",
-                  "resume_allow_changes", "rec", "val_targets", "teacher_cache")
+                  "resume_allow_changes", "rec", "val_targets", "teacher_cache",
+                  "compile", "compile_mode")
 
 RESUME_RULES: Dict[str, str] = {
     **{key: IDENTITY for key in _IDENTITY_KEYS},

@@ -33,6 +33,8 @@ class DistillStep(nn.Module):
         # Kept out of the module tree: the teacher is never wrapped, optimised or checkpointed.
         self.__dict__["teacher"] = teacher if head.needs_teacher else None
 
+    marks_cudagraph_steps = False  # set by `compile_step` for CUDA graphs (compile_mode='reduce-overhead')
+
     def forward(self, images: torch.Tensor, labels: torch.Tensor,
                 teacher_embeddings: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """images (B, 3, 112, 112) normalised, labels (B,) int64 -> {'loss': 0-dim, **stats}.
@@ -40,6 +42,8 @@ class DistillStep(nn.Module):
         `teacher_embeddings` (B, E), the batch's rows of a teacher cache, replace the teacher's
         forward (they are the same numbers; see docs/teacher-cache.md).
         """
+        if self.marks_cudagraph_steps:  # a new iteration: the previous step's graph outputs may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         local_embeddings = self.student(images)  # (B, E)
         teacher = self.__dict__["teacher"]
         if teacher_embeddings is not None:

@@ -37,6 +37,7 @@ from insightface_adadistill.heads import build_head, build_margin_loss
 from insightface_adadistill.outputs import claim_output
 from insightface_adadistill.teacher import build_teacher, check_embedding_sizes, load_teacher_classifier
 from insightface_adadistill.training.checkpointer import Checkpointer, all_ranks_agree
+from insightface_adadistill.training.compile import compile_step, explain_compile_failure
 from insightface_adadistill.training.monitor import TrainingMonitor, setup_logging
 from insightface_adadistill.training.optim import build_optimizer, host_param_groups
 from insightface_adadistill.training.schedule import build_scheduler, scaled_lr
@@ -76,7 +77,8 @@ def train(cfg: RunConfig, dist: distributed.DistInfo) -> TrainResult:
     installed for the run and the previous ones restored on return, also after an error.
     """
     output = Path(cfg.output)
-    with _output_claimed(output, dist, cfg.resume), StopRequest() as stop:
+    with (_output_claimed(output, dist, cfg.resume), StopRequest() as stop,
+          explain_compile_failure(cfg.compile)):
         return _run(cfg, dist, output, stop)
 
 
@@ -114,6 +116,8 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
     teacher = _build_teacher(cfg, dist.device) if head.needs_teacher and not cached else None
     ddp_student = wrap_ddp(student, dist)
     step_fn = DistillStep(ddp_student, head, teacher, teacher_in_batch=cached)
+    if cfg.compile:
+        compile_step(step_fn, cfg.compile_mode)  # in place: state_dict keys unchanged
 
     # ---- optimizer and schedule -------------------------------------------------------------
     lr = scaled_lr(cfg.lr, cfg.total_batch_size, cfg.lr_scale_batch)

@@ -2,7 +2,9 @@
 
 Writes a temporary InsightFace-style .rec of synthetic 112x112 face-like JPEGs, then times one
 epoch of the real training loader (`build_dataset` + `build_dataloader`) per JPEG decoder
-(simplejpeg - our default, PIL, cv2 if importable) and per worker count, and, when an MXNet
+(simplejpeg - our default, PIL, cv2 if importable) and per worker count, for float32 items
+normalised in the workers and for the trainer's uint8 items (normalised by the loader, or as
+shipped by the workers, which is what a GPU run's host does), and, when an MXNet
 python is available ($ADADISTILL_MXNET_PYTHON or .venv-mxnet), the same steps on MXNet's
 MXIndexedRecordIO + mx.image.imdecode in that venv. One JSON line per configuration, then a
 summary line with ratios against MXNet.
@@ -34,6 +36,8 @@ from insightface_adadistill.data.rec_tools import write_insightface_rec
 from insightface_adadistill.data.recordio import unpack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+UINT8 = "adadistill-uint8"  # uint8 from the workers, normalised by the loader (on the CPU here)
+SHIPPED = "adadistill-uint8-shipped"  # the same batches as the workers hand them over (a GPU run normalises there)
 
 # Runs in the MXNet venv: one epoch of read + unpack + imdecode + flip + normalise + stack per line
 # read from stdin, answering with images/s, so that its rounds interleave with ours.
@@ -109,17 +113,23 @@ class DecoderDataset(RecordDataset):
 
 
 class LoaderRun:
-    """One configuration of our pipeline: the training loader over the whole .rec, warmed up."""
+    """One configuration of our pipeline: the training loader over the whole .rec, warmed up.
 
-    def __init__(self, dataset, batch_size: int, workers: int, device: str = "cpu") -> None:
-        self.loader = build_dataloader(dataset, batch_size, rank=0, world_size=1, seed=0, num_workers=workers,
+    `shipped=True` iterates the DataLoader inside the `FaceLoader`: the uint8 batches as the
+    workers hand them over, before the normalisation that a GPU run does on the GPU.
+    """
+
+    def __init__(self, dataset, batch_size: int, workers: int, device: str = "cpu", shipped: bool = False) -> None:
+        face_loader = build_dataloader(dataset, batch_size, rank=0, world_size=1, seed=0, num_workers=workers,
                                        device=device)
+        self.face_loader = face_loader
+        self.loader = face_loader.loader if shipped else face_loader
         self.cuda = device == "cuda"
         self.epoch = 0
         self.images_per_s()  # starts the persistent workers and fills the page cache
 
     def images_per_s(self) -> float:
-        self.loader.set_epoch(self.epoch)
+        self.face_loader.set_epoch(self.epoch)
         self.epoch += 1
         started = time.perf_counter()
         count = sum(len(batch.label) for batch in self.loader)
@@ -183,17 +193,23 @@ def main(argv: list[str] | None = None) -> int:
         write_benchmark_rec(folder, args.images, args.classes)
         jpeg_kb = (folder / "train.rec").stat().st_size / args.images / 1024
         runs = {}
+
+        def dataset(uint8: bool = False):
+            return build_dataset(str(folder), args.classes, seed=0, uint8=uint8)
+
         for name in _decoders():
-            dataset = build_dataset(str(folder), args.classes, seed=0) if name == "simplejpeg" \
-                else DecoderDataset(folder / "train.rec", name)
-            runs[("adadistill", name, 0)] = LoaderRun(dataset, args.batch_size, 0)
+            runs[("adadistill", name, 0)] = LoaderRun(
+                dataset() if name == "simplejpeg" else DecoderDataset(folder / "train.rec", name), args.batch_size, 0)
         for workers in (w for w in args.workers if w > 0):
-            dataset = build_dataset(str(folder), args.classes, seed=0)
-            runs[("adadistill", "simplejpeg", workers)] = LoaderRun(dataset, args.batch_size, workers)
+            runs[("adadistill", "simplejpeg", workers)] = LoaderRun(dataset(), args.batch_size, workers)
+        for workers in args.workers:  # the trainer's path: uint8 from the workers
+            runs[(UINT8, "simplejpeg", workers)] = LoaderRun(dataset(True), args.batch_size, workers)
+            runs[(SHIPPED, "simplejpeg", workers)] = LoaderRun(dataset(True), args.batch_size, workers, shipped=True)
         if torch.cuda.is_available():  # pinned memory + side-stream copies, most workers
-            dataset = build_dataset(str(folder), args.classes, seed=0)
             runs[("adadistill-to-cuda", "simplejpeg", max(args.workers))] = LoaderRun(
-                dataset, args.batch_size, max(args.workers), device="cuda")
+                dataset(), args.batch_size, max(args.workers), device="cuda")
+            runs[(UINT8 + "-to-cuda", "simplejpeg", max(args.workers))] = LoaderRun(
+                dataset(True), args.batch_size, max(args.workers), device="cuda")
         python = mxnet_python()
         if python:
             runs[("mxnet-1.9.1", "mx.image.imdecode", 0)] = MXNetRun(python, folder, args.batch_size)
@@ -207,15 +223,22 @@ def main(argv: list[str] | None = None) -> int:
 
     mxnet_rate = next((rate for (pipeline, _, _), rate in best.items() if pipeline.startswith("mxnet")), None)
     for (pipeline, decoder, workers), rate in best.items():
-        line = {"pipeline": pipeline, "decoder": decoder, "workers": workers, "images_per_s": round(rate, 1)}
+        line = {"pipeline": pipeline, "decoder": decoder, "workers": workers, "images_per_s": round(rate, 1),
+                "images_per_s_per_worker": round(rate / max(workers, 1), 1)}
         if mxnet_rate:
             line["ratio_vs_mxnet"] = round(rate / mxnet_rate, 2)
+            line["per_worker_vs_mxnet"] = round(rate / max(workers, 1) / mxnet_rate, 2)
         print(json.dumps(line))
+    before = {w: r for (p, d, w), r in best.items() if p == "adadistill" and d == "simplejpeg"}
+    after = {w: r for (p, _, w), r in best.items() if p == SHIPPED}
+    per_worker = {w: round(after[w] / before[w], 2) for w in after if w in before}
     print(json.dumps({"summary": True, "cpu": cpu_name(), "cores": os.cpu_count(),
                       "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
                       "images": args.images, "avg_jpeg_kb": round(jpeg_kb, 2), "batch_size": args.batch_size,
                       "rounds": args.rounds, "torch": torch.__version__,
-                      "mxnet": "1.9.1" if mxnet_rate else "not available"}))
+                      "mxnet": "1.9.1" if mxnet_rate else "not available",
+                      "uint8_shipped_vs_float_by_workers": per_worker,
+                      "target": "per worker >= 3x MXNet's single-process reader + decoder"}))
     return 0
 
 

@@ -13,7 +13,8 @@ import torch
 from insightface_adadistill.data.datasets import (ImageFolderDataset, ImageSizeError, LabelError,
                                                   RecordDataset, SyntheticDataset, build_dataset,
                                                   detect_layout, exact_boundary, flip_decision,
-                                                  label_cache_path, to_tensor)
+                                                  label_cache_path, normalise_pixels, to_pixels,
+                                                  to_tensor)
 from insightface_adadistill.data.decode import ImageDecodeError, encode_jpeg
 from insightface_adadistill.data.recordio import IRHeader, RecordIOReader, pack, write_records
 from insightface_adadistill.errors import DataError
@@ -73,6 +74,26 @@ def test_normalisation_and_flip_of_one_pixel():
     image = to_tensor(rgb, flip=False)
     assert image[:, 0, 0].tolist() == [1.0, -1.0, pytest.approx(0.5 / 127.5)]
     assert torch.equal(to_tensor(rgb, flip=True), image.flip(2))
+
+
+def test_uint8_pixels_normalise_to_the_same_bits():
+    """Every uint8 value, and whole (flipped) images: loader-side normalisation == to_tensor."""
+    every_value = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    rgb = np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    for image in (every_value, rgb):
+        for flip in (False, True):
+            pixels = to_pixels(image, flip)
+            assert pixels.dtype == torch.uint8 and pixels.shape == (3,) + image.shape[:2]
+            assert torch.equal(normalise_pixels(pixels[None])[0], to_tensor(image, flip))
+
+
+def test_uint8_dataset_items_carry_the_pixels(fixtures_dir):
+    floats = build_dataset(str(fixtures_dir / "ms1m_style"), 8, seed=5)
+    pixels = build_dataset(str(fixtures_dir / "ms1m_style"), 8, seed=5, uint8=True)
+    for index in range(len(floats)):
+        a, b = floats[(1, index)], pixels[(1, index)]
+        assert b.image.dtype == torch.uint8 and (a.label, a.index, a.flipped) == (b.label, b.index, b.flipped)
+        assert torch.equal(normalise_pixels(b.image), a.image)
 
 
 def test_flip_is_pure_and_balanced():

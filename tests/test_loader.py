@@ -79,6 +79,16 @@ def test_batches_identical_across_worker_counts(ms1m):
     assert batch[1].dtype == torch.int64 and batch[3].dtype == torch.bool
 
 
+def test_uint8_batches_are_normalised_to_the_float_batches(ms1m, fixtures_dir):
+    """Workers ship uint8 pixels; the loader's normalised batches are bit-identical to float ones."""
+    pixels = build_dataset(str(fixtures_dir / "ms1m_style"), 8, seed=2048, uint8=True)
+    floats = build_dataloader(ms1m, 4, rank=0, world_size=1, seed=2048, num_workers=0, device="cpu")
+    shipped = build_dataloader(pixels, 4, rank=0, world_size=1, seed=2048, num_workers=2, device="cpu")
+    for epoch in (0, 1):
+        assert_same_batches(batches(floats, epoch), batches(shipped, epoch))
+    assert next(iter(shipped.loader)).image.dtype == torch.uint8  # what crosses the process boundary
+
+
 def test_mid_epoch_resume_gives_the_remaining_batches(ms1m):
     loader = build_dataloader(ms1m, 3, rank=1, world_size=2, seed=7, num_workers=1, device="cpu")
     assert loader.batches_per_epoch == len(loader) == 4  # ceil(24 / 2) // 3

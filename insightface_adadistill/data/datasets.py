@@ -1,7 +1,10 @@
 """Training datasets: InsightFace / im2rec / Glint RecordIO, image folders and a synthetic set.
 
 Every dataset returns a `Sample` whose image is a float32 (3, 112, 112) RGB tensor normalised as
-(x - 127.5) / 127.5, which equals arcface_torch's ToTensor + Normalize(0.5, 0.5). The only
+(x - 127.5) / 127.5, which equals arcface_torch's ToTensor + Normalize(0.5, 0.5); with `uint8=True`
+(the trainer) it is the (3, 112, 112) uint8 pixels instead, 4x fewer bytes for the DataLoader
+workers to hand over, pin and copy, and the loader normalises the batch on the device with
+`normalise_pixels`, to the same bits. The only
 augmentation is a horizontal flip with p = 0.5 that is a pure function of (seed, epoch, index), so a
 resumed run sees the same flips without saving any worker RNG state.
 
@@ -44,8 +47,8 @@ class LabelError(DataError):
 class Sample(NamedTuple):
     """One training example; the DataLoader collates each field into a batch.
 
-    image: (3, 112, 112) float32 in [-1, 1]; label: int64 scalar; index: position in the dataset;
-    flipped: whether the horizontal flip was applied.
+    image: (3, 112, 112) float32 in [-1, 1], or uint8 pixels from a `uint8=True` dataset; label:
+    int64 scalar; index: position in the dataset; flipped: whether the horizontal flip was applied.
     """
 
     image: torch.Tensor
@@ -76,6 +79,22 @@ def to_tensor(rgb: np.ndarray, flip: bool) -> torch.Tensor:
     np.subtract(source.transpose(2, 0, 1), np.float32(127.5), out=image)
     image /= np.float32(127.5)
     return torch.from_numpy(image)
+
+
+def to_pixels(rgb: np.ndarray, flip: bool) -> torch.Tensor:
+    """(112, 112, 3) uint8 RGB -> (3, 112, 112) uint8, optionally mirrored (one transposing copy)."""
+    source = rgb[:, ::-1] if flip else rgb  # (H, W, 3) view, mirrored along W
+    return torch.from_numpy(np.ascontiguousarray(source.transpose(2, 0, 1)))
+
+
+def normalise_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> float32 (x - 127.5) / 127.5 on the pixels' device, the bits of `to_tensor`.
+
+    The divisor is a tensor on the device, not a Python number: CUDA turns division by a CPU
+    scalar into a multiplication by its reciprocal, which can differ in the last bit.
+    """
+    divisor = torch.full((), 127.5, dtype=torch.float32, device=pixels.device)
+    return pixels.float().sub_(127.5).div_(divisor)  # in place: one fresh buffer, not three
 
 
 def check_image_size(rgb: np.ndarray, where: str) -> None:
@@ -122,9 +141,10 @@ class FaceDataset(Dataset):
     num_classes_source: str
     description: str
 
-    def __init__(self, seed: int, flip: bool) -> None:
+    def __init__(self, seed: int, flip: bool, uint8: bool = False) -> None:
         self.seed = int(seed)
         self.flip = bool(flip)
+        self.uint8 = bool(uint8)  # items carry uint8 pixels; the loader normalises them
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -145,15 +165,21 @@ class FaceDataset(Dataset):
         epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
         index = int(index)
         flipped = self.flip and flip_decision(self.seed, int(epoch), index)
-        image, label = self.load_image(index, flipped)
+        rgb, label = self.load_rgb(index)
+        image = to_pixels(rgb, flipped) if self.uint8 else to_tensor(rgb, flipped)
         return Sample(image, torch.tensor(label, dtype=torch.int64), index, flipped)
 
     def load_image(self, index: int, flipped: bool) -> tuple[torch.Tensor, int]:
         """(image (3, 112, 112) float32, label) of sample `index`, mirrored when `flipped`.
 
-        The one place an item is decoded, checked and normalised, so the teacher cache embeds
-        exactly the tensors training feeds the teacher.
+        What training feeds the networks (a `uint8=True` item normalised by the loader is the
+        same tensor), so the teacher cache embeds exactly these.
         """
+        rgb, label = self.load_rgb(index)
+        return to_tensor(rgb, flipped), label
+
+    def load_rgb(self, index: int) -> tuple[np.ndarray, int]:
+        """(RGB uint8 (112, 112, 3), label) of sample `index`: the one place an item is decoded and checked."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         image, label, where = self._load(index)
@@ -163,7 +189,7 @@ class FaceDataset(Dataset):
             raise LabelError(f"{where}: label {label} is outside 0..{self.num_classes_found - 1} "
                              f"({self.num_classes_found} identities, from the {self.num_classes_source})"
                              "; the dataset is inconsistent - rebuild it with `adadistill make-rec`")
-        return to_tensor(rgb, flipped), int(label)
+        return rgb, int(label)
 
     def check_num_classes(self, num_classes: int | None) -> None:
         """Stop early when the config's `num_classes` disagrees with the data."""
@@ -465,7 +491,8 @@ class RecordDataset(FaceDataset):
         return payload, class_of(header), where
 
 
-def build_dataset(rec: str, num_classes: int | None, seed: int, flip: bool = True) -> FaceDataset:
+def build_dataset(rec: str, num_classes: int | None, seed: int, flip: bool = True,
+                  uint8: bool = False) -> FaceDataset:
     """The training dataset named by config `rec`, dispatched like arcface_torch 4.1.
 
     Args:
@@ -475,6 +502,7 @@ def build_dataset(rec: str, num_classes: int | None, seed: int, flip: bool = Tru
             "synthetic", whose labels cycle through it).
         seed: config.seed; with the epoch and sample index it decides each flip.
         flip: False disables the random horizontal flip (evaluation).
+        uint8: items carry (3, 112, 112) uint8 pixels, normalised later by the loader (the trainer).
 
     Returns:
         A `FaceDataset` whose items are `Sample(image (3, 112, 112) float32, label int64, index,
@@ -491,6 +519,7 @@ def build_dataset(rec: str, num_classes: int | None, seed: int, flip: bool = Tru
         else:
             dataset = ImageFolderDataset(rec, seed, flip)
     dataset.check_num_classes(num_classes)
+    dataset.uint8 = uint8
     return dataset
 
 

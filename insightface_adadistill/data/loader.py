@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .datasets import normalise_pixels
+
 from insightface_adadistill.errors import DataError
 
 
@@ -87,6 +89,18 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def normalise_batch(batch: Any) -> Any:
+    """A batch whose `image` is uint8 pixels, with that image normalised where it lies (else unchanged).
+
+    Workers of a `uint8=True` dataset ship pixels: 4x fewer bytes through shared memory, pinning
+    and the host-to-device copy; the (x - 127.5) / 127.5 then runs on the device, to the same bits.
+    """
+    image = getattr(batch, "image", None)
+    if isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
+        return batch._replace(image=normalise_pixels(image))
+    return batch
+
+
 def _record_stream(batch: Any, stream: torch.cuda.Stream) -> None:
     """Tell the caching allocator the batch is used on `stream`, so memory allocated on the copy
     stream is not reused while the compute stream still reads it."""
@@ -128,15 +142,16 @@ class CudaPrefetcher:
             batch = next(batches)
         except StopIteration:
             return None
-        with torch.cuda.stream(stream):
-            return _to_device(batch, self.device)
+        with torch.cuda.stream(stream):  # copy and normalise on the side stream, ahead of compute
+            return normalise_batch(_to_device(batch, self.device))
 
 
 class FaceLoader:
     """What `build_dataloader` returns: iterate it for batches of `Sample` fields.
 
     Each batch is a `Sample` of tensors: image (B, 3, 112, 112) float32, label (B,) int64,
-    index (B,) int64, flipped (B,) bool; on the GPU when the device is CUDA.
+    index (B,) int64, flipped (B,) bool; on the GPU when the device is CUDA. A `uint8=True`
+    dataset's pixels are normalised here (`normalise_batch`), after the copy.
     """
 
     def __init__(self, dataset: Dataset, sampler: DistributedSampler, loader: DataLoader,
@@ -170,7 +185,9 @@ class FaceLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._batches)
+        if self.device.type == "cuda":
+            return iter(self._batches)  # the prefetcher normalises on its stream
+        return map(normalise_batch, self._batches)
 
 
 def build_dataloader(dataset: Dataset, batch_size: int, rank: int, world_size: int, seed: int,

@@ -94,7 +94,7 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
         logger.info(line)
 
     # ---- data ------------------------------------------------------------------------------
-    dataset = build_dataset(cfg.rec, cfg.num_classes, cfg.seed)
+    dataset = build_dataset(cfg.rec, cfg.num_classes, cfg.seed, uint8=True)  # the loader normalises
     if cfg.teacher_cache is not None:
         dataset = _with_teacher_cache(cfg, dataset)
     loader = build_dataloader(dataset, cfg.batch_size, dist.rank, dist.world_size, cfg.seed,

@@ -13,7 +13,9 @@ teacher (`train_throughput.calibrated_teacher_file`), then measures, in one run:
   pipeline becomes the limit once the teacher is gone.
 
 Every epoch starts from the same seed, so `epoch-cached-fp32` must repeat `epoch-online` exactly
-(alpha' delta 0 when the cache was built with the training batch size on the same device).
+(alpha' delta 0 when the cache was built with the training batch size on the same device). The
+epochs run in `--rounds` interleaved rounds (online, cached fp32, fp16, bf16, online, ...) and the
+best round of each is kept, so load from other jobs on a shared host hits all of them alike.
 
     .venv/bin/python benchmarks/cache_epoch.py --threads 2 --out benchmarks/results/cache_epoch_cpu.json
     python benchmarks/cache_epoch.py --preset gpu --out benchmarks/results/cache_epoch_h200.json
@@ -136,6 +138,7 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, help="batch size (overrides the preset)")
     parser.add_argument("--loader-workers", type=int, nargs="+", help="worker counts of the loader-only runs")
     parser.add_argument("--threads", type=int, help="CPU intra-op threads")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds per epoch kind; best kept")
     parser.add_argument("--out", type=Path, help="also write every JSON line to this file")
     return parser.parse_args(argv)
 
@@ -171,15 +174,26 @@ def main(argv: Optional[List[str]] = None) -> int:
             emit({"run": "build", "teacher": preset.teacher, "teacher_dtype": preset.teacher_dtype,
                   "batch": preset.batch, "images": preset.images, "seconds": round(build_s, 2),
                   "images_per_s": round(preset.images / build_s, 1)})
-            online = run_epoch(dataset, preset, teacher_file, dist, cached=False)
-            emit({"run": "epoch-online", **{k: v for k, v in online.items() if k != "alpha_weighted"}})
+            row_errors = {"fp32": 0.0, **{dtype: _convert_cache(folder / "fp32", folder / dtype, dtype)
+                                          for dtype in ("fp16", "bf16")}}
+            kinds = {"online": (dataset, False), **{
+                f"cached-{dtype}": (CachedTeacherDataset(dataset, open_teacher_cache(folder / dtype)), True)
+                for dtype in row_errors}}
+            best: Dict[str, Dict[str, object]] = {}
+            for _ in range(args.rounds):  # interleaved: a burst of load elsewhere hits every kind alike
+                for kind, (data, cached) in kinds.items():
+                    result = run_epoch(data, preset, teacher_file, dist, cached=cached)
+                    if kind not in best or result["images_per_s"] > best[kind]["images_per_s"]:
+                        best[kind] = result
+            online = best["online"]
+            emit({"run": "epoch-online", "rounds": args.rounds,
+                  **{k: v for k, v in online.items() if k != "alpha_weighted"}})
             reference = torch.tensor(online["alpha_weighted"])
-            for dtype in ("fp32", "fp16", "bf16"):
-                row_error = 0.0 if dtype == "fp32" else _convert_cache(folder / "fp32", folder / dtype, dtype)
-                cached_data = CachedTeacherDataset(dataset, open_teacher_cache(folder / dtype))
-                cached = run_epoch(cached_data, preset, teacher_file, dist, cached=True)
+            for dtype, row_error in row_errors.items():
+                cached = best[f"cached-{dtype}"]
                 delta = (torch.tensor(cached["alpha_weighted"]) - reference).abs()
-                emit({"run": f"epoch-cached-{dtype}", **{k: v for k, v in cached.items() if k != "alpha_weighted"},
+                emit({"run": f"epoch-cached-{dtype}", "rounds": args.rounds,
+                      **{k: v for k, v in cached.items() if k != "alpha_weighted"},
                       "speedup_vs_online": round(cached["images_per_s"] / online["images_per_s"], 3),
                       "max_abs_row_error": row_error, "mean_alpha_weighted": round(float(reference.mean()), 6),
                       "mean_abs_alpha_delta": float(delta.mean()), "max_abs_alpha_delta": float(delta.max())})

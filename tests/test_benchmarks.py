@@ -71,7 +71,8 @@ def test_train_throughput_vit_preset_runs() -> None:
 
 def test_cache_epoch_smallest_cpu_run() -> None:
     lines = _run("cache_epoch.py", "--device", "cpu", "--images", "32", "--teacher", "tiny_resnet",
-                 "--student", "tiny_mfn", "--batch", "8", "--loader-workers", "0", "--threads", "1")
+                 "--student", "tiny_mfn", "--batch", "8", "--loader-workers", "0", "--threads", "1",
+                 "--rounds", "1")
     runs = {line.get("run"): line for line in lines}
     assert {"build", "epoch-online", "epoch-cached-fp32", "epoch-cached-fp16", "epoch-cached-bf16",
             "loader-cached", None} == set(runs)

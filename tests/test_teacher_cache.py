@@ -156,6 +156,36 @@ def test_disk_full_build_is_resumable_and_ends_identical(tmp_path: Path, world: 
     assert np.array_equal(np.load(tmp_path / "c" / store.ARRAY), np.load(world["cache"] / store.ARRAY))
 
 
+KILLED_BUILD = """
+import os, signal, sys, torch
+from insightface_adadistill import distributed
+from insightface_adadistill.cache import TeacherSpec, build_teacher_cache
+from insightface_adadistill.data.datasets import build_dataset
+data, teacher, out = sys.argv[1:4]
+def progress(rows, todo):
+    if rows >= 80:  # 2 chunks of 32 committed, the third half computed: kill -9 here
+        os.kill(os.getpid(), signal.SIGKILL)
+build_teacher_cache(out, build_dataset(data, 16, 0), TeacherSpec("tiny_resnet", teacher, 64), rec=data,
+                    batch_size=16, dist=distributed.DistInfo(0, 0, 1, torch.device("cpu")), chunk_rows=32,
+                    progress=progress)
+"""
+
+
+def test_killed_build_resumes_where_it_stopped(tmp_path: Path, world: dict) -> None:
+    out = tmp_path / "c"
+    proc = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(world["data"]), str(world["teacher"]), str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert not (out / "manifest.json").exists()
+    assert sorted(p.name for p in (out / store.PROGRESS).iterdir()) == ["chunk_000000.done", "chunk_000001.done"]
+    calls = []
+    dataset = build_dataset(str(world["data"]), CLASSES, 0)
+    build_teacher_cache(out, dataset, _spec(world), rec=str(world["data"]), batch_size=16, dist=_single(),
+                        chunk_rows=32, progress=lambda rows, todo: calls.append(todo))
+    assert calls[-1] == IMAGES - 64  # only the 6 uncommitted chunks were embedded again
+    assert np.array_equal(np.load(out / store.ARRAY), np.load(world["cache"] / store.ARRAY))
+
+
 def test_build_refuses_a_folder_it_did_not_write(tmp_path: Path, world: dict) -> None:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")

@@ -9,6 +9,10 @@
    channels_last, and an fp16 student: finite losses, alpha logged, `model.pt` written.
 5. `recordio_prefetch`: a small synthetic `.rec` (`build_synthetic_suite`) read by 2 workers into
    the CUDA-stream prefetcher for a few steps, then the final verification on its `.bin`.
+6. `teacher_cache_exact`: `adadistill cache-teacher` on the GPU for that `.rec` (fp32 rows, the
+   training batch size), then the same AdaDistill run with the online teacher and with
+   `teacher_cache`, rows prefetched with the images: both finish, and the detail says whether the
+   two `model.pt` are bit-identical on this GPU (docs/teacher-cache.md, "Exactness").
 
 Every training run is `python -m insightface_adadistill train` in a subprocess, as users launch it.
 One JSON line per check, then a summary; exit status 1 if any check failed.
@@ -34,11 +38,21 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from insightface_adadistill import distributed
+from insightface_adadistill.serialization import load_file
 from insightface_adadistill.synthetic.suite import build_synthetic_suite
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "recipes" / "tiny_cpu.py")
 RUN_TIMEOUT_S = 300
+
+
+def run_command(cmd: List[str]) -> str:
+    """Run one of our commands from this checkout; '' on success, else the exit status and output tail."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    if proc.returncode != 0:
+        return f"exit {proc.returncode}: {(proc.stderr or proc.stdout)[-1500:]}"
+    return ""
 
 
 @dataclass
@@ -50,7 +64,7 @@ class CheckResult:
 
 
 class Checks:
-    """The five checks, sharing one device, one scratch folder and one trained tiny teacher."""
+    """The six checks, sharing one device, one scratch folder and one trained tiny teacher."""
 
     def __init__(self, device: str, scratch: Path) -> None:
         self.device = device
@@ -64,11 +78,8 @@ class Checks:
         cmd = [sys.executable, "-m", "insightface_adadistill", "train", TINY, "--set", f"output={output}",
                f"device={self.device}", "progress_bar=False", "frequent=5", "num_epoch=2", f"max_steps={steps}",
                *overrides]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-        if proc.returncode != 0:
-            return output, f"exit {proc.returncode}: {(proc.stderr or proc.stdout)[-1500:]}"
-        return output, self._check_outputs(output)
+        problem = run_command(cmd)
+        return output, problem or self._check_outputs(output)
 
     @staticmethod
     def _check_outputs(output: Path) -> str:
@@ -144,10 +155,39 @@ class Checks:
             return "no verification result in training.log"
         return ""
 
+    def teacher_cache_exact(self) -> str:
+        """Online vs cached distillation on the GPU; a mismatch beyond 1e-3 fails, any mismatch is reported."""
+        teacher = self.scratch / "teacher" / "model.pt"
+        if not teacher.is_file():
+            _, problem = self.train("teacher", "network='tiny_resnet'")
+            if problem:
+                return f"teacher run: {problem}"
+        paths = build_synthetic_suite(self.scratch / "cache_data", num_train_ids=16, images_per_id=8,
+                                      num_heldout_ids=8, num_val_pairs=40, ijb_templates_per_identity=2,
+                                      ijb_media_per_template=1, ijb_images_per_media=1)
+        sets = [f"rec='{paths['rec']}'", "num_classes=16", "num_image=128", "num_workers=2",
+                "distill='adadistill'", "teacher_network='tiny_resnet'", f"teacher_weights='{teacher}'"]
+        cache = self.scratch / "teacher_cache"
+        problem = run_command([sys.executable, "-m", "insightface_adadistill", "cache-teacher", TINY, "--set",
+                               f"device={self.device}", "progress_bar=False", *sets, "--out", str(cache)])
+        if problem:
+            return f"cache-teacher: {problem}"
+        online, problem = self.train("online", *sets, steps=8)
+        if problem:
+            return f"online run: {problem}"
+        cached, problem = self.train("cached", *sets, f"teacher_cache='{cache}'", steps=8)
+        if problem:
+            return f"cached run: {problem}"
+        a, b = load_file(online / "model.pt"), load_file(cached / "model.pt")
+        worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+        outcome = "bit-identical" if worst == 0 else f"max |delta| {worst:.3e}"
+        print(json.dumps({"check_detail": "teacher_cache_exact", "model_pt_online_vs_cached": outcome}), flush=True)
+        return "" if worst <= 1e-3 else f"cached run's model.pt differs from the online run's by {worst:.3e}"
+
     def all(self) -> Dict[str, Callable[[], str]]:
         return {"process_group": self.process_group, "train_fp16_scaler": self.train_fp16_scaler,
                 "train_bf16": self.train_bf16, "distill_half_teacher": self.distill_half_teacher,
-                "recordio_prefetch": self.recordio_prefetch}
+                "recordio_prefetch": self.recordio_prefetch, "teacher_cache_exact": self.teacher_cache_exact}
 
 
 def run_check(name: str, check: Callable[[], str]) -> CheckResult:

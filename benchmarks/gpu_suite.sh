@@ -27,12 +27,12 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT_DIR
     [ "$rc" -eq 0 ] || status=1
 }
 
-step gpu_check_suite 120 "$PYTHON" benchmarks/gpu_check.py
+step gpu_check_suite 130 "$PYTHON" benchmarks/gpu_check.py
 step train_throughput_suite 200 "$PYTHON" benchmarks/train_throughput.py --preset paper --cudnn-benchmark \
     --out "$OUT_DIR/train_throughput_h200_suite.json"
-step cache_epoch_suite 100 "$PYTHON" benchmarks/cache_epoch.py --preset gpu --out "$OUT_DIR/cache_epoch_h200_suite.json"
+step cache_epoch_suite 130 "$PYTHON" benchmarks/cache_epoch.py --preset gpu --rounds 2 --out "$OUT_DIR/cache_epoch_h200_suite.json"
 DEMO_OUT=$(mktemp -d)
-step demo_gpu_suite 150 "$PYTHON" -m insightface_adadistill demo --preset gpu --device cuda --out "$DEMO_OUT/demo"
+step demo_gpu_suite 110 "$PYTHON" -m insightface_adadistill demo --preset gpu --device cuda --out "$DEMO_OUT/demo"
 cp "$DEMO_OUT"/demo/*.md "$DEMO_OUT"/demo/*.json "$OUT_DIR"/ 2>/dev/null || true
 rm -rf "$DEMO_OUT"
 exit $status

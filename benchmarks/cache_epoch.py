@@ -38,7 +38,7 @@ from insightface_adadistill import distributed
 from insightface_adadistill.backbones import get_model
 from insightface_adadistill.cache import CachedTeacherDataset, TeacherSpec, build_teacher_cache, open_teacher_cache
 from insightface_adadistill.cache.manifest import MANIFEST, write_json_atomic
-from insightface_adadistill.cache.store import ARRAY, RowFile, create_array, read_array_header
+from insightface_adadistill.cache.store import ARRAY, RowFile, create_array
 from insightface_adadistill.data.datasets import build_dataset
 from insightface_adadistill.data.loader import build_dataloader
 from insightface_adadistill.heads import build_head, build_margin_loss
@@ -73,12 +73,11 @@ PRESETS = {
 def _convert_cache(source: Path, target: Path, dtype: str) -> float:
     """Copy an fp32 cache as `dtype` (rows cast exactly as the build casts them); max |error|."""
     target.mkdir()
-    shape, _, offset = read_array_header(source / ARRAY)
-    exact = torch.stack([torch.stack([RowFile(source / ARRAY, shape, "fp32", offset).read(i, f) for f in (0, 1)])
-                         for i in range(shape[0])])  # (N, 2, E)
-    create_array(target / ARRAY, shape, dtype)
-    _, _, out_offset = read_array_header(target / ARRAY)
-    rows = RowFile(target / ARRAY, shape, dtype, out_offset)
+    source_rows = RowFile.open(source / ARRAY, "fp32")
+    exact = torch.stack([torch.stack([source_rows.read(i, f) for f in (0, 1)])
+                         for i in range(source_rows.shape[0])])  # (N, 2, E)
+    create_array(target / ARRAY, source_rows.shape, dtype)
+    rows = RowFile.open(target / ARRAY, dtype)
     rows.write(0, exact)
     rows.close()
     manifest = json.loads((source / MANIFEST).read_text())

@@ -51,7 +51,7 @@ from torch import nn
 from data_throughput import cpu_name
 from insightface_adadistill import distributed
 from insightface_adadistill.backbones import get_model
-from insightface_adadistill.cache.store import ARRAY, RowFile, create_array, read_array_header
+from insightface_adadistill.cache.store import ARRAY, RowFile, create_array
 from insightface_adadistill.heads import HeadOutput, build_head, build_margin_loss
 from insightface_adadistill.heads.partial_fc import init_centres
 from insightface_adadistill.serialization import save_file_atomic
@@ -243,12 +243,10 @@ def cache_rows(folder: Path, embedding_size: int, dtype: str) -> RowFile:
     path = folder / f"{dtype}_{embedding_size}_{ARRAY}"
     if not path.is_file():
         create_array(path, (CACHE_ROWS, 2, embedding_size), dtype)
-        shape, _, offset = read_array_header(path)
-        rows = RowFile(path, shape, dtype, offset)
+        rows = RowFile.open(path, dtype)
         rows.write(0, torch.randn(CACHE_ROWS, 2, embedding_size, generator=torch.Generator().manual_seed(3)))
         rows.close()
-    shape, _, offset = read_array_header(path)
-    return RowFile(path, shape, dtype, offset)
+    return RowFile.open(path, dtype)
 
 
 def gather_rows(rows: RowFile, indices: torch.Tensor, flipped: torch.Tensor, device: torch.device) -> torch.Tensor:

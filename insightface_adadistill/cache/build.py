@@ -118,7 +118,7 @@ def _on_main(function: Callable[[], Any], dist: distributed.DistInfo) -> Any:
     return value
 
 
-def _my_batches(chunks: Sequence[int], chunk_rows: int, total: int, batch_size: int) -> List[List[int]]:
+def _my_batches(chunks: Sequence[int], *, chunk_rows: int, total: int, batch_size: int) -> List[List[int]]:
     """Index batches of `chunks`, never crossing a chunk boundary (a chunk is whole batches)."""
     batches = []
     for chunk in chunks:
@@ -163,21 +163,21 @@ def build_teacher_cache(folder: str | Path, dataset: FaceDataset, teacher: Teach
     pending = _on_main(lambda: [k for k, done in enumerate(done_chunks(folder, count)) if not done], dist)
     mine = pending[len(pending) * dist.rank // dist.world_size:len(pending) * (dist.rank + 1) // dist.world_size]
     if mine:
-        _embed_chunks(folder, dataset, teacher, mine, request, dist, num_workers, progress)
+        _embed_chunks(folder, dataset, teacher, chunks=mine, request=request, dist=dist, num_workers=num_workers,
+                      progress=progress)
     distributed.barrier()
     return _on_main(lambda: _commit(folder, request, count), dist)
 
 
-def _embed_chunks(folder: Path, dataset: FaceDataset, teacher: TeacherSpec, chunks: Sequence[int],
+def _embed_chunks(folder: Path, dataset: FaceDataset, teacher: TeacherSpec, *, chunks: Sequence[int],
                   request: Dict[str, Any], dist: distributed.DistInfo, num_workers: int,
                   progress: Optional[Progress]) -> None:
     """Embed and commit `chunks` on this rank, one fsynced chunk at a time."""
     batch_size, chunk_rows, total = request["build_batch_size"], request["chunk_rows"], request["shape"][0]
     model = build_teacher(teacher.network, teacher.weights, teacher.embedding_size, dist.device,
                           dtype=teacher.precision, channels_last=teacher.channels_last)
-    shape, _, offset = read_array_header(folder / ARRAY)
-    rows = RowFile(folder / ARRAY, shape, request["dtype"], offset)
-    batches = _my_batches(chunks, chunk_rows, total, batch_size)
+    rows = RowFile.open(folder / ARRAY, request["dtype"])
+    batches = _my_batches(chunks, chunk_rows=chunk_rows, total=total, batch_size=batch_size)
     loader = DataLoader(_PlainImages(dataset), batch_sampler=batches, num_workers=num_workers,
                         pin_memory=dist.device.type == "cuda")
     todo, done, buffer = sum(map(len, batches)), 0, []
@@ -210,7 +210,7 @@ def _commit(folder: Path, request: Dict[str, Any], count: int) -> Dict[str, Any]
     return manifest
 
 
-def verify_rows(cache: TeacherCache, dataset: FaceDataset, teacher: nn.Module, indices: Sequence[int],
+def verify_rows(cache: TeacherCache, dataset: FaceDataset, teacher: nn.Module, *, indices: Sequence[int],
                 device: torch.device) -> Dict[str, Any]:
     """Recompute rows `indices` with `teacher` (batched as the build was) and compare with the cache.
 

@@ -79,4 +79,4 @@ def open_teacher_cache(folder: str | os.PathLike, expected: Optional[Mapping[str
                          f"rebuild the cache with `adadistill cache-teacher CONFIG --out {folder}`")
     if expected is not None:
         check_manifest(manifest, expected, folder)
-    return TeacherCache(folder, manifest, RowFile(path, shape, dtype, offset))
+    return TeacherCache(folder, manifest, RowFile(path, shape=shape, dtype=dtype, offset=offset))

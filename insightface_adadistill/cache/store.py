@@ -75,12 +75,18 @@ class RowFile:
     """Random access to the rows of the array; the descriptor is opened once per process, so an
     instance made in the main process works in DataLoader workers (forked or spawned)."""
 
-    def __init__(self, path: Path, shape: Tuple[int, int, int], dtype: str, offset: int) -> None:
+    def __init__(self, path: Path, *, shape: Tuple[int, ...], dtype: str, offset: int) -> None:
         self.path, self.shape, self.dtype, self.offset = path, tuple(shape), dtype, offset
         self.numpy_dtype, self.torch_dtype = DTYPES[dtype]
         self.row_bytes = shape[1] * shape[2] * self.numpy_dtype.itemsize  # both orientations
         self._fd: int | None = None
         self._pid: int | None = None
+
+    @classmethod
+    def open(cls, path: Path, dtype: str) -> "RowFile":
+        """The rows of the `.npy` at `path` (shape and data offset read from its header)."""
+        shape, _, offset = read_array_header(path)
+        return cls(path, shape=shape, dtype=dtype, offset=offset)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

@@ -42,7 +42,7 @@ def _verify(cache: Any, count: int, seed: int, device: str) -> Dict[str, Any]:
         model = build_teacher(spec.network, spec.weights, spec.embedding_size, dist.device,
                               dtype=spec.precision, channels_last=spec.channels_last)
         rows = np.random.default_rng(seed).choice(len(dataset), size=min(count, len(dataset)), replace=False)
-        return verify_rows(cache, dataset, model, sorted(rows.tolist()), dist.device)
+        return verify_rows(cache, dataset, model, indices=sorted(rows.tolist()), device=dist.device)
     finally:
         distributed.destroy_distributed()
 

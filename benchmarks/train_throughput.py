@@ -11,6 +11,9 @@ when the student runs fp16), on random in-memory (B, 3, 112, 112) batches, and c
 - `ours-*`: `AdaDistillHead` (sharded centres as buffers, no gradient) with the teacher in fp32,
   or bf16/fp16 autocast with channels_last; `ours-fp16-cl-amp` also runs the student in fp16 with
   GradScaler;
+- `compiled` / `compiled-fp16-cl-amp` / `graphs-fp16-cl-amp`: `ours-fp32` / `ours-fp16-cl-amp` with
+  `compile = True` (`compile_step`: student and teacher forward compiled in place), the last with
+  `compile_mode = 'reduce-overhead'` (CUDA graphs); the warm-up steps include the compilation;
 - `cached` / `cached-amp`: `AdaDistillHead` with NO teacher forward: each step reads the batch's
   rows (index, flipped) from a real on-disk teacher cache (`RowFile`, fp16 rows, as
   `teacher_cache` training does, here on the timed thread) and copies them to the device.
@@ -22,7 +25,9 @@ overflow in half precision). Timing does not depend on the values; non-finite lo
 Every step is timed on its own (synchronised on CUDA); `images_per_s` is batch / median step time,
 which shrugs off bursts from other jobs on a shared host. One JSON line per configuration, then a
 summary line with every variant's speed and peak memory relative to `dense-fp32` for the same
-teacher and batch, measured in the same run. `allreduce_mib_per_step` is the gradient each rank
+teacher and batch, measured in the same run, and a `targets` line: the best online variant per
+teacher and batch against the speed-up targets (2x at batch 512, 1.5x at 128) and every compiled
+variant against its eager twin. `allreduce_mib_per_step` is the gradient each rank
 would send at world size > 1 (here one process: the collectives run but move nothing between GPUs).
 
     .venv/bin/python benchmarks/train_throughput.py --threads 1          # CPU preset, ~5 s
@@ -56,6 +61,7 @@ from insightface_adadistill.heads import HeadOutput, build_head, build_margin_lo
 from insightface_adadistill.heads.partial_fc import init_centres
 from insightface_adadistill.serialization import save_file_atomic
 from insightface_adadistill.teacher import build_teacher
+from insightface_adadistill.training.compile import compile_step
 from insightface_adadistill.training.optim import build_optimizer, host_param_groups
 from insightface_adadistill.training.step import DistillStep
 from insightface_adadistill.training.train import optimizer_step, wrap_ddp
@@ -75,6 +81,7 @@ class Variant:
     channels_last: bool
     student_amp: Optional[str]  # None: fp32 student (the paper); "fp16": autocast + GradScaler on CUDA
     cache_dtype: Optional[str] = None  # set: teacher rows come from a teacher cache of this dtype
+    compile_mode: Optional[str] = None  # set: `compile_step` (config compile=True) with this torch.compile mode
 
 
 VARIANTS = {v.name: v for v in (
@@ -85,7 +92,11 @@ VARIANTS = {v.name: v for v in (
     Variant("ours-fp16-cl-amp", "adadistill", "fp16", True, "fp16"),
     Variant("cached", "adadistill", "fp32", False, None, cache_dtype="fp16"),
     Variant("cached-amp", "adadistill", "fp32", False, "fp16", cache_dtype="fp16"),
+    Variant("compiled", "adadistill", "fp32", False, None, compile_mode="default"),
+    Variant("compiled-fp16-cl-amp", "adadistill", "fp16", True, "fp16", compile_mode="default"),
+    Variant("graphs-fp16-cl-amp", "adadistill", "fp16", True, "fp16", compile_mode="reduce-overhead"),
 )}
+EAGER_VARIANTS = tuple(name for name, v in VARIANTS.items() if v.compile_mode is None)
 ONLINE_FP32 = "ours-fp32"
 CACHE_ROWS = 8192  # rows of the on-disk cache the cached variants read from
 
@@ -110,8 +121,11 @@ PRESETS = {
     "cpu-r18": Preset(("r18",), "mfn", 1000, 512, (16,), (BASELINE, "ours-fp32", "cached"), warmup=2, iters=8),
     # the paper's sizes (MS1MV2 identities, MFN student, r50 and r100 teachers); ~2-3 min on one H100
     "paper": Preset(("r50", "r100"), "mfn", 85742, 512, (128, 512), tuple(VARIANTS), warmup=5, iters=20),
+    # the tiny CPU sizes, compiled against eager (the first steps compile: minutes on 2 cores)
+    "cpu-compiled": Preset(("tiny_resnet",), "tiny_mfn", 1000, 512, (16, 32), ("ours-fp32", "compiled"),
+                           warmup=3, iters=10),
     # transformers: the host's ViT-T as the student of ViT-S and ViT-B teachers (GPU sizes)
-    "vit": Preset(("vit_s", "vit_b"), "vit_t", 85742, 512, (128, 256), tuple(VARIANTS), warmup=5, iters=20),
+    "vit": Preset(("vit_s", "vit_b"), "vit_t", 85742, 512, (128, 256), EAGER_VARIANTS, warmup=5, iters=20),
     # the same code path on CPU in seconds: vit_t's layout at tiny width for student and teacher
     "vit-cpu": Preset(("tiny_vit",), "tiny_vit", 1000, 512, (16,), (BASELINE, "ours-fp32", "ours-bf16-cl"),
                       warmup=1, iters=5),
@@ -311,6 +325,11 @@ def build_step(variant: Variant, teacher_name: str, teacher_file: Path, preset: 
         teacher_name, teacher_file, preset.embedding_size, device, dtype=variant.teacher_dtype,
         channels_last=variant.channels_last)
     step_fn = DistillStep(wrap_ddp(student, dist), head, teacher, teacher_in_batch=rows is not None)
+    if variant.compile_mode is not None:
+        # A training run compiles for its one batch size; without the reset, the second batch size
+        # of this process would recompile with dynamic shapes (slower kernels) instead.
+        torch._dynamo.reset()
+        compile_step(step_fn, variant.compile_mode)  # what compile=True does in the trainer
     optimizer = build_optimizer("sgd", host_param_groups(student, optimised_head), lr=0.1)
     scaler = torch.amp.GradScaler(device.type, growth_interval=100,
                                   enabled=variant.student_amp == "fp16" and device.type == "cuda")
@@ -356,6 +375,7 @@ def time_config(variant: Variant, teacher_name: str, teacher_file: Path, preset:
         "teacher_dtype": f"cache-{variant.cache_dtype}" if variant.cache_dtype else variant.teacher_dtype,
         "channels_last": variant.channels_last,
         "student_amp": variant.student_amp or "fp32",
+        "compile_mode": variant.compile_mode,
         "images_per_s": round(batch / median_s, 1),
         "ms_per_step": round(1000 * median_s, 2),
         "ms_per_step_min": round(1000 * min(seconds), 2),
@@ -365,6 +385,47 @@ def time_config(variant: Variant, teacher_name: str, teacher_file: Path, preset:
         "nonfinite_losses": int((~torch.isfinite(torch.stack(losses))).sum()),
         "grad_scale": scaler.get_scale() if scaler.is_enabled() else None,
     }
+
+
+TARGETS = {512: 2.0, 128: 1.5}  # the issue's online-step targets: speed-up over dense-fp32 per batch
+H200_TARGET_IMAGES_PER_S = 6850  # batch 512, mfn student + r50 teacher, one H200
+
+
+def eager_counterpart(variant: Variant) -> Optional[str]:
+    """The eager variant a compiled one is the same step as (e.g. `compiled` -> `ours-fp32`)."""
+    return next((name for name, v in VARIANTS.items()
+                 if v.compile_mode is None and replace(variant, name=name, compile_mode=None) == v), None)
+
+
+def target_summary(results: List[Dict[str, object]]) -> Dict[str, object]:
+    """One line against the targets: the best online variant per (teacher, batch) vs dense-fp32, and
+    every compiled variant vs its eager counterpart, measured in this run."""
+    by_key = {(r["teacher"], r["batch"], r["variant"]): r for r in results if "error" not in r}
+    rows, words = [], []
+    for teacher, batch in sorted({(t, b) for t, b, _ in by_key}):
+        base = by_key.get((teacher, batch, BASELINE))
+        online = [r for (t, b, _), r in by_key.items() if (t, b) == (teacher, batch)
+                  and r["head"] == "AdaDistillHead" and not str(r["teacher_dtype"]).startswith("cache")]
+        if base is None or not online:
+            continue
+        best = max(online, key=lambda r: r["images_per_s"])
+        row = {"teacher": teacher, "batch": batch, "best_online": best["variant"],
+               "images_per_s": best["images_per_s"], "peak_memory_mib": best["peak_memory_mib"],
+               "speedup_vs_baseline": round(best["images_per_s"] / base["images_per_s"], 3),
+               "target": TARGETS.get(batch)}
+        row["met"] = row["target"] is not None and row["speedup_vs_baseline"] >= row["target"]
+        rows.append(row)
+        words.append(f"{teacher} b{batch}: {best['variant']} {row['speedup_vs_baseline']:.2f}x dense"
+                     + (f" (target {row['target']}x: {'met' if row['met'] else 'not met'})" if row["target"] else ""))
+    compiled = []
+    for (teacher, batch, name), r in by_key.items():
+        eager = eager_counterpart(VARIANTS[name]) if name in VARIANTS else None
+        if VARIANTS.get(name) and VARIANTS[name].compile_mode and (teacher, batch, eager) in by_key:
+            ratio = round(r["images_per_s"] / by_key[(teacher, batch, eager)]["images_per_s"], 3)
+            compiled.append({"teacher": teacher, "batch": batch, "variant": name, "vs": eager, "speedup": ratio})
+            words.append(f"{teacher} b{batch}: {name} {ratio:.2f}x {eager}")
+    return {"targets": True, "rows": rows, "compiled_vs_eager": compiled,
+            "h200_target_images_per_s_b512": H200_TARGET_IMAGES_PER_S, "line": "; ".join(words)}
 
 
 def ratios(results: List[Dict[str, object]]) -> List[Dict[str, object]]:
@@ -473,6 +534,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               "cudnn_tf32": torch.backends.cudnn.allow_tf32, "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
               "memory": memory.kind, "baseline": BASELINE, "ratios": ratios(lines),
               "wall_s": round(time.perf_counter() - started, 1)})
+        emit(target_summary(lines))
     finally:
         distributed.destroy_distributed()
         if out is not None:

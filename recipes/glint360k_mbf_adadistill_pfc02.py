@@ -23,6 +23,9 @@ config.teacher_weights = "work_dirs/glint360k_r100_pfc02/model.pt"
 config.teacher_dtype = "fp16"  # the teacher was trained under fp16 autocast too
 config.dali = False
 
+# ---- speed (docs/speed.md): the teacher already runs in half precision; on top of it
+# config.compile = True                # torch.compile (compile_mode = "reduce-overhead": CUDA graphs)
+
 config.rec = "/train_tmp/glint360k"
 config.num_classes = 360232
 config.num_image = 17091657

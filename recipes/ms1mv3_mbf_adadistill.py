@@ -22,6 +22,9 @@ config.teacher_weights = "work_dirs/ms1mv3_r50/model.pt"
 config.teacher_dtype = "fp16"  # the teacher was trained under fp16 autocast too
 config.dali = False
 
+# ---- speed (docs/speed.md): the teacher already runs in half precision; on top of it
+# config.compile = True                # torch.compile (compile_mode = "reduce-overhead": CUDA graphs)
+
 config.rec = "/train_tmp/ms1m-retinaface-t1"
 config.num_classes = 93431
 config.num_image = 5179510

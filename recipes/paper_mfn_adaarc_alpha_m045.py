@@ -32,6 +32,12 @@ config.margin_grad = "exact"  # the paper's code used the true ArcFace derivativ
 config.frequent = 50
 config.dali = False
 
+# ---- speed (docs/speed.md): this recipe keeps the paper's fp32 precision; the fast preset is
+# config.teacher_dtype = "bf16"        # teacher forward in bf16 autocast ("fp16" on pre-Ampere GPUs)
+# config.teacher_channels_last = True
+# config.fp16 = True; config.amp_dtype = "bf16"   # student autocast
+# config.compile = True                # torch.compile (compile_mode = "reduce-overhead": CUDA graphs)
+
 config.rec = "/train_tmp/faces_emore"
 config.num_classes = 85742
 config.num_image = 5822653

@@ -15,7 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_KEYS = {"device", "teacher", "student", "classes", "embedding_size", "batch", "variant", "head",
                "teacher_dtype", "channels_last", "student_amp", "images_per_s", "ms_per_step", "ms_per_step_min",
-               "ms_per_step_mean", "peak_memory_mib", "allreduce_mib_per_step", "nonfinite_losses", "grad_scale"}
+               "ms_per_step_mean", "peak_memory_mib", "allreduce_mib_per_step", "nonfinite_losses", "grad_scale",
+               "compile_mode"}
 
 
 def _run(script: str, *args: str) -> list[dict]:
@@ -30,7 +31,7 @@ def test_train_throughput_smallest_cpu_run(tmp_path: Path) -> None:
     lines = _run("train_throughput.py", "--device", "cpu", "--preset", "cpu", "--batches", "4", "--classes", "50",
                  "--embedding-size", "64", "--warmup", "0", "--iters", "1", "--threads", "1",
                  "--variants", "dense-fp32", "ours-bf16-cl", "cached", "--out", str(out))
-    *configs, summary = lines
+    *configs, summary, targets = lines
     assert [c["variant"] for c in configs] == ["dense-fp32", "ours-bf16-cl", "cached"]
     for config in configs:
         assert set(config) == CONFIG_KEYS
@@ -43,6 +44,9 @@ def test_train_throughput_smallest_cpu_run(tmp_path: Path) -> None:
     ratio, cached = summary["ratios"]
     assert ratio["variant"] == "ours-bf16-cl" and ratio["speedup_vs_baseline"] > 0
     assert cached["variant"] == "cached" and cached["speedup_vs_baseline"] > 0
+    (row,) = targets["rows"]  # the best online variant (the cached one has no teacher forward)
+    assert targets["targets"] is True and row["best_online"] == "ours-bf16-cl" and row["target"] is None
+    assert targets["compiled_vs_eager"] == [] and "ours-bf16-cl" in targets["line"]
     assert [json.loads(line) for line in out.read_text().splitlines()] == lines
 
 
@@ -91,4 +95,12 @@ def test_profile_step_breaks_the_step_into_parts() -> None:
     assert config["unlabelled_targets"] == ["negative sampling"]  # sample_rate 1: no sampler to label
     assert config["host_reads_per_step"] == 0  # the trainer's deferred label check reads nothing per step
     assert parts["label check"]["host_reads_per_step"] == 0
+    assert summary["summary"] is True and summary["device_type"] == "cpu"
+
+
+def test_precision_effect_smallest_cpu_run() -> None:
+    *lines, summary = _run("precision_effect.py", "--device", "cpu", "--steps", "2", "--teacher-steps", "2")
+    (bf16,) = lines  # fp16 autocast only on CUDA
+    assert bf16["precision"] == "bf16" and 0.99 < bf16["embeddings"]["min_cosine"] <= 1.0
+    assert {"alpha", "alpha_weighted", "centre_teacher_cos", "Loss"} <= set(bf16)
     assert summary["summary"] is True and summary["device_type"] == "cpu"

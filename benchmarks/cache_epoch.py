@@ -37,7 +37,8 @@ from data_throughput import cpu_name, write_benchmark_rec
 from insightface_adadistill import distributed
 from insightface_adadistill.backbones import get_model
 from insightface_adadistill.cache import CachedTeacherDataset, TeacherSpec, build_teacher_cache, open_teacher_cache
-from insightface_adadistill.cache.manifest import MANIFEST, write_json_atomic
+from insightface_adadistill.cache.manifest import MANIFEST
+from insightface_adadistill.serialization import write_json_atomic
 from insightface_adadistill.cache.store import ARRAY, RowFile, create_array
 from insightface_adadistill.data.datasets import build_dataset
 from insightface_adadistill.data.loader import build_dataloader

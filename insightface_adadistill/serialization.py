@@ -5,10 +5,11 @@ releases before torch 2.10 had `weights_only` bypasses, so we refuse to run on t
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable, Mapping
 
 import torch
 
@@ -41,17 +42,17 @@ def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
         ) from exc
 
 
-def save_file_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """`torch.save` to a temporary file in the same folder, fsync, then rename over `path`.
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Call `write` on a temporary file beside `path`, fsync, then rename it over `path`.
 
-    A crash mid-write leaves the previous file intact: readers never see a partial checkpoint.
+    A crash mid-write leaves the previous file intact: readers never see a partial file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -60,3 +61,13 @@ def save_file_atomic(obj: Any, path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def save_file_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """`torch.save` through `atomic_write`: a checkpoint file is either the old one or the new one."""
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def write_json_atomic(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Indented JSON through `atomic_write` (manifests and markers that readers poll)."""
+    return atomic_write(path, lambda fh: fh.write((json.dumps(obj, indent=2) + "\n").encode()))

@@ -25,7 +25,7 @@ from insightface_adadistill.backbones import get_model
 from insightface_adadistill.cache import (
     CacheError, CachedTeacherDataset, TeacherSpec, build_teacher_cache, open_teacher_cache)
 from insightface_adadistill.cache import store
-from insightface_adadistill.cache.manifest import write_json_atomic
+from insightface_adadistill.serialization import write_json_atomic
 from insightface_adadistill.commands import cache_teacher, inspect_cache
 from insightface_adadistill.config import ConfigError, load_config
 from insightface_adadistill.data.datasets import Sample, build_dataset

@@ -22,14 +22,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from insightface_adadistill import distributed
 from insightface_adadistill.cache.manifest import (
-    CHECKED_FIELDS, MANIFEST, CacheError, TeacherSpec, mismatches, new_manifest, read_manifest, run_identity,
-    write_json_atomic)
+    CHECKED_FIELDS, MANIFEST, CacheError, TeacherSpec, mismatches, new_manifest, read_manifest, run_identity)
 from insightface_adadistill.cache.reader import TeacherCache
 from insightface_adadistill.cache.store import (
     ARRAY, BUILD, PROGRESS, RowFile, array_bytes, check_dtype, commit_chunk, create_array, done_chunks,
     read_array_header)
 from insightface_adadistill.data.datasets import FaceDataset
 from insightface_adadistill.teacher import build_teacher
+from insightface_adadistill.serialization import write_json_atomic
 
 CHUNK_ROWS = 8192  # rows per commit (rounded up to whole batches): 16 MiB of fp16 rows at E = 512
 # what a resumed build must share with the unfinished one, besides CHECKED_FIELDS

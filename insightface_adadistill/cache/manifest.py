@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -157,19 +156,3 @@ def read_manifest(folder: Path) -> Dict[str, Any]:
                          f"({package.__version__}) reads ({FORMAT_VERSION}); upgrade the package or "
                          "rebuild the cache with this version")
     return manifest
-
-
-def write_json_atomic(obj: Mapping[str, Any], path: Path) -> None:
-    """Write JSON to a temporary file beside `path`, fsync, rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

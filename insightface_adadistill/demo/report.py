@@ -55,6 +55,16 @@ def _figure(width: float = 7.0, height: float = 4.5):
     return fig
 
 
+def _save(fig, ax, title: str, path: Path) -> None:
+    """The finish both plots share: a [0, 1] y axis, title, grid, legend, tight layout, PNG."""
+    ax.set_ylim(0.0, 1.0)
+    ax.set_title(title)
+    ax.grid(ls="--", lw=0.5)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def plot_distill_curves(curves: Mapping[str, Curve], path: Path, title: str) -> None:
     """α, α′ and λ over the training steps, with the lr drops as dotted lines."""
     fig = _figure()
@@ -66,14 +76,9 @@ def plot_distill_curves(curves: Mapping[str, Curve], path: Path, title: str) -> 
         steps, lr = curves[LR_TAG]
         for step in steps[1:][np.diff(lr) < 0]:
             ax.axvline(step, color="grey", ls=":", lw=1)
-    ax.set_ylim(0.0, 1.0)
     ax.set_xlabel("training step (dotted: lr / 10)")
     ax.set_ylabel("batch mean")
-    ax.set_title(title)
-    ax.grid(ls="--", lw=0.5)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, ax, title, path)
 
 
 def plot_roc_curves(curves: Mapping[str, Curve], path: Path, num_impostor: int, lowest_far: float,
@@ -88,14 +93,9 @@ def plot_roc_curves(curves: Mapping[str, Curve], path: Path, num_impostor: int, 
     ax.axvspan(low, lowest_far, color="grey", alpha=0.15, lw=0)
     ax.set_xscale("log")
     ax.set_xlim(low, 1.0)
-    ax.set_ylim(0.0, 1.0)
     ax.set_xlabel(f"FAR ({num_impostor} impostor pairs; shaded: too few false accepts to report)")
     ax.set_ylabel("TAR")
-    ax.set_title(title)
-    ax.grid(ls="--", lw=0.5)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, ax, title, path)
 
 
 def far_label(far: float) -> str:

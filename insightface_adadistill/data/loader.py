@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .datasets import normalise_pixels
-
 from insightface_adadistill.errors import DataError
+
+from .datasets import normalise_pixels
 
 
 class DistributedSampler(Sampler):

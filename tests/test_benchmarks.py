@@ -68,7 +68,7 @@ def test_teacher_forward_smallest_cpu_run() -> None:
 
 @pytest.mark.slow
 def test_train_throughput_vit_preset_runs() -> None:
-    *configs, _ = _run("train_throughput.py", "--device", "cpu", "--preset", "vit-cpu", "--batches", "2",
+    *configs, _summary, _targets = _run("train_throughput.py", "--device", "cpu", "--preset", "vit-cpu", "--batches", "2",
                        "--classes", "20", "--warmup", "0", "--iters", "1", "--threads", "1", "--variants", "ours-fp32")
     assert [(c["teacher"], c["student"], c["variant"]) for c in configs] == [("tiny_vit", "tiny_vit", "ours-fp32")]
 

@@ -27,22 +27,23 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
+from bench_cli import add_run_arguments, benchmark_process, chosen_preset
 from data_throughput import cpu_name, write_benchmark_rec
 from insightface_adadistill import distributed
 from insightface_adadistill.backbones import get_model
 from insightface_adadistill.cache import CachedTeacherDataset, TeacherSpec, build_teacher_cache, open_teacher_cache
 from insightface_adadistill.cache.manifest import MANIFEST
-from insightface_adadistill.serialization import write_json_atomic
 from insightface_adadistill.cache.store import ARRAY, RowFile, create_array
 from insightface_adadistill.data.datasets import build_dataset
 from insightface_adadistill.data.loader import build_dataloader
 from insightface_adadistill.heads import build_head, build_margin_loss
+from insightface_adadistill.serialization import write_json_atomic
 from insightface_adadistill.teacher import build_teacher
 from insightface_adadistill.training.optim import build_optimizer, host_param_groups
 from insightface_adadistill.training.step import DistillStep
@@ -130,86 +131,78 @@ def loader_rate(dataset, preset: Preset, workers: int, device: torch.device) -> 
 
 def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="cache_epoch", description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=["auto", *PRESETS], default="auto", help="auto: gpu on CUDA, else cpu")
-    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    add_run_arguments(parser, PRESETS, gpu_preset="gpu")
     parser.add_argument("--images", type=int, help="JPEGs in the temporary .rec (overrides the preset)")
     parser.add_argument("--teacher", help="teacher network (overrides the preset)")
     parser.add_argument("--student", help="student network (overrides the preset)")
     parser.add_argument("--batch", type=int, help="batch size (overrides the preset)")
     parser.add_argument("--loader-workers", type=int, nargs="+", help="worker counts of the loader-only runs")
-    parser.add_argument("--threads", type=int, help="CPU intra-op threads")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds per epoch kind; best kept")
-    parser.add_argument("--out", type=Path, help="also write every JSON line to this file")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    dist = distributed.init_distributed(args.device)
-    name = args.preset if args.preset != "auto" else ("gpu" if dist.device.type == "cuda" else "cpu")
-    overrides = {"images": args.images, "teacher": args.teacher, "student": args.student, "batch": args.batch,
-                 "loader_workers": tuple(args.loader_workers) if args.loader_workers else None}
-    preset = replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
-    lines: List[Dict[str, object]] = []
+    if args.loader_workers:
+        args.loader_workers = tuple(args.loader_workers)
+    with benchmark_process(args) as (dist, out):
+        name, preset = chosen_preset(args, PRESETS, "gpu", dist.device,
+                                     ("images", "teacher", "student", "batch", "loader_workers"))
 
-    def emit(line: Dict[str, object]) -> None:
-        line = {"device": device_name(dist.device), **line}
-        lines.append(line)
-        print(json.dumps(line), flush=True)
+        def emit(line: Dict[str, object]) -> None:
+            out.emit({"device": device_name(dist.device), **line})
 
-    started = time.perf_counter()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            write_benchmark_rec(folder / "data", preset.images, min(preset.classes, preset.images))
-            dataset = build_dataset(str(folder / "data"), None, seed=0)
-            teacher_file = calibrated_teacher_file(preset.teacher, 512, dist.device, folder)
-            spec = TeacherSpec(preset.teacher, str(teacher_file), 512, preset.teacher_dtype, preset.channels_last)
-            begun = time.perf_counter()
-            build_teacher_cache(folder / "fp32", dataset, spec, rec=str(folder / "data"), batch_size=preset.batch,
-                                dist=dist, num_workers=preset.workers)
-            build_s = time.perf_counter() - begun
-            emit({"run": "build", "teacher": preset.teacher, "teacher_dtype": preset.teacher_dtype,
-                  "batch": preset.batch, "images": preset.images, "seconds": round(build_s, 2),
-                  "images_per_s": round(preset.images / build_s, 1)})
-            row_errors = {"fp32": 0.0, **{dtype: _convert_cache(folder / "fp32", folder / dtype, dtype)
-                                          for dtype in ("fp16", "bf16")}}
-            kinds = {"online": (dataset, False), **{
-                f"cached-{dtype}": (CachedTeacherDataset(dataset, open_teacher_cache(folder / dtype)), True)
-                for dtype in row_errors}}
-            best: Dict[str, Dict[str, object]] = {}
-            for _ in range(args.rounds):  # interleaved: a burst of load elsewhere hits every kind alike
-                for kind, (data, cached) in kinds.items():
-                    result = run_epoch(data, preset, teacher_file, dist, cached=cached)
-                    if kind not in best or result["images_per_s"] > best[kind]["images_per_s"]:
-                        best[kind] = result
-            online = best["online"]
-            emit({"run": "epoch-online", "rounds": args.rounds,
-                  **{k: v for k, v in online.items() if k != "alpha_weighted"}})
-            reference = torch.tensor(online["alpha_weighted"])
-            for dtype, row_error in row_errors.items():
-                cached = best[f"cached-{dtype}"]
-                delta = (torch.tensor(cached["alpha_weighted"]) - reference).abs()
-                emit({"run": f"epoch-cached-{dtype}", "rounds": args.rounds,
-                      **{k: v for k, v in cached.items() if k != "alpha_weighted"},
-                      "speedup_vs_online": round(cached["images_per_s"] / online["images_per_s"], 3),
-                      "max_abs_row_error": row_error, "mean_alpha_weighted": round(float(reference.mean()), 6),
-                      "mean_abs_alpha_delta": float(delta.mean()), "max_abs_alpha_delta": float(delta.max())})
-            cached_data = CachedTeacherDataset(dataset, open_teacher_cache(folder / "fp16"))
-            for workers in preset.loader_workers:
-                emit({"run": "loader-cached", "workers": workers,
-                      "images_per_s": loader_rate(cached_data, preset, workers, dist.device)})
-    finally:
-        distributed.destroy_distributed()
-    summary = {"summary": True, "preset": name, "device_type": dist.device.type, "torch": torch.__version__,
-               "cpu": cpu_name(), "cpu_threads": torch.get_num_threads(), **preset.__dict__,
-               "wall_s": round(time.perf_counter() - started, 1)}
-    print(json.dumps(summary))
-    if args.out is not None:
-        args.out.write_text("".join(json.dumps(line) + "\n" for line in [*lines, summary]))
+        started = time.perf_counter()
+        _measure(args, preset, dist, emit)
+        out.emit({"summary": True, "preset": name, "device_type": dist.device.type, "torch": torch.__version__,
+                  "cpu": cpu_name(), "cpu_threads": torch.get_num_threads(), **preset.__dict__,
+                  "wall_s": round(time.perf_counter() - started, 1)})
     return 0
+
+
+def _measure(args: argparse.Namespace, preset: Preset, dist: distributed.DistInfo,
+             emit: Callable[[Dict[str, object]], None]) -> None:
+    """Build the cache, then time online vs cached epochs and the cached loader alone."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        write_benchmark_rec(folder / "data", preset.images, min(preset.classes, preset.images))
+        dataset = build_dataset(str(folder / "data"), None, seed=0)
+        teacher_file = calibrated_teacher_file(preset.teacher, 512, dist.device, folder)
+        spec = TeacherSpec(preset.teacher, str(teacher_file), 512, preset.teacher_dtype, preset.channels_last)
+        begun = time.perf_counter()
+        build_teacher_cache(folder / "fp32", dataset, spec, rec=str(folder / "data"), batch_size=preset.batch,
+                            dist=dist, num_workers=preset.workers)
+        build_s = time.perf_counter() - begun
+        emit({"run": "build", "teacher": preset.teacher, "teacher_dtype": preset.teacher_dtype,
+              "batch": preset.batch, "images": preset.images, "seconds": round(build_s, 2),
+              "images_per_s": round(preset.images / build_s, 1)})
+        row_errors = {"fp32": 0.0, **{dtype: _convert_cache(folder / "fp32", folder / dtype, dtype)
+                                      for dtype in ("fp16", "bf16")}}
+        kinds = {"online": (dataset, False), **{
+            f"cached-{dtype}": (CachedTeacherDataset(dataset, open_teacher_cache(folder / dtype)), True)
+            for dtype in row_errors}}
+        best: Dict[str, Dict[str, object]] = {}
+        for _ in range(args.rounds):  # interleaved: a burst of load elsewhere hits every kind alike
+            for kind, (data, cached) in kinds.items():
+                result = run_epoch(data, preset, teacher_file, dist, cached=cached)
+                if kind not in best or result["images_per_s"] > best[kind]["images_per_s"]:
+                    best[kind] = result
+        online = best["online"]
+        emit({"run": "epoch-online", "rounds": args.rounds,
+              **{k: v for k, v in online.items() if k != "alpha_weighted"}})
+        reference = torch.tensor(online["alpha_weighted"])
+        for dtype, row_error in row_errors.items():
+            cached = best[f"cached-{dtype}"]
+            delta = (torch.tensor(cached["alpha_weighted"]) - reference).abs()
+            emit({"run": f"epoch-cached-{dtype}", "rounds": args.rounds,
+                  **{k: v for k, v in cached.items() if k != "alpha_weighted"},
+                  "speedup_vs_online": round(cached["images_per_s"] / online["images_per_s"], 3),
+                  "max_abs_row_error": row_error, "mean_alpha_weighted": round(float(reference.mean()), 6),
+                  "mean_abs_alpha_delta": float(delta.mean()), "max_abs_alpha_delta": float(delta.max())})
+        cached_data = CachedTeacherDataset(dataset, open_teacher_cache(folder / "fp16"))
+        for workers in preset.loader_workers:
+            emit({"run": "loader-cached", "workers": workers,
+                  "images_per_s": loader_rate(cached_data, preset, workers, dist.device)})
 
 
 if __name__ == "__main__":

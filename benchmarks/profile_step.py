@@ -23,12 +23,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import sys
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 from unittest import mock
@@ -37,6 +36,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import train_throughput as tt
+from bench_cli import add_run_arguments, benchmark_process, chosen_preset
 from insightface_adadistill import distributed
 from insightface_adadistill.heads import adadistill as adadistill_module
 from insightface_adadistill.heads import partial_fc as partial_fc_module
@@ -230,32 +230,22 @@ def profile_config(variant: tt.Variant, teacher_file: Path, preset: ProfilePrese
 
 def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="profile_step", description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=["auto", *PRESETS], default="auto",
-                        help="auto: 'paper' on CUDA, 'cpu' otherwise")
-    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    add_run_arguments(parser, PRESETS, gpu_preset="paper")
     parser.add_argument("--batches", type=int, nargs="+")
     parser.add_argument("--variants", nargs="+", choices=list(tt.VARIANTS))
     parser.add_argument("--classes", type=int)
     parser.add_argument("--steps", type=int, help="profiled (and, before, timed) steps per configuration")
     parser.add_argument("--warmup", type=int)
-    parser.add_argument("--threads", type=int, help="CPU intra-op threads (1 is steadier on a shared machine)")
-    parser.add_argument("--out", type=Path, help="also write every JSON line to this file")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True  # as the trainer
-    dist = distributed.init_distributed(args.device)
-    name = args.preset if args.preset != "auto" else ("paper" if dist.device.type == "cuda" else "cpu")
-    overrides = {k: getattr(args, k) for k in ("batches", "variants", "classes", "steps", "warmup")
-                 if getattr(args, k) is not None}
-    preset = replace(PRESETS[name], **overrides)
-    out = args.out.open("w") if args.out is not None else None
-    started = time.perf_counter()
-    try:
+    with benchmark_process(args) as (dist, out):
+        name, preset = chosen_preset(args, PRESETS, "paper", dist.device,
+                                     ("batches", "variants", "classes", "steps", "warmup"))
+        started = time.perf_counter()
         with tempfile.TemporaryDirectory() as folder:
             teacher_file = tt.calibrated_teacher_file(preset.teacher, preset.embedding_size, dist.device,
                                                       Path(folder))
@@ -265,13 +255,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                       "torch": torch.__version__, "preset": name, "cpu_threads": torch.get_num_threads(),
                       "wall_s": round(time.perf_counter() - started, 1)})
         for line in lines:
-            print(json.dumps(line), flush=True)
-            if out is not None:
-                out.write(json.dumps(line) + "\n")
-    finally:
-        distributed.destroy_distributed()
-        if out is not None:
-            out.close()
+            out.emit(line)
     return 0
 
 

@@ -22,20 +22,19 @@ One JSON line per configuration, then a summary line with each variant's speed r
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import onnxruntime as ort
 import torch
 
+from bench_cli import add_run_arguments, benchmark_process, chosen_preset
 from train_throughput import calibrated_teacher_file, device_name, random_images, synchronize
-from insightface_adadistill import distributed
 from insightface_adadistill.backbones.loading import load_backbone
 from insightface_adadistill.export.onnx import export_onnx
 from insightface_adadistill.teacher import build_teacher
@@ -108,48 +107,26 @@ def ratios(results: List[Dict[str, object]]) -> List[Dict[str, object]]:
 
 def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="teacher_forward", description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=["auto", *PRESETS], default="auto", help="auto: 'gpu' on CUDA, else 'cpu'")
-    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    add_run_arguments(parser, PRESETS, gpu_preset="gpu")
     parser.add_argument("--networks", nargs="+", help="teacher networks (override the preset)")
     parser.add_argument("--batches", type=int, nargs="+")
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--iters", type=int)
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--out", type=Path, help="also write every JSON line to this file")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    dist = distributed.init_distributed(args.device)
-    name = args.preset if args.preset != "auto" else ("gpu" if dist.device.type == "cuda" else "cpu")
-    fields = ("networks", "batches", "warmup", "iters")
-    overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
-    preset = replace(PRESETS[name], **overrides)
-    out = args.out.open("w") if args.out is not None else None
-    started = time.perf_counter()
-    lines: List[Dict[str, object]] = []
-
-    def emit(line: Dict[str, object]) -> None:
-        print(json.dumps(line), flush=True)
-        if out is not None:
-            out.write(json.dumps(line) + "\n")
-            out.flush()
-
-    try:
+    with benchmark_process(args) as (dist, out):
+        name, preset = chosen_preset(args, PRESETS, "gpu", dist.device, ("networks", "batches", "warmup", "iters"))
+        started = time.perf_counter()
         for line in run_configs(preset, dist.device):
-            lines.append(line)
-            emit(line)
-        emit({"summary": True, "device": device_name(dist.device), "device_type": dist.device.type,
-              "torch": torch.__version__, "onnxruntime": ort.__version__, "preset": name,
-              "warmup": preset.warmup, "iters": preset.iters, "torch_threads": torch.get_num_threads(),
-              "baseline": BASELINE, "ratios": ratios(lines), "wall_s": round(time.perf_counter() - started, 1)})
-    finally:
-        distributed.destroy_distributed()
-        if out is not None:
-            out.close()
+            out.emit(line)
+        out.emit({"summary": True, "device": device_name(dist.device), "device_type": dist.device.type,
+                  "torch": torch.__version__, "onnxruntime": ort.__version__, "preset": name,
+                  "warmup": preset.warmup, "iters": preset.iters, "torch_threads": torch.get_num_threads(),
+                  "baseline": BASELINE, "ratios": ratios(list(out.lines)),
+                  "wall_s": round(time.perf_counter() - started, 1)})
     return 0
 
 

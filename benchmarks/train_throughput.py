@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import json
 import re
 import statistics
 import sys
@@ -53,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench_cli import add_run_arguments, benchmark_process, chosen_preset
 from data_throughput import cpu_name
 from insightface_adadistill import distributed
 from insightface_adadistill.backbones import get_model
@@ -456,9 +456,7 @@ def ratios(results: List[Dict[str, object]]) -> List[Dict[str, object]]:
 
 def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="train_throughput", description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=["auto", *PRESETS], default="auto",
-                        help="auto: 'paper' on CUDA, 'cpu' otherwise")
-    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    add_run_arguments(parser, PRESETS, gpu_preset="paper")
     parser.add_argument("--teachers", nargs="+", help="teacher networks (override the preset)")
     parser.add_argument("--student", help="student network")
     parser.add_argument("--classes", type=int)
@@ -467,21 +465,15 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS))
     parser.add_argument("--warmup", type=int, help="untimed steps per configuration")
     parser.add_argument("--iters", type=int, help="timed steps per configuration")
-    parser.add_argument("--threads", type=int, help="CPU intra-op threads (default: torch's); 1 is steadier on a "
-                        "busy shared machine, where threads wait on each other")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="torch.backends.cudnn.benchmark=True (arcface_torch sets it; our trainer does not)")
-    parser.add_argument("--out", type=Path, help="also write every JSON line to this file")
     return parser.parse_args(argv)
 
 
 def _preset(args: argparse.Namespace, device: torch.device) -> Tuple[str, Preset]:
     """The named preset (auto: by device) with the command line's overrides."""
-    name = args.preset if args.preset != "auto" else ("paper" if device.type == "cuda" else "cpu")
-    overrides = {field: getattr(args, field) for field in
-                 ("teachers", "student", "classes", "embedding_size", "batches", "variants", "warmup", "iters")
-                 if getattr(args, field) is not None}
-    preset = replace(PRESETS[name], **overrides)
+    name, preset = chosen_preset(args, PRESETS, "paper", device, ("teachers", "student", "classes", "embedding_size",
+                                                                  "batches", "variants", "warmup", "iters"))
     if preset.iters < 1 or preset.warmup < 0:
         raise ValueError(f"--iters must be >= 1 and --warmup >= 0, got {preset.iters} and {preset.warmup}")
     return name, preset
@@ -508,37 +500,21 @@ def run_configs(preset: Preset, dist: distributed.DistInfo, memory: PeakMemory) 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parse_args(argv)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    dist = distributed.init_distributed(args.device)  # world size 1, as `adadistill train` on one device
-    out = args.out.open("w") if args.out is not None else None
-    try:
+    with benchmark_process(args) as (dist, out):
         preset_name, preset = _preset(args, dist.device)
         memory = PeakMemory(dist.device)
         started = time.perf_counter()
-        lines: List[Dict[str, object]] = []
-
-        def emit(line: Dict[str, object]) -> None:
-            print(json.dumps(line), flush=True)
-            if out is not None:  # line by line, so a crash keeps what was measured
-                out.write(json.dumps(line) + "\n")
-                out.flush()
-
         for line in run_configs(preset, dist, memory):
-            lines.append(line)
-            emit(line)
-        emit({"summary": True, "device": device_name(dist.device), "device_type": dist.device.type,
-              "torch": torch.__version__, "preset": preset_name, "student": preset.student, "classes": preset.classes,
-              "warmup": preset.warmup, "iters": preset.iters, "cpu_threads": torch.get_num_threads(),
-              "cudnn_benchmark": args.cudnn_benchmark,
-              "cudnn_tf32": torch.backends.cudnn.allow_tf32, "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
-              "memory": memory.kind, "baseline": BASELINE, "ratios": ratios(lines),
-              "wall_s": round(time.perf_counter() - started, 1)})
-        emit(target_summary(lines))
-    finally:
-        distributed.destroy_distributed()
-        if out is not None:
-            out.close()
+            out.emit(line)
+        lines = list(out.lines)
+        out.emit({"summary": True, "device": device_name(dist.device), "device_type": dist.device.type,
+                  "torch": torch.__version__, "preset": preset_name, "student": preset.student,
+                  "classes": preset.classes, "warmup": preset.warmup, "iters": preset.iters,
+                  "cpu_threads": torch.get_num_threads(), "cudnn_benchmark": args.cudnn_benchmark,
+                  "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+                  "matmul_tf32": torch.backends.cuda.matmul.allow_tf32, "memory": memory.kind,
+                  "baseline": BASELINE, "ratios": ratios(lines), "wall_s": round(time.perf_counter() - started, 1)})
+        out.emit(target_summary(lines))
     return 0
 
 

@@ -22,6 +22,7 @@ from insightface_adadistill.errors import UserError
 
 USER_ERROR_STATUS = 2
 INTERRUPTED_STATUS = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
+BROKEN_PIPE_STATUS = 141  # 128 + SIGPIPE, what a shell reports when the reader left early
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "ADADISTILL_DEBUG"
 WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):\n"  # torch's ExceptionWrapper.reraise
@@ -104,6 +105,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(COMMANDS[name].main(rest) or 0)
     except UserError as exc:
         return show_user_error(name, exc, debug)
+    except BrokenPipeError:  # e.g. `adadistill config ... | head`: the reader is gone, nothing failed
+        # Python flushes stdout again at exit; point it at /dev/null so that flush cannot raise too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_STATUS
     except KeyboardInterrupt as exc:  # a second Ctrl-C during training, or one outside it
         if debug:
             traceback.print_exception(exc)

@@ -32,3 +32,7 @@ class WeightsError(UserError, ValueError):
 
 class LaunchError(UserError, RuntimeError):
     """The process environment (torchrun variables, devices) does not fit the requested run."""
+
+
+class SettingError(UserError, ValueError):
+    """A setting (a config key or a command-line value) that the code it reaches cannot use."""

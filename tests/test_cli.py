@@ -154,3 +154,24 @@ def test_torchrun_worker_prints_only_the_message(tmp_path) -> None:
     assert "adadistill train: error: teacher weights" in proc.stderr
     assert "[rank0]:" not in proc.stderr and "insightface_adadistill/" not in proc.stderr, proc.stderr
     assert "traceback : adadistill train: error: teacher weights" in proc.stderr
+
+
+def test_a_closed_pipe_is_not_a_traceback() -> None:
+    """`adadistill config CONFIG | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+    proc = subprocess.run(f"{sys.executable} -m insightface_adadistill config {TINY} | head -1", shell=True,
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.stdout.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_schedule_and_optimizer_refusals_are_user_errors() -> None:
+    """They name config keys, so the CLI shows them as one line, not as a bug's traceback."""
+    from insightface_adadistill.errors import UserError
+    from insightface_adadistill.training.optim import build_optimizer
+    from insightface_adadistill.training.schedule import build_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(UserError, match="'cosine'"):
+        build_scheduler(optimizer, "cosine")
+    with pytest.raises(UserError, match="'lamb'"):
+        build_optimizer("lamb", [{"params": [torch.nn.Parameter(torch.zeros(1))]}], lr=0.1, momentum=0.9,
+                        weight_decay=0.0)

@@ -17,6 +17,7 @@ from insightface_adadistill.backbones.loading import load_backbone
 from insightface_adadistill.config import load_config
 from insightface_adadistill.demo.presets import DemoPreset
 from insightface_adadistill.distributed import DistInfo
+from insightface_adadistill.errors import UserError
 from insightface_adadistill.evaluation.ijb import backbone_embedder, evaluate_ijb
 from insightface_adadistill.evaluation.roc import tar_at_fars
 from insightface_adadistill.evaluation.verification import VerificationSet, evaluate_backbone
@@ -44,7 +45,7 @@ def generate_data(preset: DemoPreset, out_dir: Path, seed: int) -> Dict[str, str
                                  ijb_media_per_template=1, ijb_images_per_media=preset.ijb_images_per_template)
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(UserError, RuntimeError):
     """A run ended before its last step (SIGTERM), so its model.pt is not the trained model."""
 
 

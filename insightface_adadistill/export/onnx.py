@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from insightface_adadistill.backbones import backbone_spec
-from insightface_adadistill.errors import WeightsError
+from insightface_adadistill.errors import UserError, WeightsError
 from insightface_adadistill.export.mfr_check import detect_input_normalisation, narrow_initializers
 
 DEFAULT_OPSET = 18
@@ -49,7 +49,7 @@ PARITY_BATCH = 4
 PARITY_RTOL = 1e-3  # max |onnx - torch| / max |torch| that `export-onnx` accepts
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The exported graph breaks the deployment contract, or does not match PyTorch."""
 
 

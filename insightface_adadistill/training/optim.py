@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from insightface_adadistill.config.defaults import OPTIMIZER_KINDS
+from insightface_adadistill.errors import SettingError
+from insightface_adadistill.training.checkpoint import CheckpointError
 
 GROUP_NAMES = ("backbone", "head")
 
@@ -42,7 +44,7 @@ def upgrade_group_layout(saved: Mapping[str, Any], optimizer: torch.optim.Optimi
         return dict(saved)
     trainable = [[i for i, p in enumerate(group["params"]) if p.requires_grad] for group in groups]
     if saved_sizes != [len(t) for t in trainable]:
-        raise ValueError(f"the saved optimizer groups hold {saved_sizes} parameters, this run's "
+        raise CheckpointError(f"the saved optimizer groups hold {saved_sizes} parameters, this run's "
                          f"{[len(g['params']) for g in groups]} (trainable {[len(t) for t in trainable]}); "
                          "the checkpoint belongs to another network or head")
     new_ids: Dict[int, int] = {}
@@ -69,4 +71,4 @@ def build_optimizer(kind: str, param_groups: List[Dict[str, object]], *, lr: flo
         return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if kind == "adamw":
         return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {kind!r}; use one of {', '.join(OPTIMIZER_KINDS)}")
+    raise SettingError(f"unknown optimizer {kind!r}; use one of {', '.join(OPTIMIZER_KINDS)}")

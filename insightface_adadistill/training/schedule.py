@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from insightface_adadistill.config.defaults import SCHEDULE_KINDS
+from insightface_adadistill.errors import SettingError
 
 
 def poly_warmup_factor(k: int, warmup_steps: int, total_steps: int, power: float) -> float:
@@ -46,12 +47,12 @@ class PolynomialWarmupLR(LRScheduler):
     def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int,
                  power: float = 1.0) -> None:
         if total_steps <= max(warmup_steps, 0):
-            raise ValueError(
+            raise SettingError(
                 f"total_steps={total_steps} must exceed warmup_steps={warmup_steps}: the decay "
                 "phase would be empty. Lower warmup_epoch or raise num_epoch in the config"
             )
         if power <= 0:
-            raise ValueError(f"lr_power={power} must be > 0 (1 = arcface_torch, 2 = model-zoo runs)")
+            raise SettingError(f"lr_power={power} must be > 0 (1 = arcface_torch, 2 = model-zoo runs)")
         self.warmup_steps = int(warmup_steps)
         self.total_steps = int(total_steps)
         self.power = float(power)
@@ -82,11 +83,11 @@ class EpochStepLR(LRScheduler):
     def __init__(self, optimizer: Optimizer, steps_per_epoch: int, drop_epochs: Sequence[int],
                  gamma: float = 0.1) -> None:
         if steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch={steps_per_epoch} must be >= 1; check num_image "
+            raise SettingError(f"steps_per_epoch={steps_per_epoch} must be >= 1; check num_image "
                              "and batch_size in the config")
         bad = [d for d in drop_epochs if not isinstance(d, int) or d < 1]
         if bad:
-            raise ValueError(f"lr_steps={list(drop_epochs)}: {bad} are not 1-based epoch numbers; "
+            raise SettingError(f"lr_steps={list(drop_epochs)}: {bad} are not 1-based epoch numbers; "
                              "write e.g. lr_steps=[8, 14, 20, 25]")
         self.steps_per_epoch = int(steps_per_epoch)
         self.drop_epochs = sorted(drop_epochs)
@@ -106,7 +107,7 @@ def build_scheduler(optimizer: Optimizer, kind: str, *, warmup_steps: int = 0, t
         return PolynomialWarmupLR(optimizer, warmup_steps, total_steps, power)
     if kind == "step":
         return EpochStepLR(optimizer, steps_per_epoch, drop_epochs)
-    raise ValueError(f"unknown lr_schedule {kind!r}; use one of {', '.join(SCHEDULE_KINDS)}")
+    raise SettingError(f"unknown lr_schedule {kind!r}; use one of {', '.join(SCHEDULE_KINDS)}")
 
 
 def scaled_lr(lr: float, total_batch_size: int, lr_scale_batch: int | None) -> float:
@@ -118,6 +119,6 @@ def scaled_lr(lr: float, total_batch_size: int, lr_scale_batch: int | None) -> f
     if lr_scale_batch is None:
         return float(lr)
     if lr_scale_batch <= 0 or total_batch_size <= 0:
-        raise ValueError(f"lr_scale_batch={lr_scale_batch} and total_batch_size={total_batch_size} "
+        raise SettingError(f"lr_scale_batch={lr_scale_batch} and total_batch_size={total_batch_size} "
                          "must be positive; set lr_scale_batch=None to disable LR scaling")
     return float(lr) * total_batch_size / lr_scale_batch

@@ -436,10 +436,10 @@ def test_format_config_pads_keys_to_25_like_the_host():
 
 def test_config_table_lists_every_declared_key_from_its_declaration():
     table = config_table_markdown()
-    assert "| key | default | type | accepted | meaning |" in table
+    assert "| key | default | type | accepted | on resume | meaning |" in table
     for key in KEYS.values():
         row = next(line for line in table.splitlines() if line.startswith(f"| `{key.name}` |"))
-        assert key.meaning.replace("|", "/") in row
+        assert key.meaning.replace("|", "/") in row and f"| {key.resume} |" in row
         if key.check is not None:
             assert key.check.describe().replace("|", "/") in row
     assert "| `lr_steps` | `[]` | list (or tuple) | increasing 1-based epoch numbers" in table

@@ -39,10 +39,18 @@ STANDALONE_HEAD = "standalone"  # the head `distill = None` selects; not a `dist
 
 GROUPS = ("host", "extension", "required", "derived")
 
+# What `resume=True` does when a key's value differs from the saved run's (config/resume.py,
+# docs/safety.md): refuse (the saved state only fits the saved value), refuse unless
+# `resume_allow_changes=True` (the state loads but the continuation differs), or just log it.
+IDENTITY, SCHEDULE, HARMLESS = "identity", "schedule", "harmless"
+RESUME_CLASSES = (IDENTITY, SCHEDULE, HARMLESS)
 
-def _declare(group: str, default: Any, meaning: str, check: Optional[Check]) -> Any:
+
+def _declare(group: str, default: Any, meaning: str, check: Optional[Check], resume: str) -> Any:
     """A dataclass field carrying the key's declaration in its metadata."""
-    metadata = {"group": group, "meaning": meaning, "check": check}
+    if resume not in RESUME_CLASSES:
+        raise ValueError(f"resume={resume!r} must be one of {RESUME_CLASSES}")
+    metadata = {"group": group, "meaning": meaning, "check": check, "resume": resume}
     if default is MISSING:
         return field(metadata=metadata)
     if isinstance(default, (list, dict)):
@@ -50,24 +58,24 @@ def _declare(group: str, default: Any, meaning: str, check: Optional[Check]) -> 
     return field(default=default, metadata=metadata)
 
 
-def host(default: Any, meaning: str, check: Optional[Check] = None) -> Any:
+def host(default: Any, meaning: str, check: Optional[Check] = None, *, resume: str) -> Any:
     """A key of arcface_torch's `configs/base.py`, with the host's default."""
-    return _declare("host", default, meaning, check)
+    return _declare("host", default, meaning, check, resume)
 
 
-def ours(default: Any, meaning: str, check: Optional[Check] = None) -> Any:
+def ours(default: Any, meaning: str, check: Optional[Check] = None, *, resume: str) -> Any:
     """A key this plugin adds; its default keeps an arcface_torch run unchanged."""
-    return _declare("extension", default, meaning, check)
+    return _declare("extension", default, meaning, check, resume)
 
 
-def required(meaning: str, check: Optional[Check] = None) -> Any:
+def required(meaning: str, check: Optional[Check] = None, *, resume: str) -> Any:
     """A key every arcface_torch job config must set (no default, as in the host)."""
-    return _declare("required", MISSING, meaning, check)
+    return _declare("required", MISSING, meaning, check, resume)
 
 
-def derived(meaning: str) -> Any:
+def derived(meaning: str, *, resume: str) -> Any:
     """A key the trainer computes (`derive`); setting it is an error."""
-    return _declare("derived", MISSING, meaning, None)
+    return _declare("derived", MISSING, meaning, None, resume)
 
 
 def _distill_choices() -> Tuple[Optional[str], ...]:
@@ -99,142 +107,142 @@ class RunConfig:
     # ---- arcface_torch configs/base.py ---------------------------------------------------------
     margin_list: Sequence[float] = host(
         (1.0, 0.5, 0.0), "(m1, m2, m3) of the margin loss, s = 64",
-        Phrased(margin_list_problem, MARGIN_FORMS))
-    network: str = host("r50", "student backbone name passed to get_model", _BACKBONE)
-    resume: bool = host(False, "continue from the last complete checkpoint set in `output`")
-    save_all_states: bool = host(False, f"write `{_CHECKPOINT_SET}` at every epoch end")
+        Phrased(margin_list_problem, MARGIN_FORMS), resume=IDENTITY)
+    network: str = host("r50", "student backbone name passed to get_model", _BACKBONE, resume=IDENTITY)
+    resume: bool = host(False, "continue from the last complete checkpoint set in `output`", resume=HARMLESS)
+    save_all_states: bool = host(False, f"write `{_CHECKPOINT_SET}` at every epoch end", resume=HARMLESS)
     output: Optional[str] = host("ms1mv3_arcface_r50",
-                                 "output folder; None becomes work_dirs/<config file name>")
-    embedding_size: int = host(512, "backbone num_features and the class-centre width", at_least(1))
+                                 "output folder; None becomes work_dirs/<config file name>", resume=HARMLESS)
+    embedding_size: int = host(512, "backbone num_features and the class-centre width", at_least(1), resume=IDENTITY)
     sample_rate: float = host(1, "Partial FC fraction of local negative centres sampled per step; "
                                  "0 keeps the positives only (as the host's wf42m_pfc0008 config)",
                               Rule(lambda v: 0 <= v <= 1,
-                                   "in [0, 1] (0 keeps the positive centres only)"))
+                                   "in [0, 1] (0 keeps the positive centres only)"), resume=SCHEDULE)
     interclass_filtering_threshold: float = host(
         0, "if > 0, negative cosines above it are zeroed",
-        Rule(lambda v: 0 <= v < 1, "in [0, 1) (0 disables it)"))
-    fp16: bool = host(False, "mixed precision for the student backbone (see amp_dtype)")
-    batch_size: int = host(128, "per-rank batch size", at_least(1))
-    optimizer: str = host("sgd", "arcface_torch's optimizer choice", OneOf(OPTIMIZER_KINDS))
-    lr: float = host(0.1, "base learning rate (see lr_scale_batch)", above(0))
+        Rule(lambda v: 0 <= v < 1, "in [0, 1) (0 disables it)"), resume=SCHEDULE)
+    fp16: bool = host(False, "mixed precision for the student backbone (see amp_dtype)", resume=SCHEDULE)
+    batch_size: int = host(128, "per-rank batch size", at_least(1), resume=SCHEDULE)
+    optimizer: str = host("sgd", "arcface_torch's optimizer choice", OneOf(OPTIMIZER_KINDS), resume=IDENTITY)
+    lr: float = host(0.1, "base learning rate (see lr_scale_batch)", above(0), resume=SCHEDULE)
     momentum: float = host(0.9, "SGD momentum (honoured; arcface_torch hard-codes 0.9)",
-                           Rule(lambda v: 0 <= v < 1, "in [0, 1)"))
-    weight_decay: float = host(5e-4, "weight decay on every parameter", at_least(0))
+                           Rule(lambda v: 0 <= v < 1, "in [0, 1)"), resume=SCHEDULE)
+    weight_decay: float = host(5e-4, "weight decay on every parameter", at_least(0), resume=SCHEDULE)
     verbose: int = host(2000, "run verification every `verbose` global steps; 0 = no periodic "
                               "verification (the val_targets are still checked once at the end)",
-                        at_least(0))
-    frequent: int = host(10, "log every `frequent` global steps", at_least(1))
+                        at_least(0), resume=HARMLESS)
+    frequent: int = host(10, "log every `frequent` global steps", at_least(1), resume=HARMLESS)
     dali: bool = host(False, "accepted for compatibility; DALI is not used",
                       Refused("DALI is not supported (the PyTorch DataLoader reads the .rec "
-                              "directly); set dali = False"))
-    dali_aug: bool = host(False, "accepted for compatibility; ignored")
+                              "directly); set dali = False"), resume=HARMLESS)
+    dali_aug: bool = host(False, "accepted for compatibility; ignored", resume=HARMLESS)
     gradient_acc: int = host(1, "optimizer step every `gradient_acc` iterations (loss averaged "
-                                "over them)", at_least(1))
-    seed: int = host(2048, "global seed: model init, sampler, flips")
-    num_workers: int = host(2, "DataLoader workers per rank", at_least(0))
-    wandb_key: str = host("X" * 40, "accepted for compatibility; wandb is not used")
-    suffix_run_name: Optional[str] = host(None, "accepted for compatibility; wandb is not used")
+                                "over them)", at_least(1), resume=SCHEDULE)
+    seed: int = host(2048, "global seed: model init, sampler, flips", resume=SCHEDULE)
+    num_workers: int = host(2, "DataLoader workers per rank", at_least(0), resume=HARMLESS)
+    wandb_key: str = host("X" * 40, "accepted for compatibility; wandb is not used", resume=HARMLESS)
+    suffix_run_name: Optional[str] = host(None, "accepted for compatibility; wandb is not used", resume=HARMLESS)
     using_wandb: bool = host(False, "accepted for compatibility; must stay False",
                              Refused("wandb is not supported (metrics go to TensorBoard under "
-                                     "output/tensorboard); set using_wandb = False"))
-    wandb_entity: str = host("entity", "accepted for compatibility")
-    wandb_project: str = host("project", "accepted for compatibility")
-    wandb_log_all: bool = host(True, "accepted for compatibility")
-    save_artifacts: bool = host(False, "accepted for compatibility")
-    wandb_resume: bool = host(False, "accepted for compatibility")
-    notes: Optional[str] = host(None, "accepted for compatibility")
+                                     "output/tensorboard); set using_wandb = False"), resume=HARMLESS)
+    wandb_entity: str = host("entity", "accepted for compatibility", resume=HARMLESS)
+    wandb_project: str = host("project", "accepted for compatibility", resume=HARMLESS)
+    wandb_log_all: bool = host(True, "accepted for compatibility", resume=HARMLESS)
+    save_artifacts: bool = host(False, "accepted for compatibility", resume=HARMLESS)
+    wandb_resume: bool = host(False, "accepted for compatibility", resume=HARMLESS)
+    notes: Optional[str] = host(None, "accepted for compatibility", resume=HARMLESS)
 
     # ---- distillation --------------------------------------------------------------------------
     distill: Optional[str] = ours(
         None, "None (standalone), 'adadistill', 'arcdistill' (fixed teacher classifier, ArcFace or "
               "CosFace by margin_list) or 'feature_kd' (embedding MSE on top of the classifier)",
-        OneOf(_distill_choices))
+        OneOf(_distill_choices), resume=IDENTITY)
     distill_alpha: Union[str, float] = ours(
         "weighted", "AdaDistill centre momentum: 'weighted' (alpha', the paper's best), 'plain' "
-                    "(alpha) or a fixed momentum", Rule(alpha_is_valid, ALPHA_RULE))
+                    "(alpha) or a fixed momentum", Rule(alpha_is_valid, ALPHA_RULE), resume=SCHEDULE)
     feature_kd_weight: float = ours(1.0, "feature_kd: weight of the MSE between L2-normalised "
-                                         "student and teacher embeddings", at_least(0))
+                                         "student and teacher embeddings", at_least(0), resume=SCHEDULE)
     teacher_network: Optional[str] = ours(
         None, "teacher backbone name (e.g. 'r50'); required when distill is set, except for an "
-              "ONNX teacher", _BACKBONE)
+              "ONNX teacher", _BACKBONE, resume=IDENTITY)
     teacher_weights: Optional[str] = ours(
         None, f"teacher: `model.pt`, `backbone.pth` or `{_CHECKPOINT_SET}`, an ONNX model "
               f"(`*.onnx`) or an insightface model pack name (e.g. `buffalo_l`); required when "
-              f"distill is set")
+              f"distill is set", resume=HARMLESS)
     teacher_classifier: Union[str, Sequence[str], None] = ours(
         None, f"arcdistill: `{_CHECKPOINT_SET}` shard files (a list or a glob) or the published "
               f"code's `*header.pth`; required for arcdistill",
-        Rule(_path_list, "a non-empty list of file paths or one path/glob string"))
-    teacher_dtype: str = ours("fp32", "teacher forward precision (autocast)", OneOf(PRECISIONS))
-    teacher_channels_last: bool = ours(False, "run the teacher in channels_last memory format")
+        Rule(_path_list, "a non-empty list of file paths or one path/glob string"), resume=HARMLESS)
+    teacher_dtype: str = ours("fp32", "teacher forward precision (autocast)", OneOf(PRECISIONS), resume=SCHEDULE)
+    teacher_channels_last: bool = ours(False, "run the teacher in channels_last memory format", resume=HARMLESS)
     teacher_cache: Optional[str] = ours(
         None, "folder written by `adadistill cache-teacher`: the teacher's embeddings are read from "
-              "it instead of running the teacher (adadistill, feature_kd; docs/teacher-cache.md)")
+              "it instead of running the teacher (adadistill, feature_kd; docs/teacher-cache.md)", resume=HARMLESS)
 
     # ---- margin --------------------------------------------------------------------------------
     margin_grad: str = ours(
         "straight_through", "ArcFace gradient: 'straight_through' (current arcface_torch) or "
                             "'exact' (true derivative of cos(theta + m), with the pre-2022-12 host's "
                             "fallback cos(theta) - m sin(m) past theta + m > pi, which the published "
-                            "AdaDistill code does not have)", OneOf(MARGIN_GRADS))
+                            "AdaDistill code does not have)", OneOf(MARGIN_GRADS), resume=SCHEDULE)
 
     # ---- optimisation and schedule -------------------------------------------------------------
     amp_dtype: str = ours("fp16", "autocast dtype when fp16=True: fp16 (with GradScaler) or bf16",
-                          OneOf(tuple(AMP_DTYPES)))
+                          OneOf(tuple(AMP_DTYPES)), resume=SCHEDULE)
     lr_schedule: str = ours("poly", "'poly' (arcface_torch, warm-up then polynomial decay) or "
-                                    "'step' (divide by 10 at lr_steps)", OneOf(SCHEDULE_KINDS))
+                                    "'step' (divide by 10 at lr_steps)", OneOf(SCHEDULE_KINDS), resume=SCHEDULE)
     lr_power: float = ours(1.0, "poly decay power: 1 = current arcface_torch, 2 = the model-zoo runs",
-                           above(0))
+                           above(0), resume=SCHEDULE)
     lr_steps: Sequence[int] = ours(
         [], "step schedule: 1-based epochs at whose start lr is divided by 10",
-        Rule(_increasing_epochs, "increasing 1-based epoch numbers, e.g. [8, 14, 20, 25]"))
+        Rule(_increasing_epochs, "increasing 1-based epoch numbers, e.g. [8, 14, 20, 25]"), resume=SCHEDULE)
     lr_scale_batch: Optional[int] = ours(
         None, "if set, lr is multiplied by total_batch_size / lr_scale_batch",
-        Rule(lambda v: v >= 1, "None or a global batch size >= 1"))
+        Rule(lambda v: v >= 1, "None or a global batch size >= 1"), resume=SCHEDULE)
     clip_grad_norm: float = ours(5.0, "L2 gradient-norm clip on the backbone; 0 disables",
-                                 Rule(lambda v: v >= 0, ">= 0 (0 disables clipping)"))
+                                 Rule(lambda v: v >= 0, ">= 0 (0 disables clipping)"), resume=SCHEDULE)
 
     # ---- speed ---------------------------------------------------------------------------------
     compile: bool = ours(False, "torch.compile the student and the teacher forward (in place: checkpoints, "
-                                "model.pt and ONNX export are unchanged); docs/speed.md")
+                                "model.pt and ONNX export are unchanged); docs/speed.md", resume=HARMLESS)
     compile_mode: Optional[str] = ours(
         None, "torch.compile mode when compile=True: None (the default mode), 'reduce-overhead' (CUDA "
               "graphs, for small per-GPU batches), 'max-autotune' or 'max-autotune-no-cudagraphs'",
-        OneOf(COMPILE_MODES))
+        OneOf(COMPILE_MODES), resume=HARMLESS)
 
     # ---- checkpoints and faults ----------------------------------------------------------------
     save_every_steps: int = ours(0, "also checkpoint every N global steps (0 = epoch ends only)",
-                                 at_least(0))
-    keep_checkpoints: int = ours(2, "how many complete checkpoint sets to keep", at_least(1))
+                                 at_least(0), resume=HARMLESS)
+    keep_checkpoints: int = ours(2, "how many complete checkpoint sets to keep", at_least(1), resume=HARMLESS)
     resume_allow_changes: bool = ours(
         False, "resume even though schedule-changing keys (lr, batch_size, world size, ...) differ "
-               "from the saved run; the changes are logged")
+               "from the saved run; the changes are logged", resume=HARMLESS)
     nonfinite_loss: str = ours("stop", "'stop' (diagnostic, keep last good checkpoint) or 'skip' "
-                                       "the step", OneOf(("stop", "skip")))
-    device: str = ours("auto", "auto (cuda if available), cuda or cpu", OneOf(("auto", "cuda", "cpu")))
+                                       "the step", OneOf(("stop", "skip")), resume=HARMLESS)
+    device: str = ours("auto", "auto (cuda if available), cuda or cpu", OneOf(("auto", "cuda", "cpu")), resume=HARMLESS)
     progress_bar: Union[str, bool] = ours("auto", "'auto' (only on a terminal), True or False",
-                                          OneOf(("auto", True, False)))
+                                          OneOf(("auto", True, False)), resume=HARMLESS)
     max_steps: int = ours(0, "stop after this many global steps (0 = run all epochs); for smoke "
-                             "tests", at_least(0))
+                             "tests", at_least(0), resume=HARMLESS)
 
     # ---- every job config sets these -----------------------------------------------------------
     rec: str = required("dataset folder (train.rec/train.idx, also where the val .bin files are "
                         "looked up), image folder, or 'synthetic'",
-                        non_empty("a dataset folder, an image folder or 'synthetic'"))
-    num_classes: int = required("number of identities (checked against the data)", at_least(1))
-    num_image: int = required("number of training images (used for step counts)", at_least(1))
-    num_epoch: int = required("number of epochs", at_least(1))
+                        non_empty("a dataset folder, an image folder or 'synthetic'"), resume=HARMLESS)
+    num_classes: int = required("number of identities (checked against the data)", at_least(1), resume=IDENTITY)
+    num_image: int = required("number of training images (used for step counts)", at_least(1), resume=SCHEDULE)
+    num_epoch: int = required("number of epochs", at_least(1), resume=SCHEDULE)
     warmup_epoch: Union[int, float] = required("warm-up epochs for the poly schedule (0 or "
-                                               "negative: none)")
+                                               "negative: none)", resume=SCHEDULE)
     val_targets: Sequence[str] = required(
         "list of .bin basenames looked up in `rec` (may be empty)",
         Rule(lambda v: all(isinstance(t, str) and t for t in v),
-             "a list of .bin basenames, e.g. ['lfw', 'cfp_fp', 'agedb_30']"))
+             "a list of .bin basenames, e.g. ['lfw', 'cfp_fp', 'agedb_30']"), resume=HARMLESS)
 
     # ---- computed by the trainer (`derive`) ----------------------------------------------------
-    total_batch_size: int = derived("batch_size x world size")
-    warmup_step: int = derived("num_image // total_batch_size x warmup_epoch")
-    total_step: int = derived("num_image // total_batch_size x num_epoch (iterations)")
+    total_batch_size: int = derived("batch_size x world size", resume=SCHEDULE)
+    warmup_step: int = derived("num_image // total_batch_size x warmup_epoch", resume=SCHEDULE)
+    total_step: int = derived("num_image // total_batch_size x num_epoch (iterations)", resume=SCHEDULE)
 
     def as_dict(self) -> Dict[str, Any]:
         """Every key and value in declaration order (the host's start-up log order)."""
@@ -251,6 +259,7 @@ class Key:
     types: Tuple[type, ...]
     meaning: str
     check: Optional[Check]
+    resume: str  # one of RESUME_CLASSES
 
 
 def _accepted_types(annotation: Any) -> Tuple[type, ...]:
@@ -268,7 +277,7 @@ def _keys() -> Dict[str, Key]:
     for f in fields(RunConfig):
         default = f.default_factory() if f.default_factory is not MISSING else f.default
         keys[f.name] = Key(f.name, f.metadata["group"], default, _accepted_types(hints[f.name]),
-                           f.metadata["meaning"], f.metadata["check"])
+                           f.metadata["meaning"], f.metadata["check"], f.metadata["resume"])
     return keys
 
 

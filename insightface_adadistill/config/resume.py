@@ -8,6 +8,7 @@
 - **harmless**: logging, paths that may move with the data, housekeeping, stopping points. A
   change is logged.
 
+Each key's class is declared with the key itself (`defaults.RunConfig`, the `resume=` argument).
 The folder name is not part of the identity: a run copied or moved to another folder resumes.
 The table is documented in docs/safety.md. `compare_configs` is pure: the trainer decides.
 """
@@ -16,32 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Tuple
 
-from .defaults import known_keys
+from .defaults import HARMLESS, IDENTITY, KEYS, SCHEDULE, known_keys
 
-IDENTITY = "identity"
-SCHEDULE = "schedule"
-HARMLESS = "harmless"
+__all__ = ["HARMLESS", "IDENTITY", "RESUME_RULES", "SCHEDULE", "ResumeDiff", "compare_configs", "config_snapshot",
+           "describe"]
 
-_IDENTITY_KEYS = ("network", "embedding_size", "num_classes", "margin_list", "distill",
-                  "teacher_network", "optimizer")
-_SCHEDULE_KEYS = ("sample_rate", "interclass_filtering_threshold", "fp16", "batch_size", "lr", "momentum",
-                  "weight_decay", "gradient_acc", "seed", "distill_alpha", "feature_kd_weight",
-                  "teacher_dtype", "margin_grad", "amp_dtype", "lr_schedule", "lr_power", "lr_steps",
-                  "lr_scale_batch", "clip_grad_norm", "num_image", "num_epoch", "warmup_epoch",
-                  "total_batch_size", "warmup_step", "total_step")
-_HARMLESS_KEYS = ("resume", "save_all_states", "output", "verbose", "frequent", "dali", "dali_aug",
-                  "num_workers", "wandb_key", "suffix_run_name", "using_wandb", "wandb_entity",
-                  "wandb_project", "wandb_log_all", "save_artifacts", "wandb_resume", "notes",
-                  "teacher_weights", "teacher_classifier", "teacher_channels_last", "save_every_steps",
-                  "keep_checkpoints", "nonfinite_loss", "device", "progress_bar", "max_steps",
-                  "resume_allow_changes", "rec", "val_targets", "teacher_cache",
-                  "compile", "compile_mode")
-
-RESUME_RULES: Dict[str, str] = {
-    **{key: IDENTITY for key in _IDENTITY_KEYS},
-    **{key: SCHEDULE for key in _SCHEDULE_KEYS},
-    **{key: HARMLESS for key in _HARMLESS_KEYS},
-}
+# Each key declares its class beside its default and check (`defaults.RunConfig`).
+RESUME_RULES: Dict[str, str] = {key.name: key.resume for key in KEYS.values()}
 
 Change = Tuple[str, Any, Any]  # (key, saved value, current value)
 

@@ -36,16 +36,17 @@ def _cell(text: str) -> str:
 def _row(key: Key) -> str:
     default = "" if key.default is MISSING else f"`{key.default!r}`"
     accepted = key.check.describe() if key.check is not None else ""
-    return (f"| `{key.name}` | {default} | {type_names(key.types)} | {_cell(accepted)} | "
+    return (f"| `{key.name}` | {default} | {type_names(key.types)} | {_cell(accepted)} | {key.resume} | "
             f"{_cell(key.meaning)} |")
 
 
 def config_table_markdown() -> str:
-    """Every declared key as Markdown tables, one per group: key, default, type, accepted, meaning."""
+    """Every declared key as Markdown tables, one per group: key, default, type, accepted, what
+    `resume=True` does with a changed value (docs/safety.md), meaning."""
     parts: List[str] = []
     for group in GROUPS:
         parts += [f"### {_TITLES[group]}", "",
-                  "| key | default | type | accepted | meaning |", "|---|---|---|---|---|"]
+                  "| key | default | type | accepted | on resume | meaning |", "|---|---|---|---|---|---|"]
         parts += [_row(key) for key in KEYS.values() if key.group == group]
         parts.append("")
     return "\n".join(parts)

@@ -34,7 +34,7 @@ from insightface_adadistill import distributed
 from insightface_adadistill.demo.configs import RunPlace, write_run_configs
 from insightface_adadistill.demo.pipeline import (evaluate_run, generate_data, ijb_workers_for,
                                                   max_steps_overrides, train_run)
-from insightface_adadistill.demo.presets import METHODS, PRESETS, TEACHER, DemoPreset, pick_preset
+from insightface_adadistill.demo.presets import PRESETS, TEACHER, DemoPreset, pick_preset
 from insightface_adadistill.demo.report import DISTILL_CURVES, final_means, json_ready, read_scalars
 from insightface_adadistill.evaluation.verification import VerificationSet
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator, Optional
 
-import torch
-
 from insightface_adadistill.backbones.loading import unwrap
 from insightface_adadistill.errors import UserError
 from insightface_adadistill.training.step import DistillStep

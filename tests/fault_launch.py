@@ -7,8 +7,11 @@ PHASE is where the process kills itself (SIGKILL, no cleanup runs), in save orde
     before_marker  after every rank file, before the COMPLETE marker
     before_links   after the marker, before the host names checkpoint_gpu_*.pt are re-linked
     pruning        while deleting an old set (half of it is gone), at the N-th save that prunes
-    none           no fault (the test kills from outside)
-Used by tests/test_faults.py; it patches only the test process, never the package.
+    step           in the middle of the N-th training step: after the forward, before the backward
+                   and the optimizer step (the run is provably still training when it dies)
+FAULT_RANK (default 0) names the one rank that dies; where FAULT_ONCE names a file, the fault fires
+only while that file does not exist and creates it first, so a process restarted by torchrun runs
+on. Used by tests/test_faults.py; it patches only the test process, never the package.
 """
 from __future__ import annotations
 
@@ -19,9 +22,15 @@ from pathlib import Path
 
 from insightface_adadistill.cli import main
 from insightface_adadistill.training import store
+from insightface_adadistill.training.step import DistillStep
 
 
 def _die() -> None:
+    once = os.environ.get("FAULT_ONCE")
+    if once:
+        if Path(once).exists():
+            return
+        Path(once).touch()
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -59,9 +68,19 @@ def plant(phase: str, nth: int) -> None:
             _die()
         real_prune(output, keep)
 
+    real_forward = DistillStep.forward
+
+    def forward(self, *args, **kwargs):
+        out = real_forward(self, *args, **kwargs)
+        if phase == "step" and reached():
+            _die()
+        return out
+
     store.save_file_atomic, store._publish_top_level, store._prune = save, publish, prune
+    DistillStep.forward = forward
 
 
 if __name__ == "__main__":
-    plant(sys.argv[1], int(sys.argv[2]))
+    if int(os.environ.get("RANK", "0")) == int(os.environ.get("FAULT_RANK", "0")):
+        plant(sys.argv[1], int(sys.argv[2]))
     sys.exit(main(sys.argv[3:]))

@@ -54,8 +54,8 @@ def straight(tmp_path_factory) -> Path:
     return _train(tmp_path_factory.mktemp("straight") / "run")
 
 
-def _launch(output: Path, phase: str, *overrides: str) -> subprocess.Popen:
-    cmd = [sys.executable, LAUNCH, phase, "2", "train", TINY, "--set", f"output={output}", *RUN, *overrides]
+def _launch(output: Path, phase: str, nth: int, *overrides: str) -> subprocess.Popen:
+    cmd = [sys.executable, LAUNCH, phase, str(nth), "train", TINY, "--set", f"output={output}", *RUN, *overrides]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=ENV, start_new_session=True)
 
@@ -69,54 +69,52 @@ def _wait_for(condition, proc: subprocess.Popen, seconds: float = 120) -> None:
 
 # ---------------------------------------------------------------------------------- kill -9
 
-# phase planted by fault_launch.py -> the newest complete set the killed run leaves (saves every 2 steps)
-PHASES = {"rank_file": 2, "before_marker": 2, "before_links": 4, "pruning": 6, "none": None}
+# A random step in [2, 8] for the kill inside a step; the draw is printed in every failure message.
+KILL_STEP = random.Random().randint(2, 8)
+# phase planted by fault_launch.py -> (N-th event it dies at, the newest complete set it leaves)
+PHASES = {"rank_file": (2, 2), "before_marker": (2, 2), "before_links": (2, 4), "pruning": (2, 6),
+          "step": (KILL_STEP, KILL_STEP - 1)}
 
 
 @pytest.mark.slow
-def test_kill_9_inside_every_phase_of_a_save_and_at_a_random_moment_resumes_exactly(tmp_path: Path,
-                                                                                  straight: Path) -> None:
-    """One process per phase, all at once; `none` saves at every step and is killed from outside."""
-    procs = {phase: _launch(tmp_path / phase, phase, "keep_checkpoints=1",
-                            *(["save_every_steps=1"] if phase == "none" else [])) for phase in PHASES}
+def test_kill_9_inside_every_phase_of_a_save_and_at_a_random_step_resumes_exactly(tmp_path: Path,
+                                                                                straight: Path) -> None:
+    """One process per phase, all at once; `step` saves at every step and dies in the middle of a
+    random one (planted, so the kill always lands while the run is training)."""
+    procs = {phase: _launch(tmp_path / phase, phase, nth, "keep_checkpoints=1",
+                            *(["save_every_steps=1"] if phase == "step" else []))
+             for phase, (nth, _) in PHASES.items()}
     try:
-        _wait_for(lambda: store.find_latest_complete(tmp_path / "none") is not None, procs["none"])
-        time.sleep(random.Random().uniform(0.0, 1.0))
-        os.killpg(procs["none"].pid, signal.SIGKILL)
         logs = {phase: proc.communicate(timeout=180)[0] for phase, proc in procs.items()}
     finally:
         for proc in procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-    for phase, latest_step in PHASES.items():
-        out = tmp_path / phase
-        assert procs[phase].returncode == -signal.SIGKILL, logs[phase][-3000:]
-        if latest_step is not None:  # nothing complete was lost
-            assert store.set_step(store.find_latest_complete(out)) == latest_step, phase
+    for phase, (_, latest_step) in PHASES.items():
+        out, where = tmp_path / phase, f"{phase} (kill step {KILL_STEP})"
+        assert procs[phase].returncode == -signal.SIGKILL, f"{where}: {logs[phase][-3000:]}"
+        assert store.set_step(store.find_latest_complete(out)) == latest_step, where  # nothing complete lost
         _train(out, "resume=True", "keep_checkpoints=1")
         assert_same_states(latest_states(straight)[0], latest_states(out)[0])
         assert torch.equal(load_file(out / "model.pt")["conv1.conv.weight"],
-                           load_file(straight / "model.pt")["conv1.conv.weight"]), phase
+                           load_file(straight / "model.pt")["conv1.conv.weight"]), where
 
 
 @pytest.mark.slow
 def test_kill_9_of_one_rank_then_torchrun_restart_resumes_exactly(tmp_path: Path) -> None:
-    """kill -9 of one gloo rank at a random step; torchrun restarts the group, which resumes."""
+    """kill -9 of rank 1 in the middle of a random step; torchrun restarts the group, which resumes."""
     args = ["train", TINY, "--set", "progress_bar=false", "max_steps=12", "save_every_steps=4", "batch_size=8"]
-    out = tmp_path / "killed"
+    out, kill_step = tmp_path / "killed", random.Random().randint(5, 12)
     # the uninterrupted reference runs at the same time
     reference = subprocess.Popen([TORCHRUN, "--nproc_per_node=2", "-m", "insightface_adadistill", *args,
                                   f"output={tmp_path / 'straight'}"], cwd=REPO, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True)
-    proc = subprocess.Popen([TORCHRUN, "--nproc_per_node=2", "--max-restarts=1", "--monitor-interval=0.5", "-m",
-                             "insightface_adadistill", *args, f"output={out}", "resume=True"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+    proc = subprocess.Popen([TORCHRUN, "--nproc_per_node=2", "--max-restarts=1", "--monitor-interval=0.5", LAUNCH,
+                             "step", str(kill_step), *args, f"output={out}", "resume=True"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**ENV, "FAULT_RANK": "1", "FAULT_ONCE": str(tmp_path / "fired")},
                             start_new_session=True)
     try:
-        _wait_for(lambda: store.find_latest_complete(out) is not None, proc, seconds=240)
-        time.sleep(random.Random().uniform(0.0, 0.3))
-        workers = subprocess.run(["pgrep", "-f", f"output={out}"], capture_output=True, text=True).stdout.split()
-        os.kill(max(int(p) for p in workers if int(p) != proc.pid), signal.SIGKILL)
         log, _ = proc.communicate(timeout=300)
         reference_log, _ = reference.communicate(timeout=300)
     finally:  # never leave a hung process group behind a failed assertion
@@ -124,10 +122,11 @@ def test_kill_9_of_one_rank_then_torchrun_restart_resumes_exactly(tmp_path: Path
             if running.poll() is None:
                 os.killpg(running.pid, signal.SIGKILL)
     assert reference.returncode == 0, reference_log[-3000:]
-    assert proc.returncode == 0, log[-3000:]
+    assert proc.returncode == 0, f"kill step {kill_step}: {log[-3000:]}"
+    assert (tmp_path / "fired").exists(), "the planted kill never fired"
     log_text = (out / "training.log").read_text()
     resumed = re.search(r"resumed from \S+: epoch \d+, batch \d+, global step (\d+)", log_text)
-    assert resumed and int(resumed.group(1)) < 12, "the kill came after the last step"
+    assert resumed and int(resumed.group(1)) == (kill_step - 1) // 4 * 4, f"kill step {kill_step}: {log_text}"
     for a, b in zip(latest_states(tmp_path / "straight", 2), latest_states(out, 2)):
         assert_same_states(a, b)
 

@@ -1,11 +1,14 @@
 """`adadistill [--debug] <command> ...`: dispatches to each command's `main(argv)` and shows user errors.
 
+`adadistill --version` prints the package version; a mistyped command name gets the closest ones.
+
 A `UserError` from any command is printed as one line, `adadistill <command>: error: <message>`,
 and the exit status is 2; any other exception is a bug and keeps its traceback. `--debug` (before
 the command) or ADADISTILL_DEBUG=1 prints the traceback of user errors too. See docs/cli.md.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sys
@@ -17,6 +20,7 @@ from typing import Dict, List, Optional
 from insightface_adadistill.commands import (cache_teacher, check_onnx, config, convert_host_checkpoint, demo,
                                              eval_ijb, export_onnx, host_train, inspect_cache, inspect_rec, make_rec,
                                              make_synthetic, train, verify)
+from insightface_adadistill import __version__
 from insightface_adadistill.commands.common import print_error
 from insightface_adadistill.errors import UserError
 
@@ -24,6 +28,7 @@ USER_ERROR_STATUS = 2
 INTERRUPTED_STATUS = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
 BROKEN_PIPE_STATUS = 141  # 128 + SIGPIPE, what a shell reports when the reader left early
 DEBUG_FLAG = "--debug"
+VERSION_FLAG = "--version"
 DEBUG_ENV = "ADADISTILL_DEBUG"
 WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):\n"  # torch's ExceptionWrapper.reraise
 
@@ -48,11 +53,20 @@ COMMANDS: Dict[str, ModuleType] = {
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = [f"usage: adadistill [{DEBUG_FLAG}] <command> [options]", "", "commands:"]
+    lines = [f"usage: adadistill [{DEBUG_FLAG}] <command> [options]", f"       adadistill {VERSION_FLAG}", "",
+             "commands:"]
     lines += [f"  {name:<{width}}  {module.SUMMARY}" for name, module in COMMANDS.items()]
     lines += ["", "`adadistill <command> --help` shows a command's options.",
               f"{DEBUG_FLAG} (or {DEBUG_ENV}=1) also prints the traceback of an input error."]
     return "\n".join(lines)
+
+
+def _unknown_command(name: str) -> str:
+    """The error line for a command name (or option before it) that does not exist, with the closest real ones."""
+    kind, known = ("option", (DEBUG_FLAG, VERSION_FLAG, "--help")) if name.startswith("-") else ("command", COMMANDS)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    guess = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"adadistill: error: unknown {kind} {name!r}{guess} (`adadistill --help` lists the commands)"
 
 
 def _tell_torchrun(message: str) -> None:
@@ -97,10 +111,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
+    if argv[0] == VERSION_FLAG:
+        print(f"adadistill {__version__}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"adadistill: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
+        print(_unknown_command(name), file=sys.stderr)
+        return USER_ERROR_STATUS
     try:
         return int(COMMANDS[name].main(rest) or 0)
     except UserError as exc:

@@ -1,6 +1,7 @@
 """`adadistill` itself: the command table, the environment it sets, and how user errors are shown."""
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 import numpy as np
 import torch
 
+import insightface_adadistill
 from insightface_adadistill import cli
 from insightface_adadistill.backbones import get_model
 from insightface_adadistill.data.decode import encode_jpeg
@@ -24,9 +26,37 @@ def test_help_lists_every_command(capsys) -> None:
     assert all(f"  {name} " in out for name in cli.COMMANDS)
 
 
-def test_unknown_command_exits_2(capsys) -> None:
+def test_a_mistyped_command_gets_the_closest_ones(capsys) -> None:
     assert cli.main(["trian"]) == 2
-    assert "unknown command 'trian'" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("adadistill: error: unknown command 'trian'; did you mean 'train'?")
+    assert cli.main(["inspect"]) == 2
+    assert "did you mean 'inspect-rec' or 'inspect-cache'?" in capsys.readouterr().err
+    assert cli.main(["--versoin"]) == 2
+    assert "unknown option '--versoin'; did you mean '--version'?" in capsys.readouterr().err
+    assert cli.main(["xyzzy"]) == 2
+    assert "did you mean" not in capsys.readouterr().err
+
+
+def test_version_is_the_package_version(capsys) -> None:
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out == f"adadistill {insightface_adadistill.__version__}\n"
+    assert "version = attr: insightface_adadistill.__version__" in (REPO / "setup.cfg").read_text()
+
+
+def _options(parser: argparse.ArgumentParser) -> List[argparse.Action]:
+    return [action for action in parser._actions if not isinstance(action, argparse._HelpAction)]
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_every_option_of_every_command_has_help_that_shows_its_default(name: str) -> None:
+    parser = cli.COMMANDS[name].build_parser()
+    text = " ".join(parser.format_help().split())  # unwrapped
+    assert parser.description and parser.description.rstrip().endswith("."), parser.description
+    for action in _options(parser):
+        assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+        if not (action.default is None or action.default is False or action.default == []):
+            shown = " ".join(parser._get_formatter()._expand_help(action).split())
+            assert "default" in shown and shown in text, (name, action.dest, shown)
 
 
 def test_sets_passive_openmp_waiting_unless_set(monkeypatch) -> None:
@@ -139,6 +169,9 @@ def test_set_before_the_config_path_is_accepted(capsys) -> None:
     assert cli.main(["config", "--set", "lr=0.2", "fp16=false", TINY]) == 0
     out = capsys.readouterr().out
     assert ": lr                       0.2" in out and ": network                  tiny_mfn" in out
+    # cache-teacher reads CONFIG the same way: here it gets as far as asking for the teacher
+    rc, err = _run(["cache-teacher", "--set", "lr=0.2", TINY], capsys)
+    assert rc == 2 and "tiny_cpu.py: cache-teacher needs the teacher" in err, err
 
 
 @pytest.mark.slow

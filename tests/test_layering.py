@@ -34,7 +34,7 @@ ALLOWED = {
     # commands may call any library layer; only cli (and through it __main__) imports them
     "commands": {"config", "data", "backbones", "heads", "teacher", "cache", "evaluation", "export", "training",
                  "synthetic", "demo", "host", "registry", "serialization", "distributed"},
-    "cli": {"commands"},
+    "cli": {"commands", "__version__"},  # __version__: the package's own, for `adadistill --version`
     "__init__": set(),
     "__main__": {"cli"},
 }

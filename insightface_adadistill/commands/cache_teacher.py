@@ -1,4 +1,4 @@
-"""`adadistill cache-teacher CONFIG [--set k=v ...] [--out DIR] [--dtype fp32|fp16|bf16]`.
+"""`adadistill cache-teacher CONFIG [--set k=v ...] [--out DIR] [--dtype fp32|fp16|bf16] [--batch-size N]`.
 
 Embeds every training image of the config's `rec`, plain and mirrored, with the config's teacher
 and writes the cache that `teacher_cache = DIR` trains from (docs/teacher-cache.md). Runs on one
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from insightface_adadistill.commands.common import add_config_arguments
+from insightface_adadistill.commands.common import add_config_arguments, command_parser, parse_config_args
 
 SUMMARY = "embed every training image (plain and mirrored) with the teacher, once"
 DTYPES = ("fp32", "fp16", "bf16")
@@ -26,14 +26,19 @@ def default_folder(teacher_cache: Optional[str], output: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="adadistill cache-teacher", description=__doc__.splitlines()[0])
+    parser = command_parser("cache-teacher", "Embed every training image of the config's rec, plain and "
+                                             "mirrored, with the config's teacher, once; train from the cache "
+                                             "with --set teacher_cache=DIR (docs/teacher-cache.md). Rerunning "
+                                             "the same command resumes an interrupted build.")
     add_config_arguments(parser)
-    parser.add_argument("--out", type=Path, help="cache folder (default: the config's teacher_cache, else "
+    parser.usage = (f"{parser.prog} CONFIG [--set KEY=VALUE ...] [--out DIR] [--dtype {{{','.join(DTYPES)}}}] "
+                    "[--batch-size N]")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="cache folder (default: the config's teacher_cache, else "
                                                  "<output>_teacher_cache)")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32",
-                        help="row storage: fp32 (exact, default), fp16 or bf16 (half the disk; "
-                             "deviation in docs/teacher-cache.md)")
-    parser.add_argument("--batch-size", type=int,
+                        help="row storage: fp32 (exact), fp16 or bf16 (half the disk; deviation in "
+                             "docs/teacher-cache.md)")
+    parser.add_argument("--batch-size", type=int, metavar="N",
                         help="images per teacher forward (default: the config's batch_size, which "
                              "makes fp32 rows bit-identical to the online teacher's)")
     return parser
@@ -42,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Build (or finish) the teacher cache of a config; user errors (a `UserError`) propagate to
     the command line's one error path."""
-    args = build_parser().parse_args(argv)
+    args = parse_config_args(build_parser(), argv)
     from tqdm import tqdm
 
     from insightface_adadistill import distributed

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import List, Optional
 
-from insightface_adadistill.commands.common import print_error
+from insightface_adadistill.commands.common import command_parser, print_error
 
 SUMMARY = "ICCV21-MFR submission checks on an ONNX model"
 
@@ -17,14 +17,13 @@ SUMMARY = "ICCV21-MFR submission checks on an ONNX model"
 def build_parser() -> argparse.ArgumentParser:
     from insightface_adadistill.export.mfr_check import TRACKS
 
-    parser = argparse.ArgumentParser(
-        prog="adadistill check-onnx",
-        description="Check an exported face-recognition ONNX model against the ICCV21-MFR submission rules.")
+    parser = command_parser("check-onnx", "Check an exported face-recognition ONNX model against the ICCV21-MFR "
+                                          "submission rules.")
     parser.add_argument("model", metavar="MODEL_OR_DIR", type=Path,
                         help="a .onnx file, or a folder whose lexicographically last *.onnx is checked")
-    parser.add_argument("--track", choices=sorted(TRACKS), default="cfat", help="MFR track limits (default: cfat)")
+    parser.add_argument("--track", choices=sorted(TRACKS), default="cfat", help="MFR track limits")
     parser.add_argument("--provider", choices=("default", "cpu"), default="default",
-                        help="onnxruntime provider: its preferred one (default) or the CPU")
+                        help="onnxruntime provider: default = its preferred one (the default), cpu = the CPU")
     parser.add_argument("--json", metavar="OUT", type=Path, help="also write the report as JSON to OUT")
     return parser
 

@@ -1,9 +1,28 @@
-"""What several commands share: the `CONFIG [--set KEY=VALUE ...]` arguments and the error line."""
+"""What every command shares: its parser (help that shows defaults), the `CONFIG [--set KEY=VALUE ...]`
+arguments and the error line."""
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import List, Optional
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each option's default, unless its help already says it or there is none to
+    show (None, an off flag, an empty list): a default is part of what an option does."""
+
+    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
+        text = action.help or ""
+        nothing = action.default is None or action.default is False or action.default == []
+        if "default" in text or nothing or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
+def command_parser(command: str, description: str) -> argparse.ArgumentParser:
+    """The parser of `adadistill <command>`: every command's help looks and reads the same."""
+    return argparse.ArgumentParser(prog=f"adadistill {command}", description=description,
+                                   formatter_class=HelpFormatter)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import List, Optional
 
-from insightface_adadistill.commands.common import add_config_arguments, parse_config_args
+from insightface_adadistill.commands.common import add_config_arguments, command_parser, parse_config_args
 
 SUMMARY = "print the merged, validated config with its derived keys"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="adadistill config", description=__doc__)
+    parser = command_parser("config", "Print the merged, validated config with its derived keys, in the "
+                                      "host's log format; a config with problems lists them all and exits 2.")
     add_config_arguments(parser)
     parser.add_argument("--world-size", type=int, default=1,
-                        help="number of training processes, for the derived keys (default 1)")
+                        help="number of training processes, for the derived keys")
     return parser
 
 

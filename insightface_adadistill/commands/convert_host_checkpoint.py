@@ -5,16 +5,17 @@ import argparse
 from pathlib import Path
 from typing import List, Optional
 
+from insightface_adadistill.commands.common import command_parser
+
 SUMMARY = "turn an arcface_torch output folder's checkpoint_gpu_*.pt into a set `resume=True` continues"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="adadistill convert-host-checkpoint",
-        description="Build OUTPUT/checkpoints/step_*/ from the checkpoint_gpu_{rank}.pt files that "
-                    "arcface_torch wrote into OUTPUT (save_all_states=True); then train with "
-                    "--set output=OUTPUT resume=True to continue that run from its last epoch end.")
-    parser.add_argument("output", type=Path, help="the arcface_torch output folder")
+    parser = command_parser("convert-host-checkpoint",
+                            "Build OUTPUT/checkpoints/step_*/ from the checkpoint_gpu_{rank}.pt files that "
+                            "arcface_torch wrote into OUTPUT (save_all_states=True); then train with "
+                            "--set output=OUTPUT resume=True to continue that run from its last epoch end.")
+    parser.add_argument("output", type=Path, metavar="OUTPUT", help="the arcface_torch output folder")
     return parser
 
 

@@ -11,21 +11,29 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from insightface_adadistill.commands.common import command_parser
+
 SUMMARY = "synthetic identities -> teacher, student, AdaDistill student -> report"
 
 
 def build_parser() -> argparse.ArgumentParser:
     from insightface_adadistill.demo.presets import PRESETS
 
-    parser = argparse.ArgumentParser(prog="adadistill demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser = command_parser("demo", "From nothing to a results table: synthetic identities -> a teacher, a "
+                                    "standalone student and an AdaDistill (alpha') student with identical "
+                                    "budgets -> verification accuracy and IJB-style TAR@FAR of all three -> "
+                                    "DIR/report.md with plots, and the TensorBoard logs.")
+    parser.add_argument("--out", type=Path, default=Path("demo_out"), metavar="DIR",
+                        help="output folder (a new one, or one an earlier demo wrote)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto: CUDA when available, else the CPU")
     parser.add_argument("--preset", default="auto", choices=("auto", *PRESETS),
                         help="auto: gpu when CUDA is available and allowed by --device, else cpu; "
                              "quick: a seconds-long smoke run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of every run")
     parser.add_argument("--max-steps", type=int, default=None,
-                        help="stop every run after N steps (a smoke test of a preset)")
+                        metavar="N", help="stop every run after N steps (a smoke test of a preset; default: the preset's "
+                                       "full schedule)")
     return parser
 
 

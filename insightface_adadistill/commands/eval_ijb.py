@@ -6,15 +6,16 @@ import os
 from pathlib import Path
 from typing import List, Optional
 
+from insightface_adadistill.commands.common import command_parser
+
 SUMMARY = "IJB-B / IJB-C 1:1 verification (TAR@FAR)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     from insightface_adadistill.evaluation.ijb_meta import TARGETS
 
-    parser = argparse.ArgumentParser(
-        prog="adadistill eval-ijb",
-        description="IJB-B / IJB-C 1:1 verification (arcface_torch eval_ijbc.py protocol).")
+    parser = command_parser("eval-ijb", "IJB-B / IJB-C 1:1 verification (arcface_torch eval_ijbc.py protocol) "
+                                        "of one model: backbone weights or an ONNX file.")
     parser.add_argument("--model-prefix", help="backbone weights (model.pt / backbone.pth / "
                                                "checkpoint_gpu_0.pt); needs --network")
     parser.add_argument("--network", help="backbone name, e.g. r50, r100, mbf")
@@ -22,20 +23,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "(default: the network's, 512)")
     parser.add_argument("--onnx", metavar="PATH", help="evaluate this ONNX model instead of "
                                                        "--model-prefix/--network")
-    parser.add_argument("--image-path", required=True, help="IJB root holding meta/ and loose_crop/")
-    parser.add_argument("--target", default="IJBC", choices=TARGETS)
-    parser.add_argument("--result-dir", default=".", help="outputs go to <result-dir>/<job>/")
+    parser.add_argument("--image-path", required=True, metavar="DIR", help="IJB root holding meta/ and loose_crop/")
+    parser.add_argument("--target", default="IJBC", choices=TARGETS, help="which IJB set DIR holds")
+    parser.add_argument("--result-dir", default=".", metavar="DIR", help="outputs go to <result-dir>/<job>/")
     parser.add_argument("--job", default="insightface", help="output sub-folder and method label")
-    parser.add_argument("--batch-size", type=int, default=128,
+    parser.add_argument("--batch-size", type=int, default=128, metavar="N",
                         help="images per batch (the model sees twice that with the flip)")
     parser.add_argument("--no-flip", action="store_true", help="F0: no flip test")
     parser.add_argument("--no-norm-score", action="store_true",
                         help="N0: L2-normalise each image embedding before pooling")
     parser.add_argument("--no-detector-score", action="store_true",
                         help="D0: do not weight images by their faceness score")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="image decoding/alignment processes (0 = in the main process)")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
+                        help="image decoding/alignment processes (0 = in the main process; default: 4 or "
+                             "the number of cores when fewer)")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     return parser
 
 

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import List, Optional
 
-from insightface_adadistill.commands.common import print_error
+from insightface_adadistill.commands.common import command_parser, print_error
 
 SUMMARY = "export a backbone to ONNX for the insightface runtime"
 COMMAND = "export-onnx"
@@ -19,15 +19,13 @@ COMMAND = "export-onnx"
 def build_parser() -> argparse.ArgumentParser:
     from insightface_adadistill.export.onnx import DEFAULT_OPSET
 
-    parser = argparse.ArgumentParser(
-        prog="adadistill export-onnx",
-        description="Export a trained backbone to ONNX for insightface and the ICCV21-MFR checker, "
-                    "then check the file against PyTorch with onnxruntime.")
+    parser = command_parser(COMMAND, "Export a trained backbone to ONNX for insightface and the ICCV21-MFR "
+                                     "checker, then check the file against PyTorch with onnxruntime.")
     parser.add_argument("output", metavar="OUT.onnx", type=Path, help="the ONNX file to write")
     parser.add_argument("--network", required=True, help="backbone name, e.g. r50, mbf, mfn")
     parser.add_argument("--model", required=True, type=Path,
                         help="weights: model.pt, backbone.pth or checkpoint_gpu_*.pt")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N", help="ONNX opset")
     parser.add_argument("--embedding-size", type=int, default=None,
                         help="num_features the model was trained with (default: the backbone's, 512)")
     return parser

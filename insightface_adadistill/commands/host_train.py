@@ -10,14 +10,14 @@ import argparse
 import os
 from typing import List, Optional
 
-from insightface_adadistill.commands.common import add_config_arguments, parse_config_args
+from insightface_adadistill.commands.common import add_config_arguments, command_parser, parse_config_args
 
 SUMMARY = "run your own arcface_torch checkout's train_v2.py with our distillation head"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="adadistill host-train",
-                                     description=f"{SUMMARY}; see docs/host-train.md")
+    parser = command_parser("host-train", f"Run your own arcface_torch checkout's train_v2.py, unchanged, with "
+                                          f"our distillation head registered into it; see docs/host-train.md.")
     parser.add_argument("checkout", metavar="ARCFACE_TORCH_DIR",
                         help="your arcface_torch folder (the one holding train_v2.py)")
     add_config_arguments(parser)

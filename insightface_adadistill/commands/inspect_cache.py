@@ -7,18 +7,21 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from insightface_adadistill.commands.common import print_error
+from insightface_adadistill.commands.common import command_parser, print_error
 
 SUMMARY = "print a teacher cache's manifest; --verify K recomputes K rows"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="adadistill inspect-cache", description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="cache folder written by `adadistill cache-teacher`")
+    parser = command_parser("inspect-cache", "Print a teacher cache's manifest; with --verify K, recompute K "
+                                             "random rows with the teacher it names and compare them with the "
+                                             "stored ones (exit 1 when they differ).")
+    parser.add_argument("folder", type=Path, metavar="DIR", help="cache folder written by `adadistill cache-teacher`")
     parser.add_argument("--verify", type=int, metavar="K", default=0,
                         help="recompute K random rows (both orientations) and compare")
     parser.add_argument("--seed", type=int, default=0, help="which random rows --verify picks")
-    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
+                        help="where --verify runs the teacher (auto: CUDA when available)")
     return parser
 
 

@@ -5,20 +5,18 @@ import argparse
 from pathlib import Path
 from typing import List, Optional
 
-from insightface_adadistill.commands.common import print_error
+from insightface_adadistill.commands.common import command_parser, print_error
 
 SUMMARY = "print the layout, counts and first records of a .rec"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="adadistill inspect-rec",
-        description="Show the layout (insightface / glint / header-less), image and class counts and "
-                    "the first records of DIR/train.rec.")
-    parser.add_argument("dir", type=Path, help="dataset folder with train.rec (or the .rec file itself)")
+    parser = command_parser("inspect-rec", "Show the layout (insightface / glint / header-less), image and class "
+                                           "counts and the first records of DIR/train.rec.")
+    parser.add_argument("dir", type=Path, metavar="DIR", help="dataset folder with train.rec (or the .rec file itself)")
     parser.add_argument("--rebuild-index", action="store_true",
                         help="rewrite train.idx by scanning train.rec (keys = record ids)")
-    parser.add_argument("-n", "--num-records", type=int, default=5, help="records to list (default 5)")
+    parser.add_argument("-n", "--num-records", type=int, default=5, metavar="N", help="records to list")
     return parser
 
 

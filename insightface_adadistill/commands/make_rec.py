@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, TypeVar
 
-from insightface_adadistill.commands.common import print_error
+from insightface_adadistill.commands.common import command_parser, print_error
 
 SUMMARY = "build an insightface-style .rec/.idx from an image folder"
 PROGRESS_SECONDS = 10.0
@@ -16,15 +16,14 @@ T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="adadistill make-rec",
-        description="Pack a folder of aligned 112x112 faces (one sub-folder per identity, sorted "
-                    "names give labels 0..C-1) into OUT_DIR/train.rec, train.idx and property.")
-    parser.add_argument("src", type=Path, help="folder with one sub-folder of images per identity")
-    parser.add_argument("out_dir", type=Path, help="where train.rec, train.idx and property go")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    parser = command_parser("make-rec", "Pack a folder of aligned 112x112 faces (one sub-folder per identity, "
+                                        "sorted names give labels 0..C-1) into OUT_DIR/train.rec, train.idx "
+                                        "and property.")
+    parser.add_argument("src", type=Path, metavar="SRC_FOLDER", help="folder with one sub-folder of images per identity")
+    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="where train.rec, train.idx and property go")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
                         help="processes reading and checking images (default: all cores)")
-    parser.add_argument("--quality", type=int, default=95,
+    parser.add_argument("--quality", type=int, default=95, metavar="Q",
                         help="JPEG quality for non-JPEG sources (JPEGs are stored unchanged)")
     parser.add_argument("--force", action="store_true", help="replace an existing OUT_DIR/train.rec")
     return parser

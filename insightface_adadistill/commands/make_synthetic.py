@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from insightface_adadistill.commands.common import print_error
+from insightface_adadistill.commands.common import command_parser, print_error
 
 SUMMARY = "write the built-in synthetic identities as .rec, .bin and an IJB folder"
 
@@ -15,18 +15,19 @@ SUMMARY = "write the built-in synthetic identities as .rec, .bin and an IJB fold
 def build_parser() -> argparse.ArgumentParser:
     from insightface_adadistill.evaluation.ijb_meta import TARGETS
 
-    parser = argparse.ArgumentParser(
-        prog="adadistill make-synthetic",
-        description="Render procedural face identities into OUT_DIR/train (train.rec, train.idx, "
-                    "property, synth_val.bin), OUT_DIR/<target> (IJB layout) and OUT_DIR/manifest.json.")
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--train-ids", type=int, default=200, help="training identities (classes)")
-    parser.add_argument("--images-per-id", type=int, default=20, help="training images per identity")
-    parser.add_argument("--heldout-ids", type=int, default=100, help="unseen identities for the tests")
-    parser.add_argument("--val-pairs", type=int, default=1000, help="pairs in synth_val.bin")
-    parser.add_argument("--difficulty", default="medium", choices=("easy", "medium", "hard"))
-    parser.add_argument("--target", default="IJBC", choices=TARGETS)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = command_parser("make-synthetic", "Render procedural face identities into OUT_DIR/train (train.rec, "
+                                              "train.idx, property, synth_val.bin), OUT_DIR/<target> (IJB layout) "
+                                              "and OUT_DIR/manifest.json; docs/synthetic.md.")
+    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder for the dataset (created)")
+    parser.add_argument("--train-ids", type=int, default=200, metavar="N", help="training identities (classes)")
+    parser.add_argument("--images-per-id", type=int, default=20, metavar="N", help="training images per identity")
+    parser.add_argument("--heldout-ids", type=int, default=100, metavar="N",
+                        help="unseen identities for synth_val.bin and the IJB folder")
+    parser.add_argument("--val-pairs", type=int, default=1000, metavar="N", help="pairs in synth_val.bin")
+    parser.add_argument("--difficulty", default="medium", choices=("easy", "medium", "hard"),
+                        help="preset of identity similarity, nuisance and occlusion (docs/synthetic.md)")
+    parser.add_argument("--target", default="IJBC", choices=TARGETS, help="layout of the IJB folder")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the identities and the images")
     parser.add_argument("--force", action="store_true", help="replace a dataset already in OUT_DIR")
     return parser
 

@@ -9,13 +9,15 @@ import argparse
 import os
 from typing import List, Optional
 
-from insightface_adadistill.commands.common import add_config_arguments, parse_config_args
+from insightface_adadistill.commands.common import add_config_arguments, command_parser, parse_config_args
 
 SUMMARY = "train or distil from an arcface_torch config (1 process, or under torchrun)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="adadistill train", description=__doc__.splitlines()[0])
+    parser = command_parser("train", "Train or distil from an arcface_torch config: one process on the CPU "
+                                     "(gloo) or one GPU (nccl), or N processes with `torchrun "
+                                     "--nproc_per_node=N -m insightface_adadistill train CONFIG`.")
     add_config_arguments(parser)
     return parser
 

@@ -7,22 +7,23 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from insightface_adadistill.commands.common import command_parser
+
 SUMMARY = "10-fold accuracy on .bin verification sets"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="adadistill verify",
-        description="10-fold verification accuracy (arcface_torch protocol) on .bin sets.")
+    parser = command_parser("verify", "10-fold verification accuracy (arcface_torch protocol) on .bin sets.")
     parser.add_argument("bins", nargs="+", metavar="BIN", help="lfw.bin, cfp_fp.bin, agedb_30.bin, ...")
     parser.add_argument("--network", required=True, help="backbone name, e.g. r50 or mbf")
     parser.add_argument("--model", required=True,
                         help="model.pt / backbone.pth / checkpoint_gpu_0.pt with the backbone weights")
     parser.add_argument("--embedding-size", type=int, help="num_features of the backbone "
                                                             "(default: the network's, 512)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, metavar="N",
+                        help="images per forward pass (their mirror images take a second pass)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     return parser
 
 

@@ -6,9 +6,10 @@ CPU, and also creates a group for a single process (on a free port it picks itse
 path serves every world size. Every helper below also works with no process group at all (rank 0,
 world size 1), which is what the unit tests and notebooks get.
 
-Gradient convention: `all_gather_with_grad` returns the TRUE gradient of the local chunk (the sum
-over ranks), and the trainer registers `ddp_sum_hook` on its DDP backbone so gradients are summed,
-not averaged. arcface_torch instead multiplies by W in the gather and lets DDP divide by W.
+Gradient convention, arcface_torch's: `all_gather_with_grad`'s backward returns W times the sum
+over ranks of the local chunk's gradient, and DDP averages the backbone's gradients over the W
+ranks as usual, so the averaged gradient is that of the global-mean loss. Our heads therefore drop
+into the host's loop unchanged, and the host's Partial FC into ours.
 """
 from __future__ import annotations
 
@@ -185,14 +186,15 @@ class _AllGatherWithGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         # Each rank holds dLoss/d(gathered) through its own class shard only; the sum over ranks
-        # is the true gradient. No x W here: the DDP backbone sums (ddp_sum_hook) instead.
+        # is the true gradient. x W because DDP then averages over the W ranks (the host's rule).
         grad = all_reduce(grad.contiguous().clone())
         start = get_rank() * ctx.batch
-        return grad[start:start + ctx.batch]
+        return grad[start:start + ctx.batch] * get_world_size()
 
 
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """(B, ...) -> (W*B, ...) in rank order; backward returns the sum over ranks of the local chunk's gradient."""
+    """(B, ...) -> (W*B, ...) in rank order; backward returns W x the sum over ranks of the local
+    chunk's gradient, which DDP's average over ranks turns into the global-mean loss's gradient."""
     if get_world_size() == 1:
         return tensor
     return _AllGatherWithGrad.apply(tensor)
@@ -205,22 +207,6 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     holder = [obj]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
-
-
-def ddp_sum_hook(state: Optional[dist.ProcessGroup], bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """DDP communication hook: all-reduce each gradient bucket with SUM and do not divide by W.
-
-    Register with `ddp_model.register_comm_hook(None, ddp_sum_hook)` (`state` is the process group,
-    None for the default one). With `all_gather_with_grad`, the summed backbone gradient is exactly
-    the gradient of the global-mean loss.
-    """
-    work = dist.all_reduce(bucket.buffer(), group=state, async_op=True)
-    return work.get_future().then(lambda fut: fut.value()[0])
-
-
-# DDP compares these annotations with the real classes; `from __future__ import annotations` made them strings.
-ddp_sum_hook.__annotations__.update(bucket=dist.GradBucket, state=Optional[dist.ProcessGroup],
-                                    **{"return": torch.futures.Future[torch.Tensor]})
 
 
 def shard_classes(num_classes: int, rank: int, world_size: int) -> Tuple[int, int]:

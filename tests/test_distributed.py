@@ -103,17 +103,19 @@ def _two_rank_checks(info: D.DistInfo) -> dict:
     out["summed"] = D.all_reduce(torch.tensor([rank + 1.0]))
     out["object"] = D.broadcast_object({"from": rank})
 
-    # all_gather_with_grad: loss_r = sum(c_r * gathered); d loss / d local = sum over r of c_r's chunk
+    # all_gather_with_grad: loss_r = sum(c_r * gathered); d (sum_r loss_r) / d local = sum over r
+    # of c_r's chunk, and the backward returns W times that (arcface_torch's convention)
     x = torch.randn(2, 3, generator=torch.Generator().manual_seed(rank)).requires_grad_()
     coeff = torch.arange(12.0).view(4, 3) * (rank + 1)
     (D.all_gather_with_grad(x) * coeff).sum().backward()
     out["gather_grad"] = x.grad
 
-    # DDP with the SUM hook: grads are the sum of the per-rank grads, not their mean
+    # ... and DDP's usual average over ranks undoes the x W: the backbone gets the true gradient
+    # of sum_r loss_r with loss_r = sum(c_r * gather(model(x_r))), x_r = rank + 1, c_r = (1, 2) (rank + 1)
     torch.manual_seed(0)
     model = nn.parallel.DistributedDataParallel(nn.Linear(3, 1, bias=False))
-    model.register_comm_hook(None, D.ddp_sum_hook)
-    model(torch.full((1, 3), rank + 1.0)).sum().backward()
+    gathered = D.all_gather_with_grad(model(torch.full((1, 3), rank + 1.0)))  # (2, 1)
+    (gathered * torch.tensor([[1.0], [2.0]]) * (rank + 1)).sum().backward()
     out["ddp_grad"] = model.module.weight.grad.clone()
 
     # rank 0 works longer than the main group's timeout; the others wait in wait_for_main
@@ -149,8 +151,8 @@ def test_two_processes():
         assert torch.equal(out["gathered"], expected_gather)
         assert torch.equal(out["summed"], torch.tensor([3.0]))
         assert out["object"] == {"from": 0}
-        assert torch.equal(out["gather_grad"], 3 * coeff[2 * rank:2 * rank + 2])  # (1 + 2) * chunk
-        assert torch.equal(out["ddp_grad"], torch.full((1, 3), 3.0))  # 1 + 2, not (1 + 2) / 2
+        assert torch.equal(out["gather_grad"], 2 * 3 * coeff[2 * rank:2 * rank + 2])  # W x (1 + 2) x chunk
+        assert torch.equal(out["ddp_grad"], torch.full((1, 3), 15.0))  # 3 x 1 + 6 x 2: the summed loss's
         assert torch.equal(out["after_wait"], torch.tensor([2.0]))
     message, waited = results[1]["wait_error"]
     assert "gave up waiting for rank 0" in message and "wait_timeout_minutes" in message

@@ -28,7 +28,7 @@ from insightface_adadistill.heads import CombinedMarginLoss
 from insightface_adadistill.host import HostCheckoutError, check_checkout, load_host_config
 from insightface_adadistill.host.checkout import check_host_api, host_import_path, import_host_module
 from insightface_adadistill.host.config import DistillSettings
-from insightface_adadistill.host.feed import TeacherFeed, scale_gradient
+from insightface_adadistill.host.feed import TeacherFeed
 from insightface_adadistill.host.runner import HostMargin, HostRegistration, load_distill_parts
 from insightface_adadistill.host.summary import tap_summary_writer
 
@@ -212,13 +212,6 @@ def test_host_margin_gets_labels_as_a_column() -> None:
     margin = HostMargin(lambda logits, labels: seen.setdefault("shape", labels.shape) and logits)
     margin(torch.zeros(3, 5), torch.tensor([0, -1, 4]))
     assert seen["shape"] == (3, 1)
-
-
-def test_scale_gradient_multiplies_only_the_gradient() -> None:
-    x = torch.ones(3, requires_grad=True)
-    y = scale_gradient(x, 2.0)
-    (y * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
-    assert torch.equal(y, x.detach()) and torch.equal(x.grad, torch.tensor([2.0, 4.0, 6.0]))
 
 
 def test_teacher_feed_skips_eval_forwards() -> None:

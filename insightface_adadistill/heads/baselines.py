@@ -26,9 +26,10 @@ from insightface_adadistill.heads.partial_fc import (HEADS, HeadArgs, HeadOutput
 def feature_distance(local_student: torch.Tensor, local_teacher: torch.Tensor, world_size: int) -> torch.Tensor:
     """Global-batch mean of |s - t|^2 (summed over dimensions) of L2-normalised embeddings.
 
-    Each rank holds B of the N = W*B samples. The gradient is this rank's share (its own sum / N):
-    the DDP backbone sums gradients over ranks (`ddp_sum_hook`), so the total is the gradient of the
-    global mean. The value is the global mean itself, identical on every rank. |s - t|^2 = 2 - 2 cos.
+    Each rank holds B of the N = W*B samples. The value is the global mean, identical on every
+    rank; the gradient is that of this rank's own mean (its sum / B), W times its share of the
+    global mean's gradient, which DDP's average over the W ranks turns into the global mean's
+    gradient (the host's convention, as `all_gather_with_grad`). |s - t|^2 = 2 - 2 cos.
 
     Args:
         local_student, local_teacher: (B, E).
@@ -36,9 +37,9 @@ def feature_distance(local_student: torch.Tensor, local_teacher: torch.Tensor, w
         0-dim tensor.
     """
     student, teacher = F.normalize(local_student.float()), F.normalize(local_teacher.float())
-    share = (student - teacher).pow(2).sum() / (local_student.shape[0] * world_size)
-    total = all_reduce(share.detach().clone())
-    return share + (total - share).detach()  # value: global mean; gradient: local share
+    local_mean = (student - teacher).pow(2).sum() / local_student.shape[0]
+    total = all_reduce(local_mean.detach() / world_size)
+    return local_mean + (total - local_mean).detach()  # value: global mean; gradient: local mean
 
 
 # ---------------------------------------------------------------- modules

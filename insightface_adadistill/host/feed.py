@@ -1,4 +1,4 @@
-"""How our head is called from inside the host's loop: teacher feed, gradient scale, call adapter.
+"""How our head is called from inside the host's loop: teacher feed and call adapter.
 
 The host's iteration is `loss = module_partial_fc(backbone(img), local_labels)`. The teacher must
 see the same `img`, which only the student's forward has, so a forward hook on the student runs the
@@ -14,28 +14,6 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-
-
-class _ScaleGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, tensor: Tensor, factor: float) -> Tensor:
-        ctx.factor = factor
-        return tensor.view_as(tensor)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None]:
-        return grad * ctx.factor, None
-
-
-def scale_gradient(tensor: Tensor, factor: float) -> Tensor:
-    """Identity forward; backward multiplies the gradient by `factor`.
-
-    Why: our heads give each rank the true gradient of the global-mean loss for its own embeddings,
-    which our trainer's DDP then SUMS over ranks. The host's DDP AVERAGES (its fp16 compression
-    hook divides by W) and its own Partial FC multiplies by W in the all-gather backward to cancel
-    that; scaling the head's input gradient by W does the same for our heads.
-    """
-    return tensor if factor == 1 else _ScaleGradient.apply(tensor, factor)
 
 
 class TeacherFeed:
@@ -80,14 +58,14 @@ def _host_arguments(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[Tens
 class HostHeadCall:
     """Makes `head(local_embeddings, local_labels) -> loss` (the host's call) run our head contract.
 
-    Before the head runs: the teacher embeddings of the batch are added (`teacher=`), and the
-    embeddings' gradient is scaled by the world size (`scale_gradient`). After it: the host gets
-    the loss tensor alone, and `stats` keeps the `HeadOutput` statistics of the last call (by tag).
+    Before the head runs: the teacher embeddings of the batch are added (`teacher=`). After it:
+    the host gets the loss tensor alone, and `stats` keeps the `HeadOutput` statistics of the last
+    call (by tag). The gradients need no conversion: our heads follow the host's convention
+    (distributed.py).
     """
 
-    def __init__(self, head: nn.Module, feed: Optional[TeacherFeed], world_size: int) -> None:
+    def __init__(self, head: nn.Module, feed: Optional[TeacherFeed]) -> None:
         self.feed = feed
-        self.world_size = world_size
         self.stats: Dict[str, Tensor] = {}
         head.register_forward_pre_hook(self._before, with_kwargs=True)
         head.register_forward_hook(self._after)
@@ -95,8 +73,7 @@ class HostHeadCall:
     def _before(self, module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]):
         local_embeddings, local_labels = _host_arguments(args, kwargs)
         teacher = self.feed.take() if self.feed is not None else None
-        embeddings = scale_gradient(local_embeddings, float(self.world_size))
-        return (embeddings, local_labels), {"teacher": teacher}
+        return (local_embeddings, local_labels), {"teacher": teacher}
 
     def _after(self, module: nn.Module, args: Tuple[Any, ...], output: Any) -> Tensor:
         loss, self.stats = output  # HeadOutput

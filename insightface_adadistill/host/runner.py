@@ -23,7 +23,6 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import torch
 from torch import Tensor, nn
 
-from insightface_adadistill.distributed import get_world_size
 from insightface_adadistill.heads import build_head
 from insightface_adadistill.host.checkout import (HostCheckout, check_checkout, check_host_api, host_import_path,
                                                   import_host_module)
@@ -116,7 +115,7 @@ class HostRegistration:
                                    "build the backbone first")
             feed = TeacherFeed(self.parts.teacher)
             self.student.register_forward_hook(feed.on_student_forward)
-        self.head_call = HostHeadCall(head, feed, get_world_size())
+        self.head_call = HostHeadCall(head, feed)
         return head
 
     def stats(self) -> Dict[str, Tensor]:

@@ -267,19 +267,15 @@ def _teacher_classifier(cfg: RunConfig) -> Optional[torch.Tensor]:
 
 
 def wrap_ddp(student: torch.nn.Module, dist: distributed.DistInfo) -> torch.nn.Module:
-    """DDP over the student only; gradients are SUMMED across ranks (see distributed.ddp_sum_hook).
-
-    The heads' all-gather already returns each rank the true gradient of the global-mean loss for
-    its own embeddings, so the backbone gradients must be added, not averaged. BN buffers are not
-    broadcast (host behaviour: rank 0's statistics are the ones saved).
+    """DDP over the student only, averaging gradients as usual (the heads' all-gather multiplies by
+    W: distributed.py's gradient convention). BN buffers are not broadcast (host behaviour: rank
+    0's statistics are the ones saved).
     """
     device_ids = [dist.device.index] if dist.device.type == "cuda" else None
     # torch >= 2.13 renamed broadcast_buffers to forward_sync_buffers (deprecation warning otherwise)
     no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_ARGS
                       else {"broadcast_buffers": False})
-    ddp = DistributedDataParallel(student, device_ids=device_ids, bucket_cap_mb=16, **no_buffer_sync)
-    ddp.register_comm_hook(None, distributed.ddp_sum_hook)
-    return ddp
+    return DistributedDataParallel(student, device_ids=device_ids, bucket_cap_mb=16, **no_buffer_sync)
 
 
 class _maybe_no_sync:

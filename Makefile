@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Spinning OpenMP threads of two torch processes on few cores slow both 20-30x (multi-process tests).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test test-fast venv venv-mxnet clean
+.PHONY: demo test test-fast venv venv-mxnet fixtures clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -20,11 +20,16 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 # MXNet 1.9.1 only serves as an interoperability oracle; it breaks on numpy>=1.24 without a shim.
+# Its pack_img encodes through OpenCV (4.11: later releases require numpy>=2; `make fixtures` uses it).
 venv-mxnet: $(MXNET_VENV)/.installed
-$(MXNET_VENV)/.installed:
+$(MXNET_VENV)/.installed: Makefile
 	test -d $(MXNET_VENV) || $(PYTHON) -m venv $(MXNET_VENV)
-	$(MXNET_VENV)/bin/python -m pip install -q "mxnet==1.9.1" "numpy<2"
+	$(MXNET_VENV)/bin/python -m pip install -q "mxnet==1.9.1" "numpy<2" "opencv-python-headless==4.11.0.86"
 	touch $@
+
+# Rewrites tests/fixtures with MXNet's own writer (byte for byte the committed files).
+fixtures: venv-mxnet
+	$(MXNET_VENV)/bin/python tests/fixtures/make_fixtures.py
 
 test: venv venv-mxnet
 	ADADISTILL_MXNET_PYTHON=$(abspath $(MXNET_VENV))/bin/python $(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -1,26 +1,22 @@
 """Shared pytest fixtures: where the MXNet-written fixtures live, and a seeded RNG."""
 from __future__ import annotations
 
-import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def fixtures_root() -> Path:
-    """`../shared/fixtures` beside the checkout, or $ADADISTILL_FIXTURES."""
-    return Path(os.environ.get("ADADISTILL_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    root = fixtures_root()
-    if not (root / "manifest.json").is_file():
-        pytest.fail(f"fixtures not found at {root}; set ADADISTILL_FIXTURES to the shared/fixtures folder")
-    return root
+def fixtures_dir(tmp_path_factory) -> Path:
+    """A copy of the MXNet-written fixtures committed in tests/fixtures (`make fixtures` rewrites
+    them): what the tests write beside a dataset (label caches) stays out of the checkout."""
+    copy = tmp_path_factory.mktemp("fixtures") / "fixtures"
+    shutil.copytree(FIXTURES, copy, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    return copy
 
 
 @pytest.fixture(autouse=True)

@@ -149,3 +149,19 @@ def test_mxnet_reads_our_dataset_like_arcface_torch(tmp_path):
     for index in range(len(dataset)):
         rgb_mean = (dataset[index].image * 127.5 + 127.5).mean(dim=(1, 2)).numpy()
         assert np.allclose(rgb_mean, seen["records"][str(index + 1)]["rgb_mean"], atol=1.0)
+
+
+def test_committed_fixtures_are_what_make_fixtures_writes(tmp_path):
+    """tests/fixtures holds exactly what MXNet's writer produces from tests/fixtures/make_fixtures.py."""
+    python = mxnet_python()
+    if subprocess.run([python, "-c", "import cv2"], capture_output=True).returncode != 0:
+        pytest.skip(f"{python} has no OpenCV (pack_img needs it): `make venv-mxnet` installs it")
+    fixtures = REPO_ROOT / "tests" / "fixtures"
+    done = subprocess.run([python, str(fixtures / "make_fixtures.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    committed = sorted(p.relative_to(fixtures) for p in fixtures.rglob("*")
+                       if p.is_file() and p.suffix not in (".py", ".pyc") and p.name != "README.md")
+    assert written == committed
+    assert all((tmp_path / p).read_bytes() == (fixtures / p).read_bytes() for p in written)

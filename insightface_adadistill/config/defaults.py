@@ -27,7 +27,8 @@ from insightface_adadistill.config.checks import (Check, OneOf, Phrased, Refused
                                                   above, at_least, non_empty)
 from insightface_adadistill.heads import HEADS
 from insightface_adadistill.heads.adadistill import ALPHA_RULE, alpha_is_valid
-from insightface_adadistill.heads.margins import MARGIN_FORMS, MARGIN_GRADS, margin_list_problem
+from insightface_adadistill.heads.margins import (ADAFACE_RULES, MARGIN_FORMS, MARGIN_GRADS, MARGINS,
+                                                  margin_list_problem)
 
 NoneType = type(None)
 
@@ -106,7 +107,7 @@ class RunConfig:
 
     # ---- arcface_torch configs/base.py ---------------------------------------------------------
     margin_list: Sequence[float] = host(
-        (1.0, 0.5, 0.0), "(m1, m2, m3) of the margin loss, s = 64",
+        (1.0, 0.5, 0.0), "(m1, m2, m3) of the margin loss, s = 64 (not read when margin = 'adaface')",
         Phrased(margin_list_problem, MARGIN_FORMS), resume=IDENTITY)
     network: str = host("r50", "student backbone name passed to get_model", _BACKBONE, resume=IDENTITY)
     resume: bool = host(False, "continue from the last complete checkpoint set in `output`", resume=HARMLESS)
@@ -184,7 +185,19 @@ class RunConfig:
         "straight_through", "ArcFace gradient: 'straight_through' (current arcface_torch) or "
                             "'exact' (true derivative of cos(theta + m), with the pre-2022-12 host's "
                             "fallback cos(theta) - m sin(m) past theta + m > pi, which the published "
-                            "AdaDistill code does not have)", OneOf(MARGIN_GRADS), resume=SCHEDULE)
+                            "AdaDistill code does not have); the AdaFace margin always takes the true "
+                            "derivative", OneOf(MARGIN_GRADS), resume=SCHEDULE)
+    margin: str = ours(
+        "margin_list", "'margin_list' (ArcFace or CosFace as margin_list says, arcface_torch) or 'adaface' "
+                       "(AdaFace's feature-norm-adaptive margin, s = 64, set by the adaface_* keys; "
+                       "docs/heads.md)", OneOf(MARGINS), resume=IDENTITY)
+    adaface_m: float = ours(0.4, "margin = 'adaface': the margin m (angular -m z, additive m + m z for the "
+                                 "scaler z in [-1, 1])", Rule(*ADAFACE_RULES["adaface_m"]), resume=SCHEDULE)
+    adaface_h: float = ours(0.333, "margin = 'adaface': h, the scaler z = clip(h (norm - mean) / std, -1, 1)",
+                            Rule(*ADAFACE_RULES["adaface_h"]), resume=SCHEDULE)
+    adaface_t_alpha: float = ours(0.01, "margin = 'adaface': momentum of the running mean and std of the "
+                                        "global batch's feature norms (start 20 and 100)",
+                                  Rule(*ADAFACE_RULES["adaface_t_alpha"]), resume=SCHEDULE)
 
     # ---- optimisation and schedule -------------------------------------------------------------
     amp_dtype: str = ours("fp16", "autocast dtype when fp16=True: fp16 (with GradScaler) or bf16",

@@ -89,6 +89,7 @@ def _cross_key_problems(cfg: Mapping[str, Any]) -> List[str]:
         problems.append("distill = 'arcdistill' trains against the teacher's classifier: set "
                         "teacher_classifier to its checkpoint_gpu_*.pt shards (a list or a glob) "
                         "or a *header.pth file")
+    problems += _margin_problems(cfg)
     warmup, epochs = cfg.get("warmup_epoch", 0), cfg.get("num_epoch", 1)
     if cfg.get("lr_schedule") == "poly" and warmup > 0 and warmup >= epochs:
         problems.append(f"warmup_epoch = {warmup!r} must be < num_epoch = {epochs!r}: the poly "
@@ -97,6 +98,21 @@ def _cross_key_problems(cfg: Mapping[str, Any]) -> List[str]:
         problems.append("lr_schedule = 'step' needs lr_steps, the 1-based epochs at whose start lr "
                         "is divided by 10 (e.g. lr_steps = [8, 14, 20, 25])")
     return problems
+
+
+def _margin_problems(cfg: Mapping[str, Any]) -> List[str]:
+    """AdaFace keys without the AdaFace margin would be ignored; the host's inter-class filter is a
+    feature of its margin_list loss only."""
+    if cfg.get("margin") != "adaface":
+        return [f"{key} = {cfg[key]!r} is read only with margin = 'adaface'; set margin = 'adaface' "
+                f"or remove {key}" for key in ("adaface_m", "adaface_h", "adaface_t_alpha")
+                if key in cfg and cfg[key] != KEYS[key].default]
+    threshold = cfg.get("interclass_filtering_threshold", 0)
+    if threshold > 0:
+        return [f"interclass_filtering_threshold = {threshold!r} filters the logits of the margin_list "
+                f"margin (arcface_torch's CombinedMarginLoss), not AdaFace's; with margin = 'adaface' "
+                f"set it to 0"]
+    return []
 
 
 def validate(cfg: Union[Mapping[str, Any], RunConfig], source: str = "config",

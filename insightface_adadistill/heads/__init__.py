@@ -14,12 +14,12 @@ from torch import nn
 
 from insightface_adadistill.heads.adadistill import AdaDistillHead, update_class_centres
 from insightface_adadistill.heads.baselines import FeatureKDHead, FixedClassifierHead, feature_distance
-from insightface_adadistill.heads.margins import CombinedMarginLoss, build_margin_loss
+from insightface_adadistill.heads.margins import AdaFaceMargin, CombinedMarginLoss, build_margin, build_margin_loss
 from insightface_adadistill.heads.partial_fc import (HEADS, HeadArgs, HeadOutput, PartialFC, ShardedHead,
                                                      ShardedMarginSoftmax, distributed_cross_entropy, reshard_weight)
 
-__all__ = ["AdaDistillHead", "CombinedMarginLoss", "FeatureKDHead", "FixedClassifierHead", "HEADS", "HeadOutput",
-           "PartialFC", "ShardedHead", "ShardedMarginSoftmax", "build_head", "build_margin_loss",
+__all__ = ["AdaDistillHead", "AdaFaceMargin", "CombinedMarginLoss", "FeatureKDHead", "FixedClassifierHead", "HEADS",
+           "HeadOutput", "PartialFC", "ShardedHead", "ShardedMarginSoftmax", "build_head", "build_margin", "build_margin_loss",
            "distributed_cross_entropy", "feature_distance", "reshard_weight", "update_class_centres"]
 
 

@@ -1,5 +1,12 @@
-"""Additive margins on the target cosine: ArcFace (Deng et al., CVPR 2019) and CosFace (Wang et al.,
-CVPR 2018), with arcface_torch's `CombinedMarginLoss(s, m1, m2, m3)` interface.
+"""Margins on the target cosine: ArcFace (Deng et al., CVPR 2019) and CosFace (Wang et al., CVPR 2018)
+with arcface_torch's `CombinedMarginLoss(s, m1, m2, m3)` interface, and AdaFace (Kim, Jain, Liu,
+CVPR 2022), whose margin adapts to each sample's feature norm (`AdaFaceMargin`).
+
+A margin is a callable `(cos (N, C), labels (N,)) -> (N, C)` scaled logits, labels being the local
+column or -1. A margin that sets `needs_norms = True` (AdaFace) is called with a third argument,
+the (N,) L2 norms of the gathered embeddings before normalisation (no gradient), and provides
+`stats()`, its TensorBoard values; `ShardedMarginSoftmax` is the one caller (docs/heads.md).
+The config's `margin` key picks one of `MARGINS`.
 
 Margins are given as arcface_torch's `margin_list = (m1, m2, m3)`:
   ArcFace  (1, m, 0): target logit s * cos(theta + m)
@@ -22,11 +29,12 @@ ArcFace gradient, two choices:
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+MARGINS = ("margin_list", "adaface")  # config `margin`: arcface_torch's margin_list, or AdaFace
 _ARCFACE_FORM = "ArcFace (1, m, 0) with 0 <= m < pi"
 _COSFACE_FORM = "CosFace (1, 0, m) with 0 < m < 2"
 MARGIN_FORMS = f"{_ARCFACE_FORM} or {_COSFACE_FORM}"
@@ -152,3 +160,97 @@ def build_margin_loss(margin_list: Sequence[float], margin_grad: str = "straight
     m1, m2, m3 = (float(m) for m in margin_list)
     return CombinedMarginLoss(s, m1, m2, m3, interclass_filtering_threshold,
                               exact_grad=margin_grad == "exact")
+
+
+# ---------------------------------------------------------------- AdaFace
+
+ADAFACE_EPS = 1e-3  # the cosine, angle and std guard of the AdaFace paper's recipe
+ADAFACE_NORM_RANGE = (1e-3, 100.0)  # feature norms are clipped to this before use
+ADAFACE_START = (20.0, 100.0)  # initial running mean and std of the norms
+# The one rule per AdaFace parameter (the config keys' checks use them too): an additive margin of
+# up to 2m must stay below 2, h = 0 is CosFace, t_alpha = 1 uses each batch's statistics alone.
+ADAFACE_RULES: Dict[str, Tuple[Callable[[float], bool], str]] = {
+    "adaface_m": (lambda m: 0.0 < m < 1.0, "in (0, 1)"),
+    "adaface_h": (lambda h: h >= 0.0, ">= 0 (0 gives CosFace with m)"),
+    "adaface_t_alpha": (lambda t: 0.0 < t <= 1.0, "in (0, 1]"),
+}
+
+
+class AdaFaceMargin(nn.Module):
+    """AdaFace's quality-adaptive margin: (N, C) cosines, (N,) local labels (-1: not here) and (N,)
+    feature norms -> (N, C) scaled logits.
+
+    Every cosine is clipped to [-1 + eps, 1 - eps] (eps = 1e-3). Each sample's norm n, clipped to
+    [0.001, 100], gives the scaler z = clip(h * (n - mean) / (std + eps), -1, 1); the target logit
+    is s * (cos(clip(theta - m * z, eps, pi - eps)) - m - m * z), every other one s * cos theta.
+    z = -1 (low norm, a poor image) is ArcFace with m, z = 0 CosFace with m, z = 1 an angle of -m
+    and an additive 2m. The gradient is the true derivative (as the authors' code), none through n.
+
+    Buffers `norm_mean`, `norm_std` (0-dim, start at 20 and 100): each training-mode call first
+    moves them towards the batch's mean and unbiased std of the clipped norms with momentum
+    `t_alpha`, then uses them; eval mode only reads them. The caller passes the norms of the whole
+    gathered batch, so every rank holds the same statistics and W ranks equal one rank with W times
+    the batch (the authors' code keeps one estimate per GPU).
+    """
+
+    needs_norms = True
+
+    def __init__(self, s: float = 64.0, m: float = 0.4, h: float = 0.333, t_alpha: float = 0.01) -> None:
+        super().__init__()
+        for name, value in (("adaface_m", m), ("adaface_h", h), ("adaface_t_alpha", t_alpha)):
+            ok, rule = ADAFACE_RULES[name]
+            if not ok(value):
+                raise ValueError(f"{name} must be {rule}, got {value}")
+        self.s, self.m, self.h, self.t_alpha = s, m, h, t_alpha
+        self.register_buffer("norm_mean", torch.tensor(ADAFACE_START[0]))
+        self.register_buffer("norm_std", torch.tensor(ADAFACE_START[1]))
+
+    @torch.no_grad()
+    def scaler(self, norms: torch.Tensor) -> torch.Tensor:
+        """(N,) norms -> (N,) z in [-1, 1]; in training mode the running statistics move first."""
+        norms = norms.detach().float().clamp(*ADAFACE_NORM_RANGE)
+        if self.training:
+            if norms.numel() < 2:
+                raise ValueError("the AdaFace margin needs a global batch of at least 2 samples (it "
+                                 "standardises each norm by the batch's standard deviation)")
+            t = self.t_alpha
+            self.norm_mean.copy_(t * norms.mean() + (1.0 - t) * self.norm_mean)
+            self.norm_std.copy_(t * norms.std() + (1.0 - t) * self.norm_std)
+        return (self.h * (norms - self.norm_mean) / (self.norm_std + ADAFACE_EPS)).clamp(-1.0, 1.0)
+
+    def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        labels = labels.reshape(-1)
+        if norms.shape != labels.shape:
+            raise ValueError(f"AdaFaceMargin got {norms.numel()} norms for {labels.numel()} labels")
+        z = self.scaler(norms)  # also on a rank without columns: the statistics stay identical
+        cos = cos.clamp(-1.0 + ADAFACE_EPS, 1.0 - ADAFACE_EPS)
+        if cos.shape[1] == 0:
+            return cos * self.s
+        column = labels.clamp(min=0).unsqueeze(1)  # (N, 1)
+        target = cos.gather(1, column).squeeze(1)  # (N,)
+        angle = (torch.acos(target) - self.m * z).clamp(ADAFACE_EPS, math.pi - ADAFACE_EPS)
+        with_margin = torch.cos(angle) - (self.m + self.m * z)
+        target = torch.where(labels >= 0, with_margin, target)
+        return cos.scatter(1, column, target.unsqueeze(1)) * self.s
+
+    def stats(self) -> Dict[str, torch.Tensor]:
+        """The running statistics, by their TensorBoard tags (detached copies, no host sync)."""
+        return {"margin/norm_mean": self.norm_mean.detach().clone(),
+                "margin/norm_std": self.norm_std.detach().clone()}
+
+    def extra_repr(self) -> str:
+        return f"adaface, s={self.s}, m={self.m}, h={self.h}, t_alpha={self.t_alpha}"
+
+
+def build_margin(margin: str, margin_list: Sequence[float], margin_grad: str = "straight_through",
+                 interclass_filtering_threshold: float = 0.0, adaface_m: float = 0.4, adaface_h: float = 0.333,
+                 adaface_t_alpha: float = 0.01) -> nn.Module:
+    """The margin the config's `margin` key names, built from the config keys of the same names."""
+    if margin == "margin_list":
+        return build_margin_loss(margin_list, margin_grad, interclass_filtering_threshold)
+    if margin != "adaface":
+        raise ValueError(f"margin must be one of {MARGINS}, got {margin!r}")
+    if interclass_filtering_threshold > 0:
+        raise ValueError("interclass_filtering_threshold applies to the margin_list margin only; "
+                         "set it to 0 with margin='adaface'")
+    return AdaFaceMargin(64.0, adaface_m, adaface_h, adaface_t_alpha)

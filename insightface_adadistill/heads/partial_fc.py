@@ -202,7 +202,8 @@ class ShardedMarginSoftmax(nn.Module):
 
     Args:
         margin_loss: callable (N, c) cosines, (N,) local labels -> (N, c) scaled logits
-            (`CombinedMarginLoss`).
+            (`CombinedMarginLoss`); one with `needs_norms = True` (`AdaFaceMargin`) also gets the
+            (N,) norms of the gathered embeddings and adds its `stats()` to the head's.
         num_classes: C, all ranks together; this rank owns [class_start, class_start + num_local).
         sample_rate: fraction of local centres per step (positives always kept; 0: positives only).
         seed: negative-sampling seed; rank r uses seed + r.
@@ -218,6 +219,7 @@ class ShardedMarginSoftmax(nn.Module):
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be in [0, 1], got {sample_rate}")
         self.margin_loss = margin_loss
+        self.margin_needs_norms = bool(getattr(margin_loss, "needs_norms", False))
         self.rank, self.world_size = get_rank(), get_world_size()
         self.num_classes = num_classes
         self.class_start, self.num_local = shard_classes(num_classes, self.rank, self.world_size)
@@ -255,16 +257,23 @@ class ShardedMarginSoftmax(nn.Module):
             centres: (num_local, E) this rank's class centres, any norm.
         Returns:
             the loss and {'train/target_prob': mean softmax probability of the target class}, a
-            classification statistic every head shares, so it is not under `distill/`.
+            classification statistic every head shares, so it is not under `distill/`, plus the
+            `margin/` statistics of a norm-aware margin.
         """
         if self.sampler is not None:
             index, labels = self.sampler.sample(labels, self.num_local, self.num_sample)
             centres = centres[index]  # (S, E); a learned weight gets a dense, zero-filled gradient
         with torch.autocast(device_type=embeddings.device.type, enabled=False):  # fp32 logits, as the host
-            cos = F.normalize(embeddings.float()) @ F.normalize(centres.float()).t()  # (N, c)
-        logits = self.margin_loss(cos.clamp(-1.0, 1.0), labels)
+            cos = (F.normalize(embeddings.float()) @ F.normalize(centres.float()).t()).clamp(-1.0, 1.0)  # (N, c)
+            norms = embeddings.detach().float().norm(dim=1) if self.margin_needs_norms else None  # (N,)
+        stats: Dict[str, torch.Tensor] = {}
+        if norms is None:
+            logits = self.margin_loss(cos, labels)
+        else:
+            logits = self.margin_loss(cos, labels, norms)
+            stats.update(self.margin_loss.stats())
         loss, p_target = distributed_cross_entropy(logits, labels)
-        return HeadOutput(loss, {"train/target_prob": p_target.mean()})
+        return HeadOutput(loss, {**stats, "train/target_prob": p_target.mean()})
 
     def sampler_state(self) -> Optional[torch.Tensor]:
         return None if self.sampler is None else self.sampler.state()

@@ -33,7 +33,7 @@ from insightface_adadistill.data.datasets import build_dataset
 from insightface_adadistill.data.loader import build_dataloader
 from insightface_adadistill.errors import InputNotFoundError, UserError
 from insightface_adadistill.evaluation.verification import VerificationSet, evaluate_backbone
-from insightface_adadistill.heads import build_head, build_margin_loss
+from insightface_adadistill.heads import build_head, build_margin
 from insightface_adadistill.outputs import claim_output
 from insightface_adadistill.teacher import build_teacher, check_embedding_sizes, load_teacher_classifier
 from insightface_adadistill.training.checkpointer import Checkpointer, all_ranks_agree
@@ -107,7 +107,8 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
     # ---- models ----------------------------------------------------------------------------
     student = get_model(cfg.network, dropout=0.0, fp16=cfg.fp16, num_features=cfg.embedding_size,
                         amp_dtype=cfg.amp_dtype).to(dist.device)
-    margin_loss = build_margin_loss(cfg.margin_list, cfg.margin_grad, cfg.interclass_filtering_threshold)
+    margin_loss = build_margin(cfg.margin, cfg.margin_list, cfg.margin_grad, cfg.interclass_filtering_threshold,
+                               cfg.adaface_m, cfg.adaface_h, cfg.adaface_t_alpha)
     head = build_head(cfg.distill, margin_loss, cfg.embedding_size, cfg.num_classes, cfg.sample_rate,
                       alpha=cfg.distill_alpha, feature_kd_weight=cfg.feature_kd_weight,
                       teacher_classifier=_teacher_classifier(cfg), seed=cfg.seed).to(dist.device)

@@ -11,7 +11,7 @@ from typing import Any, List
 
 from torch import nn
 
-from insightface_adadistill.backbones import iresnet, mfn, mobilefacenet, tiny, vit  # noqa: F401  (registration)
+from insightface_adadistill.backbones import adaface, iresnet, mfn, mobilefacenet, tiny, vit  # noqa: F401  (registration)
 from insightface_adadistill.backbones.base import FaceBackbone
 from insightface_adadistill.backbones.spec import BACKBONES, BackboneSpec, register_backbone
 

@@ -5,7 +5,9 @@ with `serialization.load_file`, i.e. `torch.load(weights_only=True)`):
 - arcface_torch `model.pt` / zoo `backbone.pth`: the plain backbone state_dict;
 - arcface_torch `checkpoint_gpu_{rank}.pt`: a dict whose `state_dict_backbone` is that state_dict;
 - the published AdaDistill code's `*backbone.pth`: the same iResNet keys, possibly saved from a
-  DistributedDataParallel wrapper, i.e. every key prefixed with `module.`.
+  DistributedDataParallel wrapper, i.e. every key prefixed with `module.`;
+- AdaFace's PyTorch Lightning `.ckpt` (or its `state_dict` saved alone): the network's keys carry
+  `model.`, the margin head's `head.` (dropped: a teacher needs the network only).
 
 A file that does not fit the requested network is compared with every registered backbone by key
 names and shapes, so the error names the network (and embedding size) it was trained as.
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -26,6 +30,10 @@ from insightface_adadistill.serialization import load_file
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / DataParallel, torch.compile
 SHOW_KEYS = 3  # example keys per category in mismatch messages
+LIGHTNING_NETWORK, LIGHTNING_HEAD = "model.", "head."  # AdaFace's LightningModule attributes
+# classes a Lightning .ckpt keeps its hyper-parameters in: plain records, safe to allow-list for extraction
+HYPERPARAMETER_TYPES = ("argparse.Namespace", "pytorch_lightning.utilities.parsing.AttributeDict",
+                        "lightning.fabric.utilities.data.AttributeDict")
 
 
 # ---------------------------------------------------------------- wrappers
@@ -72,23 +80,61 @@ def describe_checkpoint(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
+def _weights_only_load(path: str | os.PathLike) -> Any:
+    """`load_file`, with the fix for a file that keeps Python objects beside its weights.
+
+    A Lightning `.ckpt` (AdaFace's) may hold its hyper-parameters as an `argparse.Namespace`, which
+    `torch.load(weights_only=True)` refuses. The fix extracts the `state_dict` once with that one
+    record class allow-listed; any other class is left to the program that wrote the file.
+    """
+    try:
+        return load_file(path)
+    except WeightsError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc.__cause__ or ""))
+        if found is None:
+            raise
+        name = found.group(1)
+        refused = f"{path}: holds an object of type {name} besides tensors, which a weights-only load refuses"
+        if name not in HYPERPARAMETER_TYPES:
+            raise WeightsError(f"{refused}; save the network's state_dict alone from the program that wrote it "
+                               "(torch.save(model.state_dict(), path)) and pass that file") from None
+        out = Path(path).with_name(f"{Path(path).stem}_state_dict.pt")
+        extract = (f"import torch, {name.rsplit('.', 1)[0]}; torch.serialization.add_safe_globals([{name}]); "
+                   f"torch.save(torch.load({str(path)!r}, weights_only=True)['state_dict'], {str(out)!r})")
+        raise WeightsError(f"{refused} (a Lightning checkpoint's hyper-parameters); extract the weights once with "
+                           f"python -c \"{extract}\" and pass {out}") from None
+
+
+def _lightning_network(state: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """The network part of an AdaFace LightningModule state_dict (`model.*`; `head.*` dropped), else None."""
+    if not any(key.startswith(LIGHTNING_NETWORK) for key in state):
+        return None
+    if not all(key.startswith((LIGHTNING_NETWORK, LIGHTNING_HEAD)) for key in state):
+        return None
+    return {key[len(LIGHTNING_NETWORK):]: value for key, value in state.items() if key.startswith(LIGHTNING_NETWORK)}
+
+
 def load_backbone_weights(path: str | os.PathLike) -> Dict[str, Tensor]:
     """Read a backbone state_dict from any accepted file format (see the module docstring).
 
     Returns:
-        key -> tensor, with arcface_torch key names (no wrapper prefix), on the CPU.
+        key -> tensor, with the network's own key names (no wrapper or Lightning prefix), on the CPU.
 
     Raises:
         FileNotFoundError: no such file.
         WeightsError: the file holds something other than a backbone state_dict (a ValueError).
     """
-    obj = load_file(path)
-    state = obj.get("state_dict_backbone", obj) if isinstance(obj, Mapping) else obj
+    obj = _weights_only_load(path)
+    state = obj
+    if isinstance(obj, Mapping):
+        state = obj.get("state_dict_backbone", obj.get("state_dict", obj))
+    if isinstance(state, Mapping) and all(isinstance(key, str) for key in state):
+        state = _lightning_network(strip_wrapper_prefixes(state)) or state
     if not (isinstance(state, Mapping) and state and all(isinstance(v, Tensor) for v in state.values())):
         raise WeightsError(
             f"{path}: not a backbone state_dict; found {describe_checkpoint(obj)}. Expected an "
             "arcface_torch model.pt/backbone.pth (key -> tensor), a checkpoint_gpu_{rank}.pt with "
-            "'state_dict_backbone', or an AdaDistill *backbone.pth"
+            "'state_dict_backbone', an AdaDistill *backbone.pth or an AdaFace .ckpt"
         )
     return strip_wrapper_prefixes(state)
 
@@ -203,7 +249,7 @@ def load_backbone(network: str, weights: str | os.PathLike, embedding_size: Opti
 
     Args:
         network: a registered backbone name (`list_backbones()`).
-        weights: model.pt, backbone.pth, checkpoint_gpu_{rank}.pt or AdaDistill *backbone.pth.
+        weights: model.pt, backbone.pth, checkpoint_gpu_{rank}.pt, AdaDistill *backbone.pth or AdaFace .ckpt.
         embedding_size: `num_features`; None takes the backbone's default.
         flags: how the caller's user names network and size (CLI flags or config keys), for errors.
         model_kwargs: more `get_model` kwargs, e.g. `fp16=False, dropout=0.0`.

@@ -23,6 +23,9 @@ class BackboneSpec:
         input_size: (height, width) of the aligned face crop.
         mean, std: pixel normalisation, x = (p - mean) / std on RGB uint8 values.
         embedding_size: default `num_features`.
+        channels: the channel order the network's layers (and so its published weight files) were
+            trained on. Every backbone takes RGB at `forward`; a 'BGR' network (AdaFace's IR) reverses
+            the channels itself, so teacher, student, evaluation and ONNX export need no special case.
     """
 
     description: str = ""
@@ -31,6 +34,7 @@ class BackboneSpec:
     mean: float = 127.5
     std: float = 127.5
     embedding_size: int = 512
+    channels: str = "RGB"
 
 
 BACKBONES: Registry[nn.Module] = Registry("backbone")

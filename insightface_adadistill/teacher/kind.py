@@ -3,8 +3,8 @@
 - 'onnx': a `*.onnx` file, run through onnxruntime; its embedding size comes from the model.
 - 'pack': a bare name without a folder or suffix, e.g. `buffalo_l`: an insightface model pack
   under `~/.insightface/models/<pack>/` (or `$INSIGHTFACE_HOME`), whose recognition model is ONNX.
-- 'torch': anything else (`model.pt`, `backbone.pth`, `checkpoint_gpu_0.pt`), built from
-  `teacher_network`.
+- 'torch': anything else (`model.pt`, `backbone.pth`, `checkpoint_gpu_0.pt`, AdaFace's `.ckpt`),
+  built from `teacher_network`.
 
 The config check (a torch teacher needs `teacher_network`) and the teacher loader read this one
 rule, so they cannot disagree about which teachers need a network name.

@@ -1,7 +1,8 @@
 """Build the frozen teacher from a trained backbone file, refusing anything doubtful.
 
 Weights are read by the one backbone loader (`backbones.loading.load_backbone`: arcface_torch
-`model.pt` / `backbone.pth` / `checkpoint_gpu_{rank}.pt`, AdaDistill `*backbone.pth`). Unlike the
+`model.pt` / `backbone.pth` / `checkpoint_gpu_{rank}.pt`, AdaDistill `*backbone.pth`, AdaFace `.ckpt`,
+whose IR networks reverse our RGB batch to the BGR they were trained on themselves). Unlike the
 published code, which logs a missing or mismatching file and trains on with a random teacher, every
 problem here is an exception naming the file, the network and the fix.
 """
@@ -41,7 +42,7 @@ def build_teacher(network: Optional[str], weights: Optional[str | os.PathLike], 
     Args:
         network: registered backbone name, e.g. 'r50' (None for an ONNX teacher).
         weights: teacher file (model.pt, backbone.pth, checkpoint_gpu_{rank}.pt, AdaDistill *backbone.pth,
-            model.onnx) or an insightface model pack.
+            AdaFace .ckpt, model.onnx) or an insightface model pack.
         embedding_size: the teacher's embedding size E (equal to the student's).
         device: where the teacher runs.
         dtype: forward precision, 'fp32', 'bf16' or 'fp16' (autocast).

@@ -16,7 +16,7 @@ PAPER_STUDENTS = [p for p in PAPER if not p.stem.startswith("paper_teacher_")]
 
 def gpus(path: Path) -> int:
     """The GPU count each recipe is written for (recipes/README.md)."""
-    return 1 if path.stem == "tiny_cpu" else 4 if path.stem.startswith("paper_") else 8
+    return 1 if path.stem == "tiny_cpu" else 4 if path.stem.startswith(("paper_", "adaface_")) else 8
 
 
 def load(path: Path):
@@ -37,7 +37,10 @@ def test_the_recipe_set_is_complete():
                 "paper_mfn_adaarc_m045_r100teacher", "paper_casia_mfn_adaarc_m045",
                 "paper_mfn_adaarc_m045_cached",
                 "ms1mv3_mbf_adadistill", "glint360k_mbf_adadistill_pfc02", "tiny_cpu",
-                "wf42m_pfc03_40epoch_8gpu_vit_t", "wf42m_pfc03_40epoch_8gpu_vit_b"}
+                "wf42m_pfc03_40epoch_8gpu_vit_t", "wf42m_pfc03_40epoch_8gpu_vit_b",
+                "adaface_mfn_standalone_ms1mv2", "adaface_mfn_standalone_webface4m",
+                "adaface_mfn_adadistill_ir50_ms1mv2", "adaface_mfn_adadistill_ir101_ms1mv2",
+                "adaface_mfn_adadistill_ir50_webface4m", "adaface_mfn_adadistill_ir101_webface4m"}
     assert set(ids(ALL)) == expected
 
 
@@ -102,7 +105,30 @@ def test_paper_students_margin_and_distill_follow_the_name(path):
         assert cfg.distill_alpha == ("plain" if "_alpha_" in path.stem else "weighted")
 
 
-DISTILLED = [p for p in ALL if "config.distill = \"" in p.read_text()]
+ADAFACE = [p for p in ALL if p.stem.startswith("adaface_")]
+DISTILLED = [p for p in ALL if "config.distill = \"" in p.read_text() and p not in ADAFACE]
+
+
+@pytest.mark.parametrize("path", ADAFACE, ids=ids(ADAFACE))
+def test_adaface_recipes_are_the_paper_student_setup_with_the_adaface_margin(path):
+    """AdaFace's margin at its paper values, the AdaDistill paper's student setup, and for the
+    distilled rows AdaFace's released teacher that the file name says."""
+    cfg = load(path)
+    ms1mv2 = path.stem.endswith("_ms1mv2")
+    setup = {"network": "mfn", "margin": "adaface", "adaface_m": 0.4, "adaface_h": 0.333, "adaface_t_alpha": 0.01,
+             "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "lr": 0.1, "lr_scale_batch": 512,
+             "batch_size": 128, "total_batch_size": 512, "lr_schedule": "step", "lr_steps": [8, 14, 20, 25],
+             "num_epoch": 26, "warmup_epoch": 0, "clip_grad_norm": 5.0, "sample_rate": 1.0, "embedding_size": 512,
+             "fp16": False, "num_classes": 85742 if ms1mv2 else 205990, "num_image": 5822653 if ms1mv2 else 4235242}
+    assert {key: getattr(cfg, key) for key in setup} == setup
+    assert cfg.verbose == cfg.num_image // 512 // 2
+    match = re.fullmatch(r"adaface_mfn_adadistill_ir(\d+)_(\w+)", path.stem)
+    if match is None:
+        assert cfg.distill is None and path.stem.startswith("adaface_mfn_standalone_")
+        return
+    depth, data = match.groups()
+    assert (cfg.distill, cfg.distill_alpha, cfg.teacher_network) == ("adadistill", "weighted", f"ir_{depth}")
+    assert cfg.teacher_weights == f"pretrained/adaface_ir{depth}_{data}.ckpt"  # the release's file name
 
 
 @pytest.mark.parametrize("path", DISTILLED, ids=ids(DISTILLED))

@@ -1,4 +1,5 @@
-"""heads/adadistill.py: the centre update by hand, duplicates, the head, and 2 ranks x B == 1 rank x 2B."""
+"""heads/adadistill.py: the centre update by hand, duplicates, bit-identity with the full-size formula, the
+head, and 2 ranks x B == 1 rank x 2B."""
 from __future__ import annotations
 
 import math
@@ -9,10 +10,17 @@ import torch.nn.functional as F
 
 from dist_utils import run_in_processes
 from insightface_adadistill.heads import AdaDistillHead, CombinedMarginLoss, reshard_weight, update_class_centres
+from insightface_adadistill.heads.adadistill import ROW_STATS
 from insightface_adadistill.heads.partial_fc import ShardedMarginSoftmax
 
 E, C, B = 6, 10, 4
 LABELS = torch.tensor([0, 3, 3, 9, 1, 7, 4, 3])  # 2B labels with duplicates (class 3 three times)
+
+
+def updated_copy(centres, teacher, student, labels, alpha="weighted"):
+    """`update_class_centres` on a copy of `centres`: (new centres, stats); `centres` stays as it was."""
+    new = centres.clone()
+    return new, update_class_centres(new, teacher, student, labels, alpha)
 
 
 def unit(angle_deg: float) -> torch.Tensor:
@@ -29,12 +37,12 @@ def test_plain_weighted_and_fixed_alpha_by_hand():
     t = unit(60)
     cos_st, lam = 0.5, math.sin(math.radians(60))  # cos(s, t) and cos(w, t)
 
-    plain, stats = update_class_centres(centres, teacher, student, labels, "plain")
+    plain, stats = updated_copy(centres, teacher, student, labels, "plain")
     torch.testing.assert_close(plain, 0.5 * centres + 0.5 * t)
-    weighted, stats = update_class_centres(centres, teacher, student, labels, "weighted")
+    weighted, stats = updated_copy(centres, teacher, student, labels, "weighted")
     alpha_w = cos_st * lam
     torch.testing.assert_close(weighted, alpha_w * centres + (1 - alpha_w) * t)
-    fixed, _ = update_class_centres(centres, teacher, student, labels, 0.9)
+    fixed, _ = updated_copy(centres, teacher, student, labels, 0.9)
     torch.testing.assert_close(fixed, 0.9 * centres + 0.1 * t)
 
     expected = {"alpha": cos_st, "alpha_weighted": alpha_w, "centre_teacher_cos": lam,
@@ -47,7 +55,7 @@ def test_plain_weighted_and_fixed_alpha_by_hand():
 def test_clamps():
     centres = torch.tensor([[0.0, -1.0]])  # cos(w, t) < 0 -> lambda = 1e-6
     teacher, student = unit(60), unit(180)  # cos(s, t) = -0.5 -> alpha = 1e-6
-    _, stats = update_class_centres(centres, teacher, student, torch.tensor([0]), "weighted")
+    _, stats = updated_copy(centres, teacher, student, torch.tensor([0]), "weighted")
     assert stats["student_teacher_cos"].item() == pytest.approx(-0.5)
     assert stats["alpha"].item() == pytest.approx(1e-6)
     assert stats["centre_teacher_cos"].item() == pytest.approx(1e-6)
@@ -57,7 +65,7 @@ def test_clamps():
 def test_first_visit_moves_the_centre_onto_the_teacher_embedding():
     centres = torch.normal(0.0, 0.01, (1, 512))
     teacher, student = torch.randn(1, 512), torch.randn(1, 512)
-    new, _ = update_class_centres(centres, teacher, student, torch.tensor([0]), "weighted")
+    new, _ = updated_copy(centres, teacher, student, torch.tensor([0]), "weighted")
     assert F.cosine_similarity(new, teacher).item() > 0.99
     assert new.norm().item() == pytest.approx(1.0, abs=0.05)
 
@@ -65,7 +73,7 @@ def test_first_visit_moves_the_centre_onto_the_teacher_embedding():
 def test_unique_labels_equal_the_formula_exactly():
     centres, teacher, student = torch.randn(C, E), torch.randn(5, E), torch.randn(5, E)
     labels = torch.tensor([2, 7, -1, 0, 5])
-    new, stats = update_class_centres(centres, teacher, student, labels, "weighted")
+    new, stats = updated_copy(centres, teacher, student, labels, "weighted")
     expected = centres.clone()
     for i, y in enumerate(labels.tolist()):
         if y < 0:
@@ -82,20 +90,91 @@ def test_unique_labels_equal_the_formula_exactly():
 def test_duplicates_take_the_mean_of_updates_from_the_old_centre():
     centres, teacher, student = torch.randn(C, E), torch.randn(6, E), torch.randn(6, E)
     labels = torch.tensor([4, 1, 4, 4, 1, 8])
-    new, stats = update_class_centres(centres, teacher, student, labels, "plain")
-    alone = [update_class_centres(centres, teacher[i:i + 1], student[i:i + 1], labels[i:i + 1], "plain")[0]
+    new, stats = updated_copy(centres, teacher, student, labels, "plain")
+    alone = [updated_copy(centres, teacher[i:i + 1], student[i:i + 1], labels[i:i + 1], "plain")[0]
              for i in range(6)]  # each sample applied to the OLD centres on its own
     for y, rows in ((4, [0, 2, 3]), (1, [1, 4]), (8, [5])):
         torch.testing.assert_close(new[y], torch.stack([alone[i][y] for i in rows]).mean(0))
-    assert stats["class_count"][[1, 4, 8]].tolist() == [2.0, 3.0, 1.0]
+    assert stats["class_count"].tolist() == [3.0, 2.0, 3.0, 3.0, 2.0, 1.0]  # per sample
     for _ in range(3):  # deterministic, bit for bit
-        assert torch.equal(update_class_centres(centres, teacher, student, labels, "plain")[0], new)
+        assert torch.equal(updated_copy(centres, teacher, student, labels, "plain")[0], new)
 
 
 def test_update_has_no_gradient():
     student = torch.randn(2, E, requires_grad=True)
-    new, stats = update_class_centres(torch.randn(C, E), torch.randn(2, E), student, torch.tensor([1, 2]))
+    new, stats = updated_copy(torch.randn(C, E), torch.randn(2, E), student, torch.tensor([1, 2]))
     assert not new.requires_grad and not stats["alpha"].requires_grad
+
+
+# ---------------------------------------------------------------- bit-identity with the full-size formula
+
+def full_size_update(centres, teacher_emb, student_emb, labels, alpha):
+    """FROZEN copy of the update before it became O(N E) (commit 71947da): sums into a (C_local + 1, E)
+    buffer and rebuilds every centre. The in-place update must equal it bit for bit on CPU."""
+    momentum_of = {"plain": "alpha", "weighted": "alpha_weighted"}
+    num_local = centres.shape[0]
+    owned = (labels >= 0).to(centres.dtype)
+    old = centres[labels.clamp(min=0)]
+    teacher, student = F.normalize(teacher_emb.float()), F.normalize(student_emb.float())
+    student_teacher_cos = (student * teacher).sum(dim=1).clamp(-1.0, 1.0)
+    centre_teacher_cos = (F.normalize(old) * teacher).sum(dim=1).clamp(1e-6, 1.0)
+    stats = {"alpha": student_teacher_cos.clamp(1e-6, 1.0),
+             "alpha_weighted": (student_teacher_cos * centre_teacher_cos).clamp(1e-6, 1.0),
+             "centre_teacher_cos": centre_teacher_cos, "student_teacher_cos": student_teacher_cos}
+    stats["momentum"] = stats[momentum_of[alpha]] if isinstance(alpha, str) else torch.full_like(owned, alpha)
+    updated = stats["momentum"].unsqueeze(1) * old + (1.0 - stats["momentum"]).unsqueeze(1) * teacher
+    slot = torch.where(labels >= 0, labels, num_local)
+    sums = centres.new_zeros(num_local + 1, centres.shape[1]).index_put_((slot,), updated, accumulate=True)
+    count = centres.new_zeros(num_local + 1).index_put_((slot,), torch.ones_like(owned), accumulate=True)
+    mean = sums[:num_local] / count[:num_local].clamp(min=1.0).unsqueeze(1)
+    new_centres = torch.where(count[:num_local].unsqueeze(1) > 0, mean, centres)
+    stats = {name: value * owned for name, value in stats.items()}
+    stats["class_count"] = count[:num_local]
+    return new_centres, stats
+
+
+def random_case(generator: torch.Generator, case: int):
+    """Centres, teacher, student and labels of a random size; labels with heavy duplicates and -1."""
+    num_local = int(torch.randint(1, 40, (), generator=generator))
+    n = int(torch.randint(1, 64, (), generator=generator))
+    e = (3, 16, 512)[case % 3]
+    labels = torch.randint(-1, num_local, (n,), generator=generator)
+    if case % 5 == 0:
+        labels = torch.full((n,), -1)  # no class of this rank in the batch
+    elif case % 5 == 1:
+        labels = torch.randint(0, min(num_local, 3), (n,), generator=generator)  # few classes, many repeats
+    scale = float(torch.rand((), generator=generator)) * 3 + 0.01
+    return (torch.randn(num_local, e, generator=generator) * 0.01, torch.randn(n, e, generator=generator) * scale,
+            torch.randn(n, e, generator=generator), labels)
+
+
+@pytest.mark.parametrize("alpha", ["weighted", "plain", 0.3, 0.9])
+def test_in_place_update_equals_the_full_size_formula_bit_for_bit(alpha):
+    generator = torch.Generator().manual_seed(20)
+    for case in range(60):
+        centres, teacher, student, labels = random_case(generator, case)
+        ref_centres, ref_stats = full_size_update(centres, teacher, student, labels, alpha)
+        new, stats = updated_copy(centres, teacher, student, labels, alpha)
+        assert torch.equal(new, ref_centres), case
+        assert new.dtype == torch.float32 and stats.keys() == ref_stats.keys()
+        for name in ROW_STATS:
+            assert torch.equal(stats[name], ref_stats[name]), (case, name)
+        owned = (labels >= 0).float()
+        assert torch.equal(stats["class_count"], ref_stats["class_count"][labels.clamp(min=0)] * owned), case
+
+
+@pytest.mark.parametrize("alpha", ["weighted", "plain", 0.5])
+def test_head_steps_equal_the_full_size_formula_bit_for_bit(alpha):
+    generator = torch.Generator().manual_seed(21)
+    centres = torch.randn(C, E, generator=generator) * 0.01
+    head, visited = make_head(centres=centres, alpha=alpha), torch.zeros(C, dtype=torch.bool)
+    for _ in range(4):
+        labels = torch.randint(0, C // 2, (2 * B,), generator=generator)  # duplicates, half the classes
+        student, teacher = torch.randn(2 * B, E, generator=generator), torch.randn(2 * B, E, generator=generator)
+        head(student, labels, teacher=teacher)
+        centres, stats = full_size_update(centres, teacher, student, labels, alpha)
+        visited |= stats["class_count"] > 0
+        assert torch.equal(head.weight, centres) and torch.equal(head.visited, visited)
 
 
 # ---------------------------------------------------------------- the head
@@ -126,7 +205,7 @@ def test_loss_uses_the_updated_centres_and_gives_them_no_gradient(alpha):
     student, teacher = torch.randn(2 * B, E, requires_grad=True), torch.randn(2 * B, E)
     loss = head(student, LABELS, teacher=teacher).loss
     loss.backward()
-    updated, _ = update_class_centres(centres, teacher, student.detach(), LABELS, alpha)
+    updated, _ = updated_copy(centres, teacher, student.detach(), LABELS, alpha)
     torch.testing.assert_close(head.weight, updated)
     core = ShardedMarginSoftmax(margin(), C)
     student_ref = student.detach().clone().requires_grad_()

@@ -104,3 +104,14 @@ def test_precision_effect_smallest_cpu_run() -> None:
     assert bf16["precision"] == "bf16" and 0.99 < bf16["embeddings"]["min_cosine"] <= 1.0
     assert {"alpha", "alpha_weighted", "centre_teacher_cos", "Loss"} <= set(bf16)
     assert summary["summary"] is True and summary["device_type"] == "cpu"
+
+
+def test_head_step_smallest_cpu_run() -> None:
+    *configs, summary = _run("head_step.py", "--device", "cpu", "--classes", "50", "--sample-rates", "1.0", "0.1",
+                             "--batch", "4", "--rounds", "2", "--warmup", "0", "--iters", "1", "--threads", "1")
+    assert [(c["head"], c["sample_rate"]) for c in configs] == [
+        ("standalone", 1.0), ("adadistill", 1.0), ("standalone", 0.1), ("adadistill", 0.1)]
+    assert all(c["ms_per_step"] > 0 and c["steps"] == 2 and c["finite_loss"] and c["classes"] == 50 for c in configs)
+    assert summary["summary"] is True and summary["device_type"] == "cpu"
+    assert [(r["sample_rate"], r["adadistill_speed_vs_standalone"] > 0) for r in summary["ratios"]] == [
+        (1.0, True), (0.1, True)]

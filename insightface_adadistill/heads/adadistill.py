@@ -44,11 +44,20 @@ def check_alpha(alpha: Alpha) -> Alpha:
     return alpha if isinstance(alpha, str) else float(alpha)
 
 
+def group_index(values: torch.Tensor) -> torch.Tensor:
+    """(N,) group ids in [0, N), equal exactly for equal values: `torch.unique(values,
+    return_inverse=True)[1]` without the unique values, whose unknown count makes CUDA wait for
+    the host."""
+    ordered, order = values.sort()
+    starts = torch.ones_like(values)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    return torch.empty_like(values).index_put_((order,), starts.cumsum(0) - 1)
+
+
 @torch.no_grad()
 def update_class_centres(centres: torch.Tensor, teacher_emb: torch.Tensor, student_emb: torch.Tensor,
-                         labels: torch.Tensor, alpha: Alpha = "weighted"
-                         ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """One AdaDistill centre update (paper Eq. 6-8), no gradient, no communication.
+                         labels: torch.Tensor, alpha: Alpha = "weighted") -> Dict[str, torch.Tensor]:
+    """One AdaDistill centre update (paper Eq. 6-8) IN PLACE, no gradient, no communication.
 
     With t = teacher_emb / |teacher_emb|, s = student_emb / |student_emb| and w = centres[y] (raw,
     never renormalised), per sample i of class y:
@@ -60,21 +69,24 @@ def update_class_centres(centres: torch.Tensor, teacher_emb: torch.Tensor, stude
     where m_i is alpha, alpha_weighted or the fixed float `alpha`. The clamps are the published
     code's (the paper writes [0, 1]). Duplicate labels: the new centre is the mean of the updated_i
     of its samples, each computed from the old centre; with unique labels that is Eq. 6 exactly.
-    The sums use `index_put_(accumulate=True)`, which is serial on CPU and sort-based on CUDA, so
-    the result is the same run after run.
+    Only the batch's rows are read and written, O(N E) whatever C_local; the per-class sums use
+    `index_put_(accumulate=True)`, serial on CPU and sort-based on CUDA, so the result is the same
+    run after run. Nothing waits for the host (no masks or unique counts).
 
     Args:
-        centres: (C_local, E) this rank's centres.
+        centres: (C_local, E) this rank's centres, updated in place.
         teacher_emb, student_emb: (N, E) the global batch.
         labels: (N,) column in `centres`, or -1 for samples of classes owned elsewhere (skipped).
         alpha: 'weighted', 'plain' or a float momentum.
     Returns:
-        new centres (C_local, E) and stats: per-sample (N,) tensors named in ROW_STATS (0 on rows
-        with label -1) and `class_count` (C_local,), the number of samples that moved each centre.
+        per-sample (N,) stats, 0 on rows with label -1: those named in ROW_STATS and `class_count`,
+        how many samples of the batch moved the sample's centre.
     """
-    num_local = centres.shape[0]
     owned = (labels >= 0).to(centres.dtype)  # (N,)
-    old = centres[labels.clamp(min=0)]  # (N, E)
+    # A skipped sample joins the row of a class in the batch with weight 0, so every write below
+    # lands on a real row without a mask; with no owned sample, row 0 gets its own value back.
+    rows = torch.where(labels >= 0, labels, labels.amax().clamp(min=0))
+    old = centres[rows]  # (N, E)
     teacher, student = F.normalize(teacher_emb.float()), F.normalize(student_emb.float())
     student_teacher_cos = (student * teacher).sum(dim=1).clamp(-1.0, 1.0)
     centre_teacher_cos = (F.normalize(old) * teacher).sum(dim=1).clamp(1e-6, 1.0)
@@ -83,14 +95,13 @@ def update_class_centres(centres: torch.Tensor, teacher_emb: torch.Tensor, stude
              "centre_teacher_cos": centre_teacher_cos, "student_teacher_cos": student_teacher_cos}
     stats["momentum"] = stats[_MOMENTUM_OF[alpha]] if isinstance(alpha, str) else torch.full_like(owned, alpha)
     updated = stats["momentum"].unsqueeze(1) * old + (1.0 - stats["momentum"]).unsqueeze(1) * teacher
-    slot = torch.where(labels >= 0, labels, num_local)  # row num_local collects the skipped samples
-    sums = centres.new_zeros(num_local + 1, centres.shape[1]).index_put_((slot,), updated, accumulate=True)
-    count = centres.new_zeros(num_local + 1).index_put_((slot,), torch.ones_like(owned), accumulate=True)
-    mean = sums[:num_local] / count[:num_local].clamp(min=1.0).unsqueeze(1)
-    new_centres = torch.where(count[:num_local].unsqueeze(1) > 0, mean, centres)
+    slot = group_index(rows)  # (N,) one slot per class in the batch
+    sums = torch.zeros_like(old).index_put_((slot,), updated * owned.unsqueeze(1), accumulate=True)
+    count = torch.zeros_like(owned).index_put_((slot,), owned, accumulate=True)[slot]  # (N,) per sample
+    centres[rows] = torch.where(count.unsqueeze(1) > 0, sums[slot] / count.clamp(min=1.0).unsqueeze(1), old)
     stats = {name: value * owned for name, value in stats.items()}
-    stats["class_count"] = count[:num_local]
-    return new_centres, stats
+    stats["class_count"] = count * owned
+    return stats
 
 
 # ---------------------------------------------------------------- modules
@@ -128,9 +139,10 @@ class AdaDistillHead(ShardedHead):
         distill_stats: Dict[str, torch.Tensor] = {}
         if self.training:
             global_teacher = all_gather_tensor(teacher.float())  # (N, E)
-            centres, stats = update_class_centres(self.weight, global_teacher, embeddings, labels, self.alpha)
-            self.weight.copy_(centres)
-            self.visited |= stats["class_count"] > 0
+            stats = update_class_centres(self.weight, global_teacher, embeddings, labels, self.alpha)
+            # Marks the batch's classes: bool accumulation is a logical or, so duplicates and the
+            # -1 rows (clamped onto row 0, adding False) cannot undo a mark.
+            self.visited.index_put_((labels.clamp(min=0),), stats["class_count"] > 0, accumulate=True)
             distill_stats = self._global_stats(stats)
         loss, stats = self.margin_softmax(embeddings, labels, self.weight)
         return HeadOutput(loss, {**distill_stats, **stats})

@@ -23,10 +23,11 @@ from insightface_adadistill.backbones import backbone_spec, get_model
 from insightface_adadistill.backbones.loading import load_backbone, load_backbone_weights, matching_networks
 from insightface_adadistill.cache import CachedTeacherDataset, open_teacher_cache
 from insightface_adadistill.commands import cache_teacher
+from insightface_adadistill.commands.train import main as train_main
 from insightface_adadistill.data.datasets import build_dataset
 from insightface_adadistill.errors import WeightsError
 from insightface_adadistill.export.onnx import export_onnx, verify_onnx
-from insightface_adadistill.teacher import build_teacher
+from insightface_adadistill.teacher import build_teacher, load_teacher_classifier
 from run_utils import TINY
 
 Layout = List[Tuple[str, List[int]]]
@@ -208,6 +209,13 @@ def test_other_python_objects_are_refused_without_allow_listing_them(tmp_path: P
 
 # ---------------------------------------------------------------- the teacher and its cache
 
+def test_the_ckpts_head_kernel_is_a_teacher_classifier(adaface_ckpt) -> None:
+    """ArcDistill / CosDistill: AdaFace's (E, C) `head.kernel` is read like the AdaDistill header."""
+    _, path = adaface_ckpt
+    kernel = torch.load(path, weights_only=True)["state_dict"]["head.kernel"]
+    assert torch.equal(load_teacher_classifier(path, num_classes=10, embedding_size=512), kernel.t())
+
+
 def test_teacher_fed_rgb_sees_bgr(adaface_ckpt) -> None:
     _, path = adaface_ckpt
     teacher = build_teacher("tiny_ir", path, 512, "cpu")
@@ -220,8 +228,9 @@ def test_teacher_fed_rgb_sees_bgr(adaface_ckpt) -> None:
     assert torch.equal(seen[0][:, 1], rgb[:, 1])
 
 
-def test_teacher_cache_from_an_adaface_ckpt(tmp_path: Path) -> None:
-    from test_teacher_cache import CLASSES, E, IMAGES, _write_rec
+def test_teacher_cache_from_an_adaface_ckpt_and_an_ir_student(tmp_path: Path) -> None:
+    """cache-teacher reads the .ckpt; an IR student distils from it online and from the cache alike."""
+    from test_teacher_cache import CLASSES, E, IMAGES, _assert_same_run, _write_rec
     data = _write_rec(tmp_path / "data", 0)
     torch.manual_seed(1)
     path = _write_ckpt(tmp_path / "teacher.ckpt", get_model("tiny_ir", num_features=E).eval())
@@ -236,6 +245,11 @@ def test_teacher_cache_from_an_adaface_ckpt(tmp_path: Path) -> None:
         sample = cached[(0, index)]
         expected = teacher(sample.image[None])[0]
         assert torch.allclose(sample.teacher, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+    student = [*sets[:-1], "network=tiny_ir", "max_steps=6", "save_every_steps=3", "frequent=1"]
+    assert train_main([TINY, "--set", *student, f"output={tmp_path / 'online'}"]) == 0
+    assert train_main([TINY, "--set", *student, f"output={tmp_path / 'cached'}", f"teacher_cache={cache}"]) == 0
+    assert "the teacher is not loaded" in (tmp_path / "cached" / "training.log").read_text()
+    _assert_same_run(tmp_path / "online", tmp_path / "cached")
 
 
 # ---------------------------------------------------------------- ONNX for the insightface runtime

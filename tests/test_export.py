@@ -1,6 +1,8 @@
 """`adadistill export-onnx`: the file matches PyTorch, keeps the deployment contract and loads in insightface."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +149,17 @@ def test_main_exports_a_host_checkpoint(tmp_path: Path, capsys) -> None:
                                model.state_dict()["fc.weight"])
 
 
+def test_the_command_prints_only_its_summary(tmp_path: Path) -> None:
+    """torch's exporter logs four "torchvision is not installed" lines and a FutureWarning about its own
+    classes on every default export; the command keeps the terminal to what concerns the user."""
+    torch.save(get_model("tiny_mfn").state_dict(), tmp_path / "model.pt")
+    run = subprocess.run([sys.executable, "-m", "insightface_adadistill", "export-onnx", "--network", "tiny_mfn",
+                          "--model", str(tmp_path / "model.pt"), str(tmp_path / "m.onnx")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert run.stdout.startswith("exported tiny_mfn") and "opset 18" in run.stdout
+
+
 @pytest.mark.parametrize("spelling", ["same", "dot_path", "symlink"])
 def test_main_never_overwrites_the_weights_file(tmp_path: Path, capsys, spelling: str) -> None:
     weights = tmp_path / "m.pt"
@@ -160,10 +173,13 @@ def test_main_never_overwrites_the_weights_file(tmp_path: Path, capsys, spelling
     assert weights.read_bytes() == before
 
 
-def test_main_names_the_fix_for_a_wrong_embedding_size(tmp_path: Path, capsys) -> None:
+def test_main_reads_the_embedding_size_from_the_weights(tmp_path: Path, capsys) -> None:
     torch.save(get_model("tiny_resnet", num_features=128).state_dict(), tmp_path / "model.pt")
     out = tmp_path / "student.onnx"
-    assert main(["--network", "tiny_resnet", "--model", str(tmp_path / "model.pt"), str(out)]) == 1
-    assert "--embedding-size" in capsys.readouterr().err and not out.exists()
-    assert main(["--network", "tiny_resnet", "--model", str(tmp_path / "model.pt"), "--embedding-size", "128",
-                 str(out)]) == 0
+    argv = ["--network", "tiny_resnet", "--model", str(tmp_path / "model.pt"), str(out)]
+    assert main([*argv, "--embedding-size", "512"]) == 1  # a size the file does not have: both named
+    assert ("does not fit --network tiny_resnet with embedding size 512: this file looks like a tiny_resnet "
+            "with embedding size 128 (keys and shapes match); pass --embedding-size 128") in capsys.readouterr().err
+    assert not out.exists()
+    assert main(argv) == 0
+    assert onnx.load(str(out)).graph.output[0].type.tensor_type.shape.dim[1].dim_value == 128

@@ -191,8 +191,8 @@ def tiny_weights(tmp_path_factory):
 
 
 def test_eval_ijb_command_writes_every_output(ijb_root, tiny_weights, tmp_path, capsys):
-    rc = ijb_main(["--model-prefix", str(tiny_weights), "--network", "tiny_mfn",
-                   "--embedding-size", "32", "--image-path", str(ijb_root), "--target", "IJBC",
+    rc = ijb_main(["--model-prefix", str(tiny_weights), "--network", "tiny_mfn",  # embedding size 32 from the file
+                   "--image-path", str(ijb_root), "--target", "IJBC",
                    "--result-dir", str(tmp_path), "--job", "tiny", "--batch-size", "8",
                    "--workers", "0", "--device", "cpu"])
     assert rc == 0

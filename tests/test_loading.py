@@ -106,10 +106,23 @@ def test_wrong_network_names_the_one_the_file_is(model_pt, network):
                        f"tiny_resnet")
 
 
-def test_wrong_network_and_default_size_names_both(model_pt):
+def test_without_a_size_the_file_gives_it(model_pt, source):
+    model = load_backbone("tiny_resnet", model_pt)  # E = 16, not the network's default 512
+    images = torch.randn(2, 3, 112, 112)
+    assert model(images).shape == (2, E) and torch.equal(model(images), source(images))
+
+
+def test_wrong_network_without_a_size_names_only_the_network(model_pt):
+    with pytest.raises(ValueError) as info:
+        load_backbone("tiny_mfn", model_pt)
+    assert str(info.value) == (f"{model_pt}: does not fit --network tiny_mfn: this file looks like a tiny_resnet "
+                               f"with embedding size {E} (keys and shapes match); pass --network tiny_resnet")
+
+
+def test_wrong_network_and_size_names_both(model_pt):
     with pytest.raises(ValueError, match=r"with embedding size 512: .*; pass --network tiny_resnet and "
                                          rf"--embedding-size {E}$"):
-        load_backbone("tiny_mfn", model_pt)
+        load_backbone("tiny_mfn", model_pt, 512)
 
 
 def test_right_network_wrong_size_names_the_size(model_pt):

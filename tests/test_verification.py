@@ -147,7 +147,7 @@ def tiny_weights(tmp_path_factory):
 def test_verify_main_prints_each_set_and_writes_json(fixtures_dir, tiny_weights, tmp_path, capsys):
     out = tmp_path / "verify.json"
     bins = [str(fixtures_dir / "bins" / n) for n in ("tiny_py2.bin", "tiny_py3.bin")]
-    rc = verify_main(["--network", "tiny_mfn", "--embedding-size", "32", "--model", str(tiny_weights),
+    rc = verify_main(["--network", "tiny_mfn", "--model", str(tiny_weights),  # embedding size 32 from the file
                       "--batch-size", "16", "--json", str(out), "--device", "cpu", *bins])
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -168,6 +168,15 @@ def test_verify_main_names_the_network_a_wrong_one_should_have_been(fixtures_dir
     assert str(info.value) == (f"{tiny_weights}: does not fit --network tiny_resnet with embedding size 32: "
                                "this file looks like a tiny_mfn with embedding size 32 (keys and shapes "
                                "match); pass --network tiny_mfn")
+
+
+def test_verify_main_refuses_an_embedding_size_the_file_does_not_have(fixtures_dir, tiny_weights):
+    bins = [str(fixtures_dir / "bins" / "tiny_py3.bin")]
+    with pytest.raises(ValueError) as info:
+        verify_main(["--network", "tiny_mfn", "--embedding-size", "512", "--model", str(tiny_weights), *bins])
+    assert str(info.value) == (f"{tiny_weights}: does not fit --network tiny_mfn with embedding size 512: "
+                               "this file looks like a tiny_mfn with embedding size 32 (keys and shapes "
+                               "match); pass --embedding-size 32")
 
 
 def test_embed_images_batch_size_does_not_change_embeddings():

@@ -202,10 +202,10 @@ def _examples(items: Sequence[str]) -> str:
     return ", ".join(items[:SHOW_KEYS]) + more
 
 
-def _suggestion(matches: List[Tuple[str, int]], network: str, embedding_size: int, flags: Flags) -> str:
+def _suggestion(matches: List[Tuple[str, int]], network: str, embedding_size: Optional[int], flags: Flags) -> str:
     def fix(name: str, size: int) -> str:
         parts = [Flags.setting(flags.network, name)] if name != network else []
-        parts += [Flags.setting(flags.embedding_size, size)] if size != embedding_size else []
+        parts += [Flags.setting(flags.embedding_size, size)] if embedding_size not in (None, size) else []
         return " and ".join(parts)
 
     looks = " or ".join(f"a {name} with embedding size {size}" for name, size in matches)
@@ -214,8 +214,10 @@ def _suggestion(matches: List[Tuple[str, int]], network: str, embedding_size: in
 
 
 def check_state_dict(expected: Mapping[str, Tensor], found: Mapping[str, Tensor], path: str | os.PathLike,
-                     network: str, embedding_size: int, flags: Flags = Flags()) -> None:
+                     network: str, embedding_size: Optional[int], flags: Flags = Flags()) -> None:
     """Raise one ValueError when `found` does not fit `expected` exactly, naming the fix.
+
+    `embedding_size` is the one the user gave; None when it was to be read from the file.
 
     If a registered network matches the file's keys and shapes, the message names it; otherwise it
     gives the counts of missing, unexpected and mis-shaped keys with a few examples each.
@@ -226,8 +228,8 @@ def check_state_dict(expected: Mapping[str, Tensor], found: Mapping[str, Tensor]
                   for key in expected if key in found and found[key].shape != expected[key].shape]
     if not (missing or unexpected or mismatched):
         return
-    head = (f"{path}: does not fit {Flags.setting(flags.network, network)} with embedding size "
-            f"{embedding_size}")
+    head = f"{path}: does not fit {Flags.setting(flags.network, network)}"
+    head += f" with embedding size {embedding_size}" if embedding_size is not None else ""
     matches = matching_networks(found)
     if matches:
         raise WeightsError(f"{head}: {_suggestion(matches, network, embedding_size, flags)}")
@@ -250,7 +252,9 @@ def load_backbone(network: str, weights: str | os.PathLike, embedding_size: Opti
     Args:
         network: a registered backbone name (`list_backbones()`).
         weights: model.pt, backbone.pth, checkpoint_gpu_{rank}.pt, AdaDistill *backbone.pth or AdaFace .ckpt.
-        embedding_size: `num_features`; None takes the backbone's default.
+        embedding_size: `num_features`; None reads it from the file (the backbone's default when
+            the file is not this network's). A given size that the file does not have is an error
+            naming both.
         flags: how the caller's user names network and size (CLI flags or config keys), for errors.
         model_kwargs: more `get_model` kwargs, e.g. `fp16=False, dropout=0.0`.
 
@@ -258,10 +262,11 @@ def load_backbone(network: str, weights: str | os.PathLike, embedding_size: Opti
         FileNotFoundError: no such file. ValueError: not a backbone file, or it does not fit;
         the message names the matching registered network when there is one.
     """
-    with torch.device("meta"):  # no random init to throw away: the file provides every tensor
-        model = get_model(network, num_features=embedding_size, **model_kwargs)
-    embedding_size = embedding_size or backbone_spec(network).embedding_size
+    default_size = backbone_spec(network).embedding_size  # also refuses an unknown name before any file is read
     state = load_backbone_weights(weights)
+    size = embedding_size or _embedding_size_in(network, state) or default_size
+    with torch.device("meta"):  # no random init to throw away: the file provides every tensor
+        model = get_model(network, num_features=size, **model_kwargs)
     check_state_dict(model.state_dict(), state, weights, network, embedding_size, flags)
     # assign=True adopts the file's tensors; cast to fp32 first so a half-precision file still
     # gives an fp32 model (precision is the forward's autocast, not the storage).

@@ -19,8 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-prefix", help="backbone weights (model.pt / backbone.pth / "
                                                "checkpoint_gpu_0.pt); needs --network")
     parser.add_argument("--network", help="backbone name, e.g. r50, r100, mbf")
-    parser.add_argument("--embedding-size", type=int, help="num_features of the backbone "
-                                                            "(default: the network's, 512)")
+    parser.add_argument("--embedding-size", type=int, metavar="E",
+                        help="num_features the model was trained with (default: read from the weights; "
+                             "a value the weights do not have is an error)")
     parser.add_argument("--onnx", metavar="PATH", help="evaluate this ONNX model instead of "
                                                        "--model-prefix/--network")
     parser.add_argument("--image-path", required=True, metavar="DIR", help="IJB root holding meta/ and loose_crop/")

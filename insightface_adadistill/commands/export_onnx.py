@@ -26,8 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, type=Path,
                         help="weights: model.pt, backbone.pth or checkpoint_gpu_*.pt")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N", help="ONNX opset")
-    parser.add_argument("--embedding-size", type=int, default=None,
-                        help="num_features the model was trained with (default: the backbone's, 512)")
+    parser.add_argument("--embedding-size", type=int, metavar="E",
+                        help="num_features the model was trained with (default: read from the weights; "
+                             "a value the weights do not have is an error)")
     return parser
 
 

@@ -18,8 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--network", required=True, help="backbone name, e.g. r50 or mbf")
     parser.add_argument("--model", required=True,
                         help="model.pt / backbone.pth / checkpoint_gpu_0.pt with the backbone weights")
-    parser.add_argument("--embedding-size", type=int, help="num_features of the backbone "
-                                                            "(default: the network's, 512)")
+    parser.add_argument("--embedding-size", type=int, metavar="E",
+                        help="num_features the model was trained with (default: read from the weights; "
+                             "a value the weights do not have is an error)")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N",
                         help="images per forward pass (their mirror images take a second pass)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON here")

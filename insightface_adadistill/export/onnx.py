@@ -23,11 +23,14 @@ Where we differ from arcface_torch's `torch2onnx.py` (opset 11, TorchScript expo
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import logging
 import os
+import warnings
 from pathlib import Path
-from typing import List
+from typing import Iterator, List
 
 import numpy as np
 import onnx
@@ -107,14 +110,39 @@ def _make_portable(model: onnx.ModelProto) -> None:
         model.ir_version = min(model.ir_version, onnx.helper.find_min_ir_version_for(list(model.opset_import), True))
 
 
+class _DropTorchvisionNotices(logging.Filter):
+    """torch's exporter logs "torchvision is not installed. Skipping torchvision::nms" (and three more)
+    while building its operator table; our backbones use no torchvision operator, so the lines say nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed")
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence only the exporter's notices that do not concern the user: the torchvision lines, and the
+    FutureWarning that torch's exporter raises about torch's own `LeafSpec` class."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    notices = _DropTorchvisionNotices()
+    logger.addFilter(notices)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                    category=FutureWarning)
+            yield
+    finally:
+        logger.removeFilter(notices)
+
+
 def _export_proto(backbone: nn.Module, dummy: torch.Tensor, *, opset: int,
                   batch_size_symbolic: bool) -> onnx.ModelProto:
     """Run the exporter the module docstring picks for `opset`; `dummy` is (B, 3, 112, 112)."""
     names = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
     if opset >= DYNAMO_MIN_OPSET:
         dynamic_shapes = ({0: torch.export.Dim("batch")},) if batch_size_symbolic else None
-        program = torch.onnx.export(backbone, (dummy,), None, dynamo=True, dynamic_shapes=dynamic_shapes,
-                                    optimize=True, verbose=False, **names)
+        with _quiet_exporter():
+            program = torch.onnx.export(backbone, (dummy,), None, dynamo=True, dynamic_shapes=dynamic_shapes,
+                                        optimize=True, verbose=False, **names)
         return program.model_proto
     buffer = io.BytesIO()
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if batch_size_symbolic else None

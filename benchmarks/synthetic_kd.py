@@ -1,14 +1,17 @@
-"""Teacher vs standalone vs ArcDistill vs AdaDistill (alpha and alpha') over several seeds.
+"""Teacher vs standalone vs ArcDistill vs AdaDistill (alpha and alpha') over several seeds, and the
+standalone and AdaDistill alpha' rows again with the AdaFace margin.
 
-The demo's comparison (`adadistill demo`), repeated per seed with two more rows: ArcDistill (the
-student trains against the teacher's frozen classifier) and AdaDistill with plain alpha. Each seed
+The demo's comparison (`adadistill demo`), repeated per seed with more rows: ArcDistill (the
+student trains against the teacher's frozen classifier), AdaDistill with plain alpha, and the
+standalone and alpha' students with `margin = "adaface"` in place of ArcFace m 0.45. Each seed
 writes its own synthetic data, trains its own teacher, then every student with identical budgets
 (steps, batch, lr schedule, seed), all through the demo's functions (`insightface_adadistill.demo`),
 i.e. through `load_config` + `train` and the `verify` / `eval-ijb` evaluation code.
 
 Prints one JSON line per (method, seed), then one summary line: mean ± std per method over seeds,
 paired differences on the same seed (each method minus the next in the paper's ordering, and
-minus the standalone student, with the number of seeds it is ahead), the end-of-training alpha
+minus the standalone student; each AdaFace row minus its ArcFace row, and AdaFace AdaDistill minus
+AdaFace standalone; with the number of seeds it is ahead), the end-of-training alpha
 levels of the AdaDistill runs, whether the means follow the paper's ordering, the device and the
 wall time. The trainers' own log lines go to
 <out>/seed<N>/train_stdout.log, so stdout holds only JSON.
@@ -40,6 +43,8 @@ from insightface_adadistill.evaluation.verification import VerificationSet
 
 # the paper's ordering, best first
 ORDER = (TEACHER, "adadistill", "adadistill_alpha", "arcdistill", "standalone")
+# the AdaFace-margin rows, each beside the ArcFace row it repeats with the other margin
+ADAFACE_OF = {"adaface_adadistill": "adadistill", "adaface_standalone": "standalone"}
 METRICS = ("accuracy", "auc")
 
 
@@ -48,7 +53,7 @@ def run_seed(preset: DemoPreset, out: Path, seed: int, dist: distributed.DistInf
     """Data, teacher and every student for one seed; returns one result row per method."""
     data = generate_data(preset, out / "data", seed)
     place = RunPlace(rec=data["rec"], runs_dir=out / "runs", seed=seed, device=dist.device.type)
-    students = [m for m in ORDER if m != TEACHER]
+    students = [m for m in (*ORDER, *ADAFACE_OF) if m != TEACHER]
     configs = write_run_configs(preset, place, out / "configs", students)
     vset = VerificationSet.load(data["synth_val"])
     rows = []
@@ -91,14 +96,15 @@ def paired(by_seed_a: Mapping[int, Mapping[str, Any]], by_seed_b: Mapping[int, M
 
 def summarise(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     """Mean ± std (sample std over seeds) per method and metric, the alpha levels of the AdaDistill
-    runs, and paired differences: each method minus the next one in the paper's ordering, and
-    each student minus the standalone student."""
+    runs, and paired differences: each method minus the next one in the paper's ordering, each
+    student minus the standalone student, each AdaFace row minus its ArcFace row, and AdaFace
+    AdaDistill minus AdaFace standalone."""
     by_method: Dict[str, Dict[int, Mapping[str, Any]]] = {}
     for row in rows:
         by_method.setdefault(row["method"], {})[row["seed"]] = row
     present = [m for m in ORDER if m in by_method]
     summary: Dict[str, Any] = {}
-    for method in present:
+    for method in present + [m for m in ADAFACE_OF if m in by_method]:
         values = [_metrics(r) for r in by_method[method].values()]
         entry: Dict[str, Any] = {name: _mean_std([v[name] for v in values]) for name in values[0]}
         alpha = [r["distill_final_means"] for r in by_method[method].values()]
@@ -108,6 +114,9 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     pairs = list(zip(present, present[1:]))
     pairs += [(m, "standalone") for m in present if m not in ("standalone", TEACHER) and
               (m, "standalone") not in pairs and "standalone" in by_method]
+    pairs += [(m, arc) for m, arc in ADAFACE_OF.items() if m in by_method and arc in by_method]
+    if set(ADAFACE_OF) <= set(by_method):
+        pairs.append(("adaface_adadistill", "adaface_standalone"))
     summary["paired"] = {f"{a} - {b}": paired(by_method[a], by_method[b]) for a, b in pairs}
     return summary
 

@@ -115,3 +115,14 @@ def test_head_step_smallest_cpu_run() -> None:
     assert summary["summary"] is True and summary["device_type"] == "cpu"
     assert [(r["sample_rate"], r["adadistill_speed_vs_standalone"] > 0) for r in summary["ratios"]] == [
         (1.0, True), (0.1, True)]
+
+
+@pytest.mark.slow
+def test_synthetic_kd_runs_every_row_including_the_adaface_ones(tmp_path: Path) -> None:
+    lines = _run("synthetic_kd.py", "--preset", "quick", "--seeds", "0", "--max-steps", "2", "--out", str(tmp_path))
+    methods = [line["method"] for line in lines[:-1]]
+    assert methods == ["teacher", "adadistill", "adadistill_alpha", "arcdistill", "standalone",
+                       "adaface_adadistill", "adaface_standalone"]
+    paired = lines[-1]["summary"]["paired"]
+    assert {"adaface_adadistill - adadistill", "adaface_standalone - standalone",
+            "adaface_adadistill - adaface_standalone"} <= set(paired)

@@ -75,6 +75,8 @@ def test_config_files_load_and_students_share_the_budget(tmp_path: Path) -> None
     assert cfgs["adadistill_alpha"].distill_alpha == "plain" and cfgs["adadistill"].distill_alpha == "weighted"
     assert cfgs["arcdistill"].teacher_classifier.endswith("checkpoint_gpu_*.pt")
     assert cfgs["standalone"].distill is None
+    assert cfgs["adaface_standalone"].margin == cfgs["adaface_adadistill"].margin == "adaface"
+    assert cfgs["adaface_adadistill"].distill == "adadistill" and cfgs["adadistill"].margin == "margin_list"
 
 
 def test_rerun_replaces_a_demo_folder_but_not_a_foreign_one(tmp_path: Path) -> None:

@@ -109,6 +109,11 @@ METHODS: Dict[str, Method] = {
                                needs_teacher_weights=True),
     "adadistill": Method("AdaDistill α′ student", {"distill": "adadistill", "distill_alpha": "weighted"},
                          needs_teacher_weights=True),
+    # the same two rows with the AdaFace margin (its paper's m 0.4, h 0.333) instead of ArcFace 0.45
+    "adaface_standalone": Method("standalone student, AdaFace margin", {"distill": None, "margin": "adaface"}),
+    "adaface_adadistill": Method("AdaDistill α′ student, AdaFace margin",
+                                 {"distill": "adadistill", "distill_alpha": "weighted", "margin": "adaface"},
+                                 needs_teacher_weights=True),
 }
 DEMO_STUDENTS: Tuple[str, ...] = ("standalone", "adadistill")
 TEACHER = "teacher"

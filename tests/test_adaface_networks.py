@@ -23,10 +23,11 @@ from insightface_adadistill.backbones import backbone_spec, get_model
 from insightface_adadistill.backbones.loading import load_backbone, load_backbone_weights, matching_networks
 from insightface_adadistill.cache import CachedTeacherDataset, open_teacher_cache
 from insightface_adadistill.commands import cache_teacher
+from insightface_adadistill.commands.export_onnx import main as export_main
 from insightface_adadistill.commands.train import main as train_main
 from insightface_adadistill.data.datasets import build_dataset
 from insightface_adadistill.errors import WeightsError
-from insightface_adadistill.export.onnx import export_onnx, verify_onnx
+from insightface_adadistill.export.onnx import verify_onnx
 from insightface_adadistill.teacher import build_teacher, load_teacher_classifier
 from run_utils import TINY
 
@@ -102,6 +103,11 @@ def test_published_layout_samples_written_by_hand() -> None:
     assert list(state["body.48.res_layer.4.weight"].shape) == [512, 512, 3, 3]  # 3 + 13 + 30 + 3 = 49 units
     assert "body.49.res_layer.0.weight" not in state
     assert list(meta_model("ir_se_50").state_dict()["body.0.res_layer.6.fc1.weight"].shape) == [4, 64, 1, 1]
+
+
+def test_dropout_is_the_published_one_unless_set() -> None:
+    assert meta_model("ir_50").output_layer[1].p == 0.4
+    assert meta_model("ir_50", dropout=0.0).output_layer[1].p == 0.0
 
 
 def test_spec_names_the_bgr_convention() -> None:
@@ -254,11 +260,15 @@ def test_teacher_cache_from_an_adaface_ckpt_and_an_ir_student(tmp_path: Path) ->
 
 # ---------------------------------------------------------------- ONNX for the insightface runtime
 
-def test_onnx_export_of_an_ir_student_runs_in_insightface(tmp_path: Path) -> None:
-    """The graph takes what insightface feeds every model (RGB, (p - 127.5) / 127.5); the BGR order is inside."""
+def test_onnx_export_of_an_adaface_ckpt_runs_in_insightface(tmp_path: Path, capsys) -> None:
+    """`export-onnx` from a .ckpt; the graph takes what insightface feeds every model (RGB,
+    (p - 127.5) / 127.5) and the BGR order is inside it."""
     insightface = pytest.importorskip("insightface")
     model = _random_model("tiny_ir")
-    path = export_onnx(model, tmp_path / "tiny_ir.onnx")
+    path = tmp_path / "tiny_ir.onnx"
+    ckpt = str(_write_ckpt(tmp_path / "adaface.ckpt", model))
+    assert export_main(["--network", "tiny_ir", "--model", ckpt, str(path)]) == 0
+    assert "float32 RGB (p - 127.5) / 127.5" in capsys.readouterr().out
     assert verify_onnx(model, path).relative < 1e-5
     recogniser = insightface.model_zoo.get_model(str(path), providers=["CPUExecutionProvider"])
     assert (recogniser.input_mean, recogniser.input_std) == (127.5, 127.5)

@@ -26,7 +26,7 @@ EXPECTED_COUNTS = {
 }
 HOST_NAMES = ["r18", "r34", "r50", "r100", "r200", "r2060", "mbf", "mbf_large", "vit_t", "vit_t_dp005_mask0", "vit_s",
               "vit_s_dp005_mask_0", "vit_b", "vit_b_dp005_mask_005", "vit_l_dp005_mask_005", "vit_h"]
-SMALL = ["mbf", "mfn", "tiny_mfn", "tiny_resnet", "tiny_vit"]
+SMALL = ["mbf", "mfn", "tiny_ir", "tiny_mfn", "tiny_resnet", "tiny_vit"]
 IRESNETS = ["r18", "r34", "r50", "r100", "r200", "tiny_resnet"]
 
 
@@ -146,7 +146,7 @@ def test_r18_forward_batch_one():
     assert out.shape == (1, 8) and out.dtype == torch.float32
 
 
-@pytest.mark.parametrize("name", ["tiny_resnet", "tiny_mfn", "mbf"])
+@pytest.mark.parametrize("name", ["tiny_resnet", "tiny_mfn", "mbf", "tiny_ir"])
 def test_fp16_flag_autocasts_trunk_only_on_cpu(name):
     model = get_model(name, fp16=True, num_features=16).eval()
     dtypes = {}

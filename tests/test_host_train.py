@@ -9,7 +9,9 @@ so the parity runs use CosFace and no compression; the default runs check the me
 """
 from __future__ import annotations
 
+import ast
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +40,38 @@ JOB = HOST / "configs" / "tiny_host.py"
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 HOST_MODULES = ("backbones", "partial_fc_v2")
 EXACT = ("margin_list=1.0,0.0,0.4",)  # CosFace: the host's margin does the same arithmetic as ours
+OUR_STUDENT = ("network=tiny_mfn",)  # our registry's student, for the parity runs and our trainer
+
+# A user's checkout whose get_model and get_dataloader call our package: the parity runs need the
+# student and the batches of our trainer, and tests/host_shaped itself imports nothing of ours.
+OUR_PARTS = {
+    "backbones/__init__.py": ("from insightface_adadistill import backbones\n\n\n"
+                              "def get_model(name, **kwargs):\n    return backbones.get_model(name, **kwargs)\n"),
+    "dataset.py": '''from torch import distributed
+
+from insightface_adadistill.data.datasets import build_dataset
+from insightface_adadistill.data.loader import build_dataloader
+
+
+class _Batches:
+    def __init__(self, loader):
+        self.loader = loader
+
+    def set_epoch(self, epoch):
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield batch.image, batch.label
+
+
+def get_dataloader(root_dir, local_rank, batch_size, dali=False, dali_aug=False, seed=2048, num_workers=2,
+                   num_classes=None):
+    dataset = build_dataset(root_dir, num_classes, seed)
+    return _Batches(build_dataloader(dataset, batch_size, distributed.get_rank(), distributed.get_world_size(),
+                                     seed, num_workers, "cpu"))
+''',
+}
 
 
 @pytest.fixture
@@ -77,15 +111,23 @@ def _launch(command: List[str], data: Dict[str, Path], output: Path, overrides: 
 
 
 def host_run(data: Dict[str, Path], output: Path, *overrides: str, nproc: int = 1,
-             env: Optional[Dict[str, str]] = None) -> Path:
-    """`host-train tests/host_shaped tiny_host.py` on the test data."""
-    return _launch(["host-train", str(HOST), str(JOB)], data, output, overrides, nproc, env)
+             env: Optional[Dict[str, str]] = None, checkout: Path = HOST) -> Path:
+    """`host-train tests/host_shaped tiny_host.py` (or another checkout) on the test data."""
+    return _launch(["host-train", str(checkout), str(JOB)], data, output, overrides, nproc, env)
 
 
 def our_run(data: Dict[str, Path], output: Path, *overrides: str, nproc: int = 1) -> Path:
     """`adadistill train tiny_host.py` on the same data, writing a checkpoint set every 4 steps."""
-    return _launch(["train", str(JOB)], data, output, (*overrides, "progress_bar=false", "save_every_steps=4"),
-                   nproc)
+    return _launch(["train", str(JOB)], data, output,
+                   (*OUR_STUDENT, *overrides, "progress_bar=false", "save_every_steps=4"), nproc)
+
+
+def with_our_parts(tmp_path: Path) -> Path:
+    """A copy of the stand-in whose student and loader are ours (OUR_PARTS), for the parity runs."""
+    root = _copy_of_host(tmp_path)
+    for name, text in OUR_PARTS.items():
+        (root / name).write_text(text)
+    return root
 
 
 def scalars(output: Path) -> Dict[str, Dict[int, float]]:
@@ -104,8 +146,17 @@ def shard(output: Path, rank: int) -> dict:
 # ------------------------------------------------------------------ the checkout
 
 def _copy_of_host(tmp_path: Path) -> Path:
-    import shutil
-    return Path(shutil.copytree(HOST, tmp_path / "arcface_torch"))
+    return Path(shutil.copytree(HOST, tmp_path / "arcface_torch", ignore=shutil.ignore_patterns("__pycache__")))
+
+
+def test_the_stand_in_imports_nothing_of_ours() -> None:
+    """A stand-in that ran our code would compare our code with itself."""
+    for path in sorted(HOST.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(name.split(".")[0] == "insightface_adadistill" for name in names), path
+    assert "insightface_adadistill" not in "".join(p.read_text() for p in HOST.rglob("*.py"))
 
 
 def test_host_shaped_checkout_passes(clean_host_modules) -> None:
@@ -249,7 +300,7 @@ def test_without_distill_the_host_runs_as_is(tmp_path: Path, data) -> None:
     assert not any(tag.startswith("distill/") for tag in scalars(out))
 
 
-def test_distillation_keeps_the_host_conventions(tmp_path: Path, data) -> None:
+def test_distillation_keeps_the_host_conventions(tmp_path: Path, data, clean_host_modules) -> None:
     """AdamW with a parameter-free head, fp16 gradient compression, ArcFace: the host's defaults."""
     out = host_run(data, tmp_path / "ada", *_distill(data), "optimizer=adamw")
     assert "head: AdaDistillHead" in (out / "training.log").read_text()
@@ -259,14 +310,19 @@ def test_distillation_keeps_the_host_conventions(tmp_path: Path, data) -> None:
     assert set(state["state_dict_softmax_fc"]) == {"weight", "visited"}
     assert bool(state["state_dict_softmax_fc"]["visited"].all())
     assert [len(g["params"]) for g in state["state_optimizer"]["param_groups"]][1] == 0
-    get_model("tiny_mfn", num_features=64).load_state_dict(torch.load(out / "model.pt"), strict=True)
+    checkout = check_checkout(HOST)
+    with host_import_path(checkout):
+        student = import_host_module(checkout, "backbones").get_model("tiny_cnn", num_features=64)
+    assert set(student.state_dict()) == set(torch.load(out / "model.pt"))  # the student alone, no teacher
+    student.load_state_dict(torch.load(out / "model.pt"), strict=True)
     logged = scalars(out)
     assert set(logged["distill/alpha"]) == set(logged["loss"]) == set(range(2, 9))
 
 
 @pytest.mark.slow
 def test_distillation_equals_our_trainer(tmp_path: Path, data) -> None:
-    host = host_run(data, tmp_path / "host", *_distill(data), *EXACT, env={"HOST_SHAPED_COMM_HOOK": "none"})
+    host = host_run(data, tmp_path / "host", *OUR_STUDENT, *_distill(data), *EXACT,
+                    env={"HOST_SHAPED_COMM_HOOK": "none"}, checkout=with_our_parts(tmp_path))
     ours = our_run(data, tmp_path / "ours", *_distill(data), *EXACT)
     _assert_same_result(host, ours, world_size=1, steps=8)
 
@@ -290,8 +346,8 @@ def _assert_same_result(host: Path, ours: Path, world_size: int, steps: int) -> 
 def test_two_processes_with_and_without_distill(tmp_path: Path, data) -> None:
     plain = host_run(data, tmp_path / "plain", nproc=2)
     assert {0, 1} == {r for r in range(2) if (plain / f"checkpoint_gpu_{r}.pt").is_file()}
-    host = host_run(data, tmp_path / "host", *_distill(data), *EXACT, nproc=2,
-                    env={"HOST_SHAPED_COMM_HOOK": "none"})
+    host = host_run(data, tmp_path / "host", *OUR_STUDENT, *_distill(data), *EXACT, nproc=2,
+                    env={"HOST_SHAPED_COMM_HOOK": "none"}, checkout=with_our_parts(tmp_path))
     ours = our_run(data, tmp_path / "ours", *_distill(data), *EXACT, nproc=2)
     _assert_same_result(host, ours, world_size=2, steps=4)
 

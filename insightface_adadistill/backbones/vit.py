@@ -8,7 +8,8 @@ Linear(144 D -> D, no bias) -> BN1d(D, eps 2e-5) -> Linear(D -> E, no bias) -> B
 In training with `mask_ratio > 0` a random subset of each sample's tokens skips the blocks and is
 replaced by the learned `mask_token` after the final norm.
 
-Key names and shapes equal the host's `model.pt`, so a host ViT loads with `strict=True`.
+Key names, shapes and parameter order equal the host's, so a host ViT loads with `strict=True` and
+optimizer state (matched by position) passes both ways.
 Differences from the host, all invisible in the state dict:
 - no timm: drop path and truncated-normal init are written here with torch;
 - precision follows our `fp16` flag (`base.FaceBackbone`), while the host autocasts qkv, proj and the
@@ -126,10 +127,11 @@ class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, num_tokens: int, mlp_ratio: float = 4.0, drop: float = 0.0,
                  attn_drop: float = 0.0, drop_path_rate: float = 0.0, norm_layer: str = "ln") -> None:
         super().__init__()
+        # The host's registration order (norm1, norm2, attn, mlp): optimizer state follows it by position.
         self.norm1 = _norm(norm_layer, dim, num_tokens)
+        self.norm2 = _norm(norm_layer, dim, num_tokens)
         self.attn = Attention(dim, num_heads, attn_drop, drop)
         self.drop_path = DropPath(drop_path_rate)
-        self.norm2 = _norm(norm_layer, dim, num_tokens)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,12 +1,10 @@
 """`PartialFC_V2` as the host describes it: contiguous class shards, all-gathered embeddings whose
 backward returns each rank W x its summed gradient (cancelling DDP's averaging), positives plus
 random negatives when sample_rate < 1, fp32 cosine logits, the injected margin, and a softmax over
-every rank's columns (delegated to our distributed cross-entropy, which computes the same thing)."""
+every rank's columns (`DistCrossEntropy`: max and sum all-reduced, -mean log p of the target)."""
 import torch
 import torch.nn.functional as F
 from torch import distributed
-
-from insightface_adadistill.heads import distributed_cross_entropy
 
 
 class _GatherToOwners(torch.autograd.Function):
@@ -22,6 +20,32 @@ class _GatherToOwners(torch.autograd.Function):
         distributed.all_reduce(grad)  # every rank's contribution to every chunk
         world = distributed.get_world_size()
         return grad.chunk(world)[distributed.get_rank()] * world
+
+
+class _DistCrossEntropy(torch.autograd.Function):
+    """Softmax over the columns of every rank; labels (N, 1) hold the local column or -1."""
+
+    @staticmethod
+    def forward(ctx, logits, labels):
+        row_max = logits.max(dim=1, keepdim=True)[0]
+        distributed.all_reduce(row_max, distributed.ReduceOp.MAX)
+        prob = (logits - row_max).exp()
+        row_sum = prob.sum(dim=1, keepdim=True)
+        distributed.all_reduce(row_sum)
+        prob = prob / row_sum
+        here = torch.where(labels.view(-1) != -1)[0]
+        target = torch.zeros(logits.size(0), 1, device=logits.device)
+        target[here] = prob[here].gather(1, labels[here])
+        distributed.all_reduce(target)
+        ctx.save_for_backward(prob, here, labels)
+        return -target.clamp_min(1e-30).log().mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        prob, here, labels = ctx.saved_tensors
+        one_hot = torch.zeros_like(prob)
+        one_hot[here] = one_hot[here].scatter(1, labels[here], 1.0)
+        return (prob - one_hot) / prob.size(0) * grad.item(), None
 
 
 class PartialFC_V2(torch.nn.Module):
@@ -67,5 +91,4 @@ class PartialFC_V2(torch.nn.Module):
         weight = self.sample(labels) if self.sample_rate < 1 else self.weight
         cos = F.linear(F.normalize(embeddings), F.normalize(weight)).float().clamp(-1, 1)
         logits = self.margin_softmax(cos, labels)
-        loss, _ = distributed_cross_entropy(logits, labels.view(-1))
-        return loss
+        return _DistCrossEntropy.apply(logits, labels)

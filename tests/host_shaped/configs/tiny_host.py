@@ -3,7 +3,7 @@ from easydict import EasyDict as edict
 
 config = edict()
 config.margin_list = (1.0, 0.5, 0.0)
-config.network = "tiny_mfn"
+config.network = "tiny_cnn"
 config.resume = False
 config.output = None
 config.embedding_size = 64

@@ -184,6 +184,20 @@ def test_num_classes_mismatch_names_count_and_fix(fixtures_dir):
         build_dataset(str(fixtures_dir / "ms1m_style"), 10, seed=0)
 
 
+def test_num_image_mismatch_stops_with_the_real_count_and_the_fix(tmp_path):
+    dataset = build_dataset(str(make_image_folder(tmp_path / "faces", [2, 1, 3])), 3, seed=0)  # 6 images
+    assert dataset.check_num_image(6) is None and dataset.check_num_image(6, "warn") is None
+    with pytest.raises(DataError, match=r"config num_image = 3, but image folder .*faces holds 6 images; .* the run "
+                                        r"would end after 50% of the data of each epoch\. Set num_image = 6 .*"
+                                        r"--set num_image=6\), or num_image_mismatch = 'warn'"):
+        dataset.check_num_image(3)
+    with pytest.raises(DataError, match=r"num_image = 12, .* epochs would run out at 50% of the schedule"):
+        dataset.check_num_image(12, "stop")
+    warning = dataset.check_num_image(12, "warn")
+    assert "num_image = 12" in warning and "holds 6 images" in warning and "training on" in warning
+    assert build_dataset("synthetic", 7, seed=1).check_num_image(256) is None  # no count of its own
+
+
 def test_wrong_size_image_names_key_and_file(tmp_path):
     folder = write_headerless(tmp_path / "data", [0, 0], [face(0), face(1, size=96)])
     dataset = build_dataset(str(folder), 1, seed=0)

@@ -7,6 +7,7 @@ seconds; the multi-process runs go through torchrun exactly as users launch them
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -44,8 +45,9 @@ def teacher_run(tmp_path_factory) -> Path:
     return _train(out, "network=tiny_resnet", "save_every_steps=8", "max_steps=8")
 
 
-def test_single_process_run_writes_host_files(tmp_path: Path) -> None:
+def test_single_process_run_writes_host_files(tmp_path: Path, caplog) -> None:
     out = _train(tmp_path / "run", "max_steps=8")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []  # the tiny recipe runs clean
     state = load_file(out / "model.pt")
     model = get_model("tiny_mfn", num_features=64)
     model.load_state_dict(state, strict=True)
@@ -248,6 +250,19 @@ def small_rec(tmp_path_factory) -> tuple:
         (k, pack(IRHeader(0, float(k % 16), k, 0), encode_jpeg(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8))))
         for k in range(64)])
     return f"rec={folder}", "num_image=64"
+
+
+def test_num_image_that_disagrees_with_the_data_stops_unless_warn(tmp_path: Path, small_rec: tuple, capsys) -> None:
+    from insightface_adadistill import cli
+
+    rec = small_rec[0]
+    assert cli.main(["train", TINY, "--set", rec, "num_image=100", f"output={tmp_path / 'stop'}",
+                     "progress_bar=false"]) == 2
+    err = capsys.readouterr().err
+    assert "config num_image = 100" in err and "holds 64 images" in err and "--set num_image=64" in err
+    assert "num_image_mismatch = 'warn'" in err and "Traceback" not in err
+    out = _train(tmp_path / "warn", rec, "num_image=100", "num_image_mismatch=warn", "max_steps=2")
+    assert "num_image = 100, but RecordIO dataset" in (out / "training.log").read_text()
 
 
 def test_save_all_states_checkpoints_the_last_epoch_like_the_host(tmp_path: Path, small_rec: tuple) -> None:

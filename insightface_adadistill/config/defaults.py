@@ -230,6 +230,10 @@ class RunConfig:
     resume_allow_changes: bool = ours(
         False, "resume even though schedule-changing keys (lr, batch_size, world size, ...) differ "
                "from the saved run; the changes are logged", resume=HARMLESS)
+    num_image_mismatch: str = ours(
+        "stop", "when num_image differs from the data's image count: 'stop' with the count and the fix, or "
+                "'warn' and train on with step counts from num_image (arcface_torch's behaviour); synthetic "
+                "data is never compared", OneOf(("stop", "warn")), resume=HARMLESS)
     nonfinite_loss: str = ours("stop", "'stop' (diagnostic, keep last good checkpoint) or 'skip' "
                                        "the step", OneOf(("stop", "skip")), resume=HARMLESS)
     device: str = ours("auto", "auto (cuda if available), cuda or cpu", OneOf(("auto", "cuda", "cpu")), resume=HARMLESS)

@@ -191,6 +191,22 @@ class FaceDataset(Dataset):
                              "; the dataset is inconsistent - rebuild it with `adadistill make-rec`")
         return rgb, int(label)
 
+    def check_num_image(self, num_image: int, mismatch: str = "stop") -> str | None:
+        """Stop when the config's `num_image` disagrees with the data's image count, unless
+        `mismatch` is 'warn' (arcface_torch's behaviour): then return the warning to log."""
+        if num_image == len(self):
+            return None
+        effect = (f"the run would end after {num_image / len(self):.0%} of the data of each epoch"
+                  if num_image < len(self) else
+                  f"the epochs would run out at {len(self) / num_image:.0%} of the schedule, before the "
+                  f"learning rate has decayed")
+        problem = (f"config num_image = {num_image}, but {self.description} holds {len(self)} images; the "
+                   f"warm-up, the learning-rate decay and the run's length are counted from num_image, so {effect}")
+        if mismatch == "warn":
+            return f"{problem} (num_image_mismatch = 'warn': training on, as arcface_torch does)"
+        raise DataError(f"{problem}. Set num_image = {len(self)} in the recipe (or --set num_image={len(self)}), "
+                        f"or num_image_mismatch = 'warn' to train on as arcface_torch does")
+
     def check_num_classes(self, num_classes: int | None) -> None:
         """Stop early when the config's `num_classes` disagrees with the data."""
         if num_classes is not None and num_classes != self.num_classes_found:
@@ -218,6 +234,10 @@ class SyntheticDataset(FaceDataset):
 
     def __len__(self) -> int:
         return self._length
+
+    def check_num_image(self, num_image: int, mismatch: str = "stop") -> str | None:
+        """Never a mismatch: synthetic data has no image count of its own (num_image sets the run's length)."""
+        return None
 
     @property
     def labels(self) -> np.ndarray:

@@ -95,14 +95,14 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
 
     # ---- data ------------------------------------------------------------------------------
     dataset = build_dataset(cfg.rec, cfg.num_classes, cfg.seed, uint8=True)  # the loader normalises
+    mismatch = dataset.check_num_image(cfg.num_image, cfg.num_image_mismatch)  # stops unless 'warn'
+    if mismatch and dist.is_main:
+        logger.warning(mismatch)
     if cfg.teacher_cache is not None:
         dataset = _with_teacher_cache(cfg, dataset)
     loader = build_dataloader(dataset, cfg.batch_size, dist.rank, dist.world_size, cfg.seed,
                               cfg.num_workers, dist.device)
     steps_per_epoch = loader.batches_per_epoch
-    if dist.is_main and len(dataset) != cfg.num_image:
-        logger.warning("num_image=%d but the data holds %d images: step counts (warm-up, poly decay, "
-                       "ETA) follow num_image as in arcface_torch", cfg.num_image, len(dataset))
 
     # ---- models ----------------------------------------------------------------------------
     student = get_model(cfg.network, dropout=0.0, fp16=cfg.fp16, num_features=cfg.embedding_size,

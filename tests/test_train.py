@@ -61,6 +61,13 @@ def test_single_process_run_writes_host_files(tmp_path: Path, caplog) -> None:
     assert not [tag for tag in scalars if tag.startswith("distill/")]  # a standalone run distils nothing
 
 
+def test_dali_true_runs_on_our_loader_with_one_line_saying_so(tmp_path: Path) -> None:
+    """The host's wf42m_pfc02_vit_h.py sets dali = True: a copied config runs, on our DataLoader."""
+    out = _train(tmp_path / "run", "dali=True", "dali_aug=True", "max_steps=1")
+    notes = [line for line in (out / "training.log").read_text().splitlines() if "DALI is not used" in line]
+    assert len(notes) == 1 and "our DataLoader reads" in notes[0]
+
+
 def test_verbose_zero_runs_without_periodic_verification(tmp_path: Path) -> None:
     out = _train(tmp_path / "run", "verbose=0", "max_steps=2")  # no `step % 0` anywhere
     assert "finished" in (out / "training.log").read_text()

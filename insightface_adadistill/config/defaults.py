@@ -133,10 +133,9 @@ class RunConfig:
                               "verification (the val_targets are still checked once at the end)",
                         at_least(0), resume=HARMLESS)
     frequent: int = host(10, "log every `frequent` global steps", at_least(1), resume=HARMLESS)
-    dali: bool = host(False, "accepted for compatibility; DALI is not used",
-                      Refused("DALI is not supported (the PyTorch DataLoader reads the .rec "
-                              "directly); set dali = False"), resume=HARMLESS)
-    dali_aug: bool = host(False, "accepted for compatibility; ignored", resume=HARMLESS)
+    dali: bool = host(False, "arcface_torch's DALI loader; True is accepted and our DataLoader, which "
+                             "reads the .rec directly, takes its place (the log says so)", resume=HARMLESS)
+    dali_aug: bool = host(False, "accepted for compatibility; ignored (no DALI)", resume=HARMLESS)
     gradient_acc: int = host(1, "optimizer step every `gradient_acc` iterations (loss averaged "
                                 "over them)", at_least(1), resume=SCHEDULE)
     seed: int = host(2048, "global seed: model init, sampler, flips", resume=SCHEDULE)

@@ -3,7 +3,7 @@
 nanoGPT's rule: an unknown key or a wrong type stops the run before anything is built. Beyond
 types we refuse values arcface_torch would accept and then fail on (or silently ignore) hours
 later: a non-positive lr, a margin_list that is neither ArcFace nor CosFace, an unknown network,
-DALI or wandb switched on, a distillation run without a teacher. Each key's own check is declared
+wandb switched on, a distillation run without a teacher. Each key's own check is declared
 with the key (`defaults.RunConfig`); only the rules that join several keys live here.
 """
 from __future__ import annotations

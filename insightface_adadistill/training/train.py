@@ -102,6 +102,8 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
         dataset = _with_teacher_cache(cfg, dataset)
     loader = build_dataloader(dataset, cfg.batch_size, dist.rank, dist.world_size, cfg.seed,
                               cfg.num_workers, dist.device)
+    if cfg.dali and dist.is_main:
+        logger.info("dali = True: DALI is not used; our DataLoader reads %s in its place", cfg.rec)
     steps_per_epoch = loader.batches_per_epoch
 
     # ---- models ----------------------------------------------------------------------------

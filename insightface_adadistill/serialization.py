@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping
+from typing import Any, BinaryIO, Callable, Mapping, Optional
 
 import torch
 
 from insightface_adadistill.errors import InputNotFoundError, WeightsError
 
 MIN_TORCH = (2, 10)
+# classes a Lightning .ckpt keeps its hyper-parameters in: plain records, safe to allow-list for extraction
+HYPERPARAMETER_TYPES = ("argparse.Namespace", "pytorch_lightning.utilities.parsing.AttributeDict",
+                        "lightning.fabric.utilities.data.AttributeDict")
 
 
 def _torch_version() -> tuple:
@@ -34,12 +39,34 @@ def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
         raise InputNotFoundError(f"{path}: checkpoint file not found; check the path in your config")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's text would advise weights_only=False: never relay it
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        raise WeightsError(_refused_object(path, found.group(1) if found else None)) from None
     except Exception as exc:
         raise WeightsError(
             f"{path}: cannot be loaded as a weights-only torch checkpoint ({exc}). It is corrupt, "
             "truncated, or holds Python objects other than tensors and plain containers; re-save it "
             "as a state_dict with torch.save(model.state_dict(), path)"
         ) from exc
+
+
+def _refused_object(path: Path, name: Optional[str]) -> str:
+    """The fix for a file that keeps a Python object (of class `name`, if torch named it) beside its tensors.
+
+    A Lightning `.ckpt` (AdaFace's) may hold its hyper-parameters as an `argparse.Namespace`: the fix
+    extracts its `state_dict` once with that one record class allow-listed. Any other class is left
+    to the program that wrote the file (allow-listing an unknown global could run its code).
+    """
+    kind = f"an object of type {name}" if name else "Python objects"
+    refused = f"{path}: cannot be loaded as a weights-only torch checkpoint: it holds {kind} besides tensors"
+    if name not in HYPERPARAMETER_TYPES:
+        return (f"{refused}; save the state_dict alone from the program that wrote it "
+                "(torch.save(model.state_dict(), path)) and pass that file")
+    out = path.with_name(f"{path.stem}_state_dict.pt")
+    extract = (f"import torch, {name.rsplit('.', 1)[0]}; torch.serialization.add_safe_globals([{name}]); "
+               f"torch.save(torch.load({str(path)!r}, weights_only=True)['state_dict'], {str(out)!r})")
+    return (f"{refused} (a Lightning checkpoint's hyper-parameters); extract the weights once with "
+            f"python -c \"{extract}\" and pass {out}")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:

@@ -208,7 +208,8 @@ def test_ckpt_with_a_namespace_is_refused_with_the_extraction_command(tmp_path: 
 
 def test_other_python_objects_are_refused_without_allow_listing_them(tmp_path: Path) -> None:
     path = _write_ckpt(tmp_path / "odd.ckpt", _random_model(), hyper_parameters=fractions.Fraction(1, 3))
-    with pytest.raises(WeightsError, match=r"odd.ckpt: holds an object of type fractions.Fraction") as refused:
+    refusal = r"odd.ckpt: cannot be loaded as a weights-only torch checkpoint: it holds an object of type fractions"
+    with pytest.raises(WeightsError, match=refusal) as refused:
         load_backbone("tiny_ir", path)
     assert "add_safe_globals" not in str(refused.value) and "weights_only=False" not in str(refused.value)
 
@@ -220,6 +221,9 @@ def test_the_ckpts_head_kernel_is_a_teacher_classifier(adaface_ckpt) -> None:
     _, path = adaface_ckpt
     kernel = torch.load(path, weights_only=True)["state_dict"]["head.kernel"]
     assert torch.equal(load_teacher_classifier(path, num_classes=10, embedding_size=512), kernel.t())
+    hparams = _write_ckpt(path.with_name("hparams.ckpt"), _random_model(), hyper_parameters=argparse.Namespace())
+    with pytest.raises(WeightsError, match=r"hparams.ckpt: .* argparse.Namespace .*add_safe_globals"):
+        load_teacher_classifier(hparams, num_classes=10, embedding_size=512)
 
 
 def test_teacher_fed_rgb_sees_bgr(adaface_ckpt) -> None:

@@ -11,7 +11,8 @@ from typing import Any, List
 
 from torch import nn
 
-from insightface_adadistill.backbones import adaface, iresnet, mfn, mobilefacenet, tiny, vit  # noqa: F401  (registration)
+from insightface_adadistill.backbones import (  # noqa: F401  (registration)
+    adaface, iresnet, mfn, mobilefacenet, tiny, vit)
 from insightface_adadistill.backbones.base import FaceBackbone
 from insightface_adadistill.backbones.spec import BACKBONES, BackboneSpec, register_backbone
 

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -31,9 +29,6 @@ from insightface_adadistill.serialization import load_file
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / DataParallel, torch.compile
 SHOW_KEYS = 3  # example keys per category in mismatch messages
 LIGHTNING_NETWORK, LIGHTNING_HEAD = "model.", "head."  # AdaFace's LightningModule attributes
-# classes a Lightning .ckpt keeps its hyper-parameters in: plain records, safe to allow-list for extraction
-HYPERPARAMETER_TYPES = ("argparse.Namespace", "pytorch_lightning.utilities.parsing.AttributeDict",
-                        "lightning.fabric.utilities.data.AttributeDict")
 
 
 # ---------------------------------------------------------------- wrappers
@@ -80,31 +75,6 @@ def describe_checkpoint(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
-def _weights_only_load(path: str | os.PathLike) -> Any:
-    """`load_file`, with the fix for a file that keeps Python objects beside its weights.
-
-    A Lightning `.ckpt` (AdaFace's) may hold its hyper-parameters as an `argparse.Namespace`, which
-    `torch.load(weights_only=True)` refuses. The fix extracts the `state_dict` once with that one
-    record class allow-listed; any other class is left to the program that wrote the file.
-    """
-    try:
-        return load_file(path)
-    except WeightsError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc.__cause__ or ""))
-        if found is None:
-            raise
-        name = found.group(1)
-        refused = f"{path}: holds an object of type {name} besides tensors, which a weights-only load refuses"
-        if name not in HYPERPARAMETER_TYPES:
-            raise WeightsError(f"{refused}; save the network's state_dict alone from the program that wrote it "
-                               "(torch.save(model.state_dict(), path)) and pass that file") from None
-        out = Path(path).with_name(f"{Path(path).stem}_state_dict.pt")
-        extract = (f"import torch, {name.rsplit('.', 1)[0]}; torch.serialization.add_safe_globals([{name}]); "
-                   f"torch.save(torch.load({str(path)!r}, weights_only=True)['state_dict'], {str(out)!r})")
-        raise WeightsError(f"{refused} (a Lightning checkpoint's hyper-parameters); extract the weights once with "
-                           f"python -c \"{extract}\" and pass {out}") from None
-
-
 def _lightning_network(state: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     """The network part of an AdaFace LightningModule state_dict (`model.*`; `head.*` dropped), else None."""
     if not any(key.startswith(LIGHTNING_NETWORK) for key in state):
@@ -124,7 +94,7 @@ def load_backbone_weights(path: str | os.PathLike) -> Dict[str, Tensor]:
         FileNotFoundError: no such file.
         WeightsError: the file holds something other than a backbone state_dict (a ValueError).
     """
-    obj = _weights_only_load(path)
+    obj = load_file(path)
     state = obj
     if isinstance(obj, Mapping):
         state = obj.get("state_dict_backbone", obj.get("state_dict", obj))

@@ -342,6 +342,25 @@ def _assert_same_result(host: Path, ours: Path, world_size: int, steps: int) -> 
             assert a[tag][step] == b[tag][step], f"{tag} at step {step}"
 
 
+def test_adaface_margin_replaces_the_host_margin_also_without_distill(tmp_path: Path, data) -> None:
+    """The host's Partial FC cannot pass the feature norms: margin = 'adaface' registers our head."""
+    out = host_run(data, tmp_path / "adaface", "margin=adaface")
+    assert "head: PartialFC\n" in (out / "training.log").read_text()  # ours, not the host's PartialFC_V2
+    head = shard(out, 0)["state_dict_softmax_fc"]
+    assert set(head) == {"weight", "margin_softmax.margin_loss.norm_mean", "margin_softmax.margin_loss.norm_std"}
+    assert set(scalars(out)["margin/norm_mean"]) == set(range(2, 9))
+
+
+@pytest.mark.slow
+def test_adaface_distillation_equals_our_trainer(tmp_path: Path, data) -> None:
+    """AdaDistill with the AdaFace margin: centres and running norm statistics bit-identical."""
+    args = (*_distill(data), "margin=adaface")
+    host = host_run(data, tmp_path / "host", *args, env={"HOST_SHAPED_COMM_HOOK": "none"})
+    ours = our_run(data, tmp_path / "ours", *args)
+    assert "margin_softmax.margin_loss.norm_std" in shard(host, 0)["state_dict_softmax_fc"]
+    _assert_same_result(host, ours, world_size=1, steps=8)
+
+
 @pytest.mark.slow
 def test_two_processes_with_and_without_distill(tmp_path: Path, data) -> None:
     plain = host_run(data, tmp_path / "plain", nproc=2)

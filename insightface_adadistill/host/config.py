@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from easydict import EasyDict
 
@@ -20,16 +20,21 @@ from insightface_adadistill.config.loader import read_config_file
 
 # Our keys host-train reads; every other key we add belongs to `adadistill train`'s own loop.
 BRIDGE_KEYS = ("distill", "distill_alpha", "feature_kd_weight", "teacher_network", "teacher_weights",
-               "teacher_classifier", "teacher_dtype", "teacher_channels_last")
+               "teacher_classifier", "teacher_dtype", "teacher_channels_last", "margin", "adaface_m", "adaface_h",
+               "adaface_t_alpha")
 # Keys the host decides about: validated with these stand-ins, passed to the host as written.
 HOST_JUDGED: Dict[str, Any] = {"network": "r50", "dali": False, "using_wandb": False}
 
 
 @dataclass(frozen=True)
 class DistillSettings:
-    """What the registered pieces need beyond the host's own constructor arguments."""
+    """What the registered pieces need beyond the host's own constructor arguments.
 
-    distill: str
+    `distill` None with `margin` 'adaface' is a standalone head with our AdaFace margin (the host's
+    own Partial FC cannot pass it the feature norms).
+    """
+
+    distill: Optional[str]
     alpha: Union[str, float]
     feature_kd_weight: float
     teacher_network: Optional[str]
@@ -40,6 +45,8 @@ class DistillSettings:
     seed: int
     embedding_size: int
     num_classes: int
+    margin: str = "margin_list"
+    adaface: Tuple[float, float, float] = (0.4, 0.333, 0.01)  # adaface_m, adaface_h, adaface_t_alpha
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,8 @@ class HostRun:
     `job_config` is the file's `config` with the `--set` values applied, exactly what the host
     merges over its `configs/base.py`; `config_name` is the module name it is imported as
     (`configs.<config_name>`, which also names the default output folder `work_dirs/<config_name>`).
-    `distill` is None when the config does not set `distill`: the host then runs as it is.
+    `distill` is None when the config sets neither `distill` nor `margin = 'adaface'`: the host then
+    runs as it is.
     `source` is the config file, for messages.
     """
 
@@ -69,11 +77,12 @@ def loop_only_problems(job: Dict[str, Any]) -> List[str]:
 
 
 def _settings(cfg: RunConfig) -> Optional[DistillSettings]:
-    if cfg.distill is None:
+    if cfg.distill is None and cfg.margin == "margin_list":
         return None
     return DistillSettings(cfg.distill, cfg.distill_alpha, cfg.feature_kd_weight, cfg.teacher_network,
                            cfg.teacher_weights, cfg.teacher_classifier, cfg.teacher_dtype,
-                           cfg.teacher_channels_last, cfg.seed, cfg.embedding_size, cfg.num_classes)
+                           cfg.teacher_channels_last, cfg.seed, cfg.embedding_size, cfg.num_classes,
+                           cfg.margin, (cfg.adaface_m, cfg.adaface_h, cfg.adaface_t_alpha))
 
 
 def load_host_config(path: Union[str, os.PathLike], overrides: Optional[List[str]] = None,

@@ -1,13 +1,14 @@
 """Register our pieces into a user's arcface_torch checkout and run its unchanged `train_v2.py`.
 
-With `distill` set, for the duration of the run:
+With `distill` or `margin = 'adaface'` set, for the duration of the run:
 - `backbones.get_model(...)` returns the host's student unchanged, remembered by the bridge;
 - `partial_fc_v2.PartialFC_V2(margin_loss, embedding_size, num_classes, sample_rate, fp16)` returns
-  our head for `distill`, built from those same arguments (the host's margin, our sharding); for a
+  our head for `distill`, built from those same arguments (the host's margin, or our AdaFace margin,
+  which needs the feature norms the host's Partial FC never passes; our sharding); for a
   head that needs the teacher, the frozen teacher is attached to the remembered student
   (`feed.TeacherFeed`);
 - the host's TensorBoard writer also receives our head statistics (`summary`).
-Without `distill` nothing is replaced. Everything else (DDP, its fp16 compression hook, optimizer,
+Without either nothing is replaced. Everything else (DDP, its fp16 compression hook, optimizer,
 schedule, checkpoints, logs) is the host's own code.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import torch
 from torch import Tensor, nn
 
-from insightface_adadistill.heads import build_head
+from insightface_adadistill.heads import AdaFaceMargin, build_head
 from insightface_adadistill.host.checkout import (HostCheckout, check_checkout, check_host_api, host_import_path,
                                                   import_host_module)
 from insightface_adadistill.host.config import DistillSettings, HostRun, load_host_config
@@ -70,7 +71,7 @@ def load_distill_parts(settings: DistillSettings, device: torch.device) -> Disti
     bad teacher file is one clear error rather than a traceback from inside train_v2.py."""
     s = settings
     teacher = None
-    if s.teacher_weights is not None and s.distill != "arcdistill":  # arcdistill uses the classifier only
+    if s.teacher_weights is not None and s.distill not in (None, "arcdistill"):  # arcdistill: the classifier only
         teacher = build_teacher(s.teacher_network, s.teacher_weights, s.embedding_size, device,
                                 dtype=s.teacher_dtype, channels_last=s.teacher_channels_last)
         check_embedding_sizes(teacher(torch.zeros(2, 3, 112, 112, device=device)).shape[1], s.embedding_size)
@@ -99,12 +100,15 @@ class HostRegistration:
 
     def partial_fc(self, margin_loss: Callable[[Tensor, Tensor], Tensor], embedding_size: int, num_classes: int,
                    sample_rate: float = 1.0, fp16: bool = False) -> nn.Module:
-        """Our head for `distill`. `fp16` is accepted and unused: logits are fp32, as in train_v2."""
+        """Our head for `distill`, with the host's margin, or our AdaFace margin for `margin = 'adaface'`
+        (the host's margin_list loss is then not used). `fp16` is accepted and unused: logits are
+        fp32, as in train_v2."""
         s = self.settings
         if embedding_size != s.embedding_size:
             raise RuntimeError(f"train_v2.py built PartialFC_V2 with embedding_size={embedding_size}, but the "
                                f"config says {s.embedding_size}; the teacher was checked against the config")
-        head = build_head(s.distill, HostMargin(margin_loss), embedding_size, num_classes, sample_rate,
+        margin = HostMargin(margin_loss) if s.margin == "margin_list" else AdaFaceMargin(64.0, *s.adaface)
+        head = build_head(s.distill, margin, embedding_size, num_classes, sample_rate,
                           alpha=s.alpha, teacher_classifier=self.parts.teacher_classifier,
                           feature_kd_weight=s.feature_kd_weight, seed=s.seed)
         feed = None

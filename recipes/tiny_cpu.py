@@ -1,8 +1,8 @@
 # A seconds-long CPU smoke run for the tests and quick checks (`make demo` uses its own presets).
 # rec = "synthetic" is arcface_torch's speed-test data: one fixed random image whose label cycles
-# through num_classes = 16 ids, so there is nothing to learn. num_image = 256 sets the schedule,
-# one epoch of 16 steps of 16, and the run stops there (the source is 1,000,000 long; the log says
-# that num_image and the data differ). The tiny stand-in backbone, no verification sets.
+# through num_classes = 16 ids, so there is nothing to learn. It has no image count of its own:
+# num_image = 256 sets the run's length, one epoch of 16 steps of 16 images. The tiny stand-in
+# backbone, no verification sets.
 # `--set rec=path/to/folder num_classes=C num_image=N` trains on a real (small) dataset instead.
 from easydict import EasyDict as edict
 

@@ -117,6 +117,14 @@ def test_running_statistics_after_k_steps_and_updated_before_use():
     assert margin.stats() == {"margin/norm_mean": margin.norm_mean, "margin/norm_std": margin.norm_std}
 
 
+def test_a_non_finite_batch_leaves_the_statistics_as_they_were():
+    margin = AdaFaceMargin()
+    margin.scaler(torch.tensor([10.0, 30.0]))
+    before = (margin.norm_mean.clone(), margin.norm_std.clone())
+    margin.scaler(torch.tensor([10.0, float("nan")]))
+    assert (margin.norm_mean, margin.norm_std) == before
+
+
 def test_eval_mode_reads_the_statistics_without_moving_them():
     margin = AdaFaceMargin().eval()
     margin(torch.zeros(3, 2), torch.tensor([0, 1, -1]), torch.tensor([5.0, 50.0, 500.0]))

@@ -188,7 +188,8 @@ class AdaFaceMargin(nn.Module):
 
     Buffers `norm_mean`, `norm_std` (0-dim, start at 20 and 100): each training-mode call first
     moves them towards the batch's mean and unbiased std of the clipped norms with momentum
-    `t_alpha`, then uses them; eval mode only reads them. The caller passes the norms of the whole
+    `t_alpha`, then uses them (a batch with a non-finite norm leaves them unchanged, so a skipped
+    step cannot poison them); eval mode only reads them. The caller passes the norms of the whole
     gathered batch, so every rank holds the same statistics and W ranks equal one rank with W times
     the batch (the authors' code keeps one estimate per GPU).
     """
@@ -214,8 +215,11 @@ class AdaFaceMargin(nn.Module):
                 raise ValueError("the AdaFace margin needs a global batch of at least 2 samples (it "
                                  "standardises each norm by the batch's standard deviation)")
             t = self.t_alpha
-            self.norm_mean.copy_(t * norms.mean() + (1.0 - t) * self.norm_mean)
-            self.norm_std.copy_(t * norms.std() + (1.0 - t) * self.norm_std)
+            batch = torch.stack([norms.mean(), norms.std()])
+            moved = t * batch + (1.0 - t) * torch.stack([self.norm_mean, self.norm_std])
+            finite = torch.isfinite(batch).all()  # a NaN batch (nonfinite_loss='skip') leaves them as they were
+            self.norm_mean.copy_(torch.where(finite, moved[0], self.norm_mean))
+            self.norm_std.copy_(torch.where(finite, moved[1], self.norm_std))
         return (self.h * (norms - self.norm_mean) / (self.norm_std + ADAFACE_EPS)).clamp(-1.0, 1.0)
 
     def forward(self, cos: torch.Tensor, labels: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:

@@ -36,19 +36,16 @@ import torch
 from bench_cli import add_run_arguments, benchmark_process, chosen_preset
 from data_throughput import cpu_name, write_benchmark_rec
 from insightface_adadistill import distributed
-from insightface_adadistill.backbones import get_model
 from insightface_adadistill.cache import CachedTeacherDataset, TeacherSpec, build_teacher_cache, open_teacher_cache
 from insightface_adadistill.cache.manifest import MANIFEST
 from insightface_adadistill.cache.store import ARRAY, RowFile, create_array
 from insightface_adadistill.data.datasets import build_dataset
 from insightface_adadistill.data.loader import build_dataloader
-from insightface_adadistill.heads import build_head, build_margin_loss
 from insightface_adadistill.serialization import write_json_atomic
-from insightface_adadistill.teacher import build_teacher
+from insightface_adadistill.training.models import assemble
 from insightface_adadistill.training.optim import build_optimizer, host_param_groups
-from insightface_adadistill.training.step import DistillStep
-from insightface_adadistill.training.train import optimizer_step, wrap_ddp
-from train_throughput import ARC_MARGIN, CLIP_GRAD_NORM, calibrated_teacher_file, device_name, synchronize
+from insightface_adadistill.training.train import optimizer_step
+from train_throughput import CLIP_GRAD_NORM, calibrated_teacher_file, device_name, step_config, synchronize
 
 
 @dataclass(frozen=True)
@@ -91,12 +88,12 @@ def run_epoch(dataset, preset: Preset, teacher_file: Path, dist: distributed.Dis
               cached: bool) -> Dict[str, object]:
     """One epoch from a fixed seed: images/s including data loading, and alpha' per step."""
     device = dist.device
+    cfg = step_config(network=preset.student, embedding_size=512, num_classes=preset.classes,
+                      teacher_network=preset.teacher, teacher_weights=str(teacher_file),
+                      teacher_dtype=preset.teacher_dtype, teacher_channels_last=preset.channels_last,
+                      teacher_cache="the dataset's rows" if cached else None)
     torch.manual_seed(0)
-    student = get_model(preset.student, dropout=0.0, num_features=512).to(device)
-    head = build_head("adadistill", build_margin_loss(ARC_MARGIN), 512, preset.classes).to(device)
-    teacher = None if cached else build_teacher(preset.teacher, teacher_file, 512, device,
-                                                dtype=preset.teacher_dtype, channels_last=preset.channels_last)
-    step_fn = DistillStep(wrap_ddp(student, dist), head, teacher, teacher_in_batch=cached)
+    student, head, step_fn = assemble(cfg, dist)
     optimizer = build_optimizer("sgd", host_param_groups(student, head), lr=0.1)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     loader = build_dataloader(dataset, preset.batch, 0, 1, seed=0, num_workers=preset.workers, device=device)

@@ -33,7 +33,7 @@ import torch
 
 from bench_cli import add_run_arguments, benchmark_process, chosen_preset
 from train_throughput import device_name, synchronize
-from insightface_adadistill.heads import build_head, build_margin_loss
+from insightface_adadistill.heads import HeadArgs, build_head, build_margin_loss
 from insightface_adadistill.training.optim import build_optimizer
 
 HEADS = ("standalone", "adadistill")
@@ -64,7 +64,8 @@ def time_round(name: str, classes: int, sample_rate: float, preset: Preset, devi
                seed: int) -> Tuple[List[float], bool]:
     """Build one head, run the warm-up and timed steps of one round; (seconds per step, loss finite)."""
     torch.manual_seed(0)
-    head = build_head(name, build_margin_loss(ARC_MARGIN), preset.embedding_size, classes, sample_rate).to(device)
+    head = build_head(name, HeadArgs(build_margin_loss(ARC_MARGIN), preset.embedding_size, classes,
+                                     sample_rate=sample_rate)).to(device)
     params = list(head.parameters())
     optimizer = build_optimizer("sgd", [{"params": params}], lr=0.1) if params else None
     generator = torch.Generator().manual_seed(seed)

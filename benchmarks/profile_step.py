@@ -4,7 +4,7 @@ The step is the trainer's own: `DistillStep` (student, frozen teacher, `AdaDisti
 backward through GradScaler, and `optimizer_step` (unscale, clip, SGD step, scaler update,
 zero_grad), built by `train_throughput.build_step` exactly as that benchmark times it. Nothing is
 copied: the parts are labelled by wrapping the live objects' methods in `record_function`
-ranges for the duration of the profile (student forward, teacher forward, label check, gathers,
+ranges for the duration of the profile (student forward, teacher forward, gathers,
 centre update, statistics, cosine logits, margin, cross-entropy, clipping, GradScaler, optimizer).
 
 Every profiled op is charged to its innermost labelled range; a backward op is charged to the
@@ -105,10 +105,8 @@ def step_targets(setup: tt.StepSetup) -> List[tuple[Any, str, str]]:
     softmax = getattr(head, "margin_softmax", None)
     return [
         (setup.step_fn.student, "forward", "student fwd"),
-        (setup.step_fn.__dict__.get("teacher"), "forward", "teacher fwd"),
+        (setup.step_fn.teacher, "forward", "teacher fwd"),
         (head, "forward", "head (other)"),
-        (partial_fc_module, "check_labels", "label check"),
-        (getattr(softmax, "deferred_labels", None), "record", "label check"),
         (softmax, "gather_embeddings", "gathers"),
         (softmax, "gather_labels", "gathers"),
         (adadistill_module, "all_gather_tensor", "gathers"),

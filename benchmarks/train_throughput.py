@@ -1,8 +1,8 @@
 """Training-step throughput: images/s and peak memory of one full distillation step, data loading excluded.
 
-Each configuration times the real `DistillStep` (student + frozen teacher + head) wrapped as the
-trainer wraps it (DDP student with the sum hook, `build_teacher` from a weight file, SGD, GradScaler
-when the student runs fp16), on random in-memory (B, 3, 112, 112) batches, and compares:
+Each configuration times the real `DistillStep` (student + frozen teacher + head) as the trainer
+assembles it (`training.models.assemble`: DDP student, `build_teacher` from a weight file; then SGD,
+GradScaler when the student runs fp16), on random in-memory (B, 3, 112, 112) batches, and compares:
 
 - `dense-fp32` (the baseline): an EMULATION of the published AdaDistill code's head, written here
   from its documented behaviour (docs/differences.md) for comparison only: the full (C, E) centre
@@ -57,14 +57,14 @@ from data_throughput import cpu_name
 from insightface_adadistill import distributed
 from insightface_adadistill.backbones import get_model
 from insightface_adadistill.cache.store import ARRAY, RowFile, create_array
-from insightface_adadistill.heads import HeadOutput, build_head, build_margin_loss
+from insightface_adadistill.config import RunConfig, build_run_config
+from insightface_adadistill.heads import HeadOutput, build_margin_loss
 from insightface_adadistill.heads.partial_fc import init_centres
 from insightface_adadistill.serialization import save_file_atomic
-from insightface_adadistill.teacher import build_teacher
-from insightface_adadistill.training.compile import compile_step
+from insightface_adadistill.training.models import assemble
 from insightface_adadistill.training.optim import build_optimizer, host_param_groups
 from insightface_adadistill.training.step import DistillStep
-from insightface_adadistill.training.train import optimizer_step, wrap_ddp
+from insightface_adadistill.training.train import optimizer_step
 
 ARC_MARGIN = (1.0, 0.45, 0.0)  # the paper's AdaArcDistill margin
 CLIP_GRAD_NORM = 5.0  # the paper's backbone clip
@@ -145,8 +145,6 @@ class DenseCentreHead(nn.Module):
     forward(local_embeddings (B, E), local_labels (B,), *, teacher (B, E)) -> HeadOutput (no stats),
     the call every head takes.
     """
-
-    needs_teacher = True
 
     def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], embedding_size: int,
                  num_classes: int) -> None:
@@ -304,36 +302,39 @@ class StepSetup:
         return loss.detach()
 
 
+def step_config(**keys: object) -> RunConfig:
+    """The run config of a benchmarked AdaDistill step (ArcFace m 0.45), `keys` on top; `assemble`
+    builds the step from it. The data keys are placeholders: the benchmarks feed their own batches."""
+    data = {"rec": "synthetic", "num_image": 10 ** 6, "num_epoch": 1, "warmup_epoch": 0, "val_targets": []}
+    return build_run_config({**data, "distill": "adadistill", "margin_list": ARC_MARGIN, **keys})
+
+
 def build_step(variant: Variant, teacher_name: str, teacher_file: Path, preset: Preset,
                dist: distributed.DistInfo) -> StepSetup:
     """Student, head, teacher (or cache rows), DDP, optimizer and GradScaler of `variant`, as `adadistill
     train` builds them."""
     device = dist.device
-    torch.manual_seed(0)
-    student = get_model(preset.student, dropout=0.0, fp16=variant.student_amp is not None,
-                        amp_dtype=variant.student_amp, num_features=preset.embedding_size).to(device)
-    margin_loss = build_margin_loss(ARC_MARGIN)
+    cfg = step_config(network=preset.student, embedding_size=preset.embedding_size, num_classes=preset.classes,
+                      fp16=variant.student_amp is not None, amp_dtype=variant.student_amp or "fp16",
+                      teacher_network=teacher_name, teacher_weights=str(teacher_file),
+                      teacher_dtype=variant.teacher_dtype, teacher_channels_last=variant.channels_last,
+                      teacher_cache="rows read by one_step" if variant.cache_dtype else None,
+                      compile=variant.compile_mode is not None, compile_mode=variant.compile_mode)
+    dense = None
     if variant.head == "dense":
-        head = DenseCentreHead(margin_loss, preset.embedding_size, preset.classes).to(device)
-        optimised_head: nn.Module = nn.Module()  # its gradient is never stepped
-    else:
-        head = build_head("adadistill", margin_loss, preset.embedding_size, preset.classes).to(device)
-        head.defer_label_check()  # as the trainer: no host read per step
-        optimised_head = head
-    rows = cache_rows(teacher_file.parent, preset.embedding_size, variant.cache_dtype) if variant.cache_dtype else None
-    teacher = None if rows is not None else build_teacher(
-        teacher_name, teacher_file, preset.embedding_size, device, dtype=variant.teacher_dtype,
-        channels_last=variant.channels_last)
-    step_fn = DistillStep(wrap_ddp(student, dist), head, teacher, teacher_in_batch=rows is not None)
+        dense = DenseCentreHead(build_margin_loss(ARC_MARGIN), preset.embedding_size, preset.classes)
     if variant.compile_mode is not None:
         # A training run compiles for its one batch size; without the reset, the second batch size
         # of this process would recompile with dynamic shapes (slower kernels) instead.
         torch._dynamo.reset()
-        compile_step(step_fn, variant.compile_mode)  # what compile=True does in the trainer
-    optimizer = build_optimizer("sgd", host_param_groups(student, optimised_head), lr=0.1)
+    torch.manual_seed(0)
+    models = assemble(cfg, dist, head=dense)
+    optimised_head = nn.Module() if dense is not None else models.head  # the dense gradient is never stepped
+    rows = cache_rows(teacher_file.parent, preset.embedding_size, variant.cache_dtype) if variant.cache_dtype else None
+    optimizer = build_optimizer("sgd", host_param_groups(models.student, optimised_head), lr=0.1)
     scaler = torch.amp.GradScaler(device.type, growth_interval=100,
                                   enabled=variant.student_amp == "fp16" and device.type == "cuda")
-    return StepSetup(variant, step_fn, student, head, optimizer, scaler, rows)
+    return StepSetup(variant, models.step, models.student, models.head, optimizer, scaler, rows)
 
 
 def random_batch(batch: int, classes: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from dist_utils import run_in_processes
-from insightface_adadistill.heads import AdaDistillHead, CombinedMarginLoss, reshard_weight, update_class_centres
+from insightface_adadistill.heads import (HEADS, AdaDistillHead, CombinedMarginLoss, reshard_weight,
+                                          update_class_centres)
 from insightface_adadistill.heads.adadistill import ROW_STATS
 from insightface_adadistill.heads.partial_fc import ShardedMarginSoftmax
 
@@ -194,7 +195,7 @@ def make_head(sample_rate: float = 1.0, centres: torch.Tensor | None = None, alp
 def test_state_dict_and_no_parameters():
     head = make_head()
     assert list(head.state_dict()) == ["weight", "visited"]
-    assert list(head.parameters()) == [] and head.needs_teacher
+    assert list(head.parameters()) == [] and HEADS.spec("adadistill").teacher_embeddings
     assert head.weight.std().item() == pytest.approx(0.01, rel=0.3)
 
 

@@ -12,7 +12,7 @@ import torch
 from dist_utils import run_in_processes
 from insightface_adadistill.commands.train import main as train_main
 from insightface_adadistill.config import ConfigError, load_config
-from insightface_adadistill.heads import AdaFaceMargin, build_head, build_margin, reshard_weight
+from insightface_adadistill.heads import AdaFaceMargin, HeadArgs, build_head, build_margin, reshard_weight
 from insightface_adadistill.heads.margins import ADAFACE_EPS, CombinedMarginLoss
 from run_utils import TINY, assert_same_states, latest_states
 
@@ -152,8 +152,8 @@ HEAD_KINDS = ("standalone", "adadistill", "arcdistill", "feature_kd")
 
 def make_head(kind: str, classifier: torch.Tensor) -> torch.nn.Module:
     margin = AdaFaceMargin(S, M, 0.333, t_alpha=0.3)  # a large momentum makes every step count
-    head = build_head(None if kind == "standalone" else kind, margin, E, C,
-                      teacher_classifier=classifier if kind == "arcdistill" else None)
+    head = build_head(None if kind == "standalone" else kind,
+                      HeadArgs(margin, E, C, teacher_classifier=classifier if kind == "arcdistill" else None))
     if kind != "arcdistill":
         rank, world = head.margin_softmax.rank, head.margin_softmax.world_size
         head.weight.data.copy_(reshard_weight(classifier, rank, world))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from dist_utils import run_in_processes
 from insightface_adadistill.heads import (HEADS, AdaDistillHead, CombinedMarginLoss, FeatureKDHead,
-                                          FixedClassifierHead, HeadOutput, PartialFC, build_head,
+                                          FixedClassifierHead, HeadArgs, HeadOutput, HeadSpec, PartialFC, build_head,
                                           feature_distance)
 from insightface_adadistill.heads import partial_fc
 
@@ -32,7 +32,7 @@ def test_fixed_classifier_is_the_teacher_classifier_frozen():
     teacher_classifier = torch.randn(C, E)
     head = FixedClassifierHead(margin(), E, C, teacher_classifier)
     assert list(head.parameters()) == [] and list(head.state_dict()) == ["weight"]
-    assert torch.equal(head.weight, teacher_classifier) and not head.needs_teacher
+    assert torch.equal(head.weight, teacher_classifier) and not HEADS.spec("arcdistill").teacher_embeddings
     student = torch.randn(2 * B, E, requires_grad=True)
     loss = head(student, LABELS).loss
     loss.backward()
@@ -81,7 +81,7 @@ def test_feature_kd_loss_is_margin_loss_plus_weighted_distance():
     torch.testing.assert_close(student.grad, reference.grad)
     torch.testing.assert_close(stats["distill/feature_distance"], distance.detach())
     assert set(stats) == {"train/target_prob", "distill/feature_distance"}
-    assert head.needs_teacher and list(head.state_dict()) == ["weight"]
+    assert HEADS.spec("feature_kd").teacher_embeddings and list(head.state_dict()) == ["weight"]
     with pytest.raises(ValueError, match="feature_kd_weight"):
         FeatureKDHead(margin(), E, C, kd_weight=-1.0)
 
@@ -119,33 +119,52 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch():
 @pytest.mark.parametrize("distill, cls", [(None, PartialFC), ("standalone", PartialFC),
                                           ("adadistill", AdaDistillHead), ("feature_kd", FeatureKDHead)])
 def test_build_head(distill, cls):
-    head = build_head(distill, margin(), E, C, sample_rate=0.5, alpha="plain", feature_kd_weight=0.5)
+    head = build_head(distill, HeadArgs(margin(), E, C, sample_rate=0.5, alpha="plain", feature_kd_weight=0.5))
     assert type(head) is cls and head.margin_softmax.sample_rate == 0.5
     assert HEADS.names() == ["adadistill", "arcdistill", "feature_kd", "standalone"]
 
 
 def test_build_head_arcdistill_and_errors():
     teacher_classifier = torch.randn(C, E)
-    head = build_head("arcdistill", margin(), E, C, teacher_classifier=teacher_classifier)
+    head = build_head("arcdistill", HeadArgs(margin(), E, C, teacher_classifier=teacher_classifier))
     assert isinstance(head, FixedClassifierHead) and torch.equal(head.weight, teacher_classifier)
     with pytest.raises(ValueError, match="set teacher_classifier"):
-        build_head("arcdistill", margin(), E, C)
+        build_head("arcdistill", HeadArgs(margin(), E, C))
     with pytest.raises(ValueError, match="only used by distill='arcdistill'"):
-        build_head("adadistill", margin(), E, C, teacher_classifier=teacher_classifier)
+        build_head("adadistill", HeadArgs(margin(), E, C, teacher_classifier=teacher_classifier))
     with pytest.raises(ValueError, match="Did you mean 'adadistill'"):
-        build_head("adadistil", margin(), E, C)
-    assert build_head("adadistill", margin(), E, C, alpha=0.7).alpha == 0.7
+        build_head("adadistil", HeadArgs(margin(), E, C))
+    assert build_head("adadistill", HeadArgs(margin(), E, C, alpha=0.7)).alpha == 0.7
 
 
 # ---------------------------------------------------------------- the head contract
 
 @pytest.mark.parametrize("distill", HEADS.names())
 def test_every_head_takes_one_call_and_tags_its_own_stats(distill):
-    teacher_classifier = torch.randn(C, E) if distill == "arcdistill" else None
-    head = build_head(distill, margin(), E, C, teacher_classifier=teacher_classifier)
+    spec = HEADS.spec(distill)
+    teacher_classifier = torch.randn(C, E) if spec.teacher_classifier else None
+    head = build_head(distill, HeadArgs(margin(), E, C, teacher_classifier=teacher_classifier))
     student, teacher = torch.randn(2 * B, E, requires_grad=True), torch.randn(2 * B, E)
     out = head(student, LABELS, teacher=teacher)
     assert isinstance(out, HeadOutput) and out.loss.dim() == 0 and torch.isfinite(out.loss)
     assert all(key.startswith(("train/", "distill/")) for key in out.stats), out.stats.keys()
     assert any(key.startswith("distill/") for key in out.stats) == (distill in ("adadistill", "feature_kd"))
     assert not any(value.requires_grad for value in out.stats.values())
+
+
+# ---------------------------------------------------------------- the declarations
+
+@pytest.mark.parametrize("distill", HEADS.names())
+def test_every_head_does_what_its_spec_declares(distill):
+    """The spec is what the trainer, the config check, the demo and host-train read: it must be true."""
+    spec = HEADS.spec(distill)
+    assert isinstance(spec, HeadSpec) and spec.margins
+    teacher_classifier = torch.randn(C, E) if spec.teacher_classifier else None
+    head = build_head(distill, HeadArgs(margin(), E, C, teacher_classifier=teacher_classifier))
+    assert any(p.requires_grad for p in head.parameters()) == spec.learned_weights
+    student = torch.randn(2 * B, E)
+    if spec.teacher_embeddings:
+        with pytest.raises(TypeError, match="needs the teacher embeddings"):
+            head(student, LABELS)
+    else:
+        assert torch.isfinite(head(student, LABELS).loss)  # no teacher needed

@@ -11,7 +11,7 @@ from torch import nn
 
 from insightface_adadistill.backbones import get_model
 from insightface_adadistill.commands.train import main
-from insightface_adadistill.heads import build_head, build_margin_loss
+from insightface_adadistill.heads import HeadArgs, build_head, build_margin_loss
 from insightface_adadistill.serialization import load_file
 from insightface_adadistill.teacher.frozen import FrozenTeacher
 from insightface_adadistill.training import store
@@ -31,7 +31,7 @@ def fresh_dynamo():
 def test_compile_step_keeps_modules_and_keys():
     student = get_model("tiny_mfn", num_features=64)
     teacher = FrozenTeacher(get_model("tiny_mfn", num_features=64))
-    head = build_head("adadistill", build_margin_loss((1.0, 0.5, 0.0)), 64, 10)
+    head = build_head("adadistill", HeadArgs(build_margin_loss((1.0, 0.5, 0.0)), 64, 10))
     step = DistillStep(student, head, teacher)
     keys = list(student.state_dict()), list(teacher.state_dict())
     assert compile_step(step, "reduce-overhead") is step

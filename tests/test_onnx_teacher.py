@@ -12,7 +12,7 @@ from torch import nn
 
 from insightface_adadistill.backbones import get_model
 from insightface_adadistill.export.onnx import export_onnx
-from insightface_adadistill.heads import build_head, build_margin_loss
+from insightface_adadistill.heads import HeadArgs, build_head, build_margin_loss
 from insightface_adadistill.teacher import FrozenTeacher, OnnxTeacher, build_teacher, resolve_onnx_teacher
 from insightface_adadistill.training.step import DistillStep
 
@@ -67,8 +67,8 @@ def _centres_after_steps(teacher: nn.Module, steps: int = 4) -> torch.Tensor:
     """
     torch.manual_seed(5)
     student = get_model("tiny_mfn", num_features=E)
-    head = build_head("adadistill", build_margin_loss((1.0, 0.5, 0.0)), E, CLASSES)
-    step = DistillStep(student, head, teacher).train()
+    head = build_head("adadistill", HeadArgs(build_margin_loss((1.0, 0.5, 0.0)), E, CLASSES))
+    step = DistillStep(student, head, teacher)  # student and head in training mode, as built
     for index in range(steps):
         labels = torch.tensor([0, 1, 2, 3, 4, 5, 0, 1])
         step(_images(8, seed=10 + index), labels)["loss"].backward()

@@ -25,7 +25,7 @@ from insightface_adadistill.backbones import list_backbones
 from insightface_adadistill.backbones.base import AMP_DTYPES, PRECISIONS
 from insightface_adadistill.config.checks import (Check, OneOf, Phrased, Refused, Registered, Rule,
                                                   above, at_least, non_empty)
-from insightface_adadistill.heads import HEADS
+from insightface_adadistill.heads import HEADS, STANDALONE
 from insightface_adadistill.heads.adadistill import ALPHA_RULE, alpha_is_valid
 from insightface_adadistill.heads.margins import (ADAFACE_RULES, MARGIN_FORMS, MARGIN_GRADS, MARGINS,
                                                   margin_list_problem)
@@ -36,7 +36,6 @@ NoneType = type(None)
 OPTIMIZER_KINDS = ("sgd", "adamw")
 SCHEDULE_KINDS = ("poly", "step")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-STANDALONE_HEAD = "standalone"  # the head `distill = None` selects; not a `distill` value itself
 
 GROUPS = ("host", "extension", "required", "derived")
 
@@ -80,7 +79,7 @@ def derived(meaning: str, *, resume: str) -> Any:
 
 
 def _distill_choices() -> Tuple[Optional[str], ...]:
-    return (None, *(name for name in HEADS.names() if name != STANDALONE_HEAD))
+    return (None, *(name for name in HEADS.names() if name != STANDALONE))  # `distill = None` is standalone
 
 
 def _increasing_epochs(steps: Sequence[Any]) -> bool:

@@ -12,6 +12,8 @@ import difflib
 from typing import Any, Collection, List, Mapping, Sequence, Tuple, Union
 
 from insightface_adadistill.errors import UserError
+from insightface_adadistill.heads import HEADS, head_name, head_spec, heads_with
+from insightface_adadistill.heads.margins import MARGINS
 from insightface_adadistill.teacher.kind import needs_network
 
 from .defaults import HISTORICAL_KEYS, KEYS, NoneType, RunConfig, expected_types, known_keys
@@ -67,10 +69,18 @@ def _has_type(value: Any, types: Tuple[type, ...]) -> bool:
     return isinstance(value, tuple(t for t in types if t is not bool))
 
 
-def _cross_key_problems(cfg: Mapping[str, Any]) -> List[str]:
-    problems = []
+def _choices(names: Sequence[str]) -> str:
+    return " or ".join(repr(name) for name in names)
+
+
+def _head_problems(cfg: Mapping[str, Any]) -> List[str]:
+    """What the head `distill` selects needs (its `HeadSpec`), against what the config gives it."""
+    problems: List[str] = []
     distill = cfg.get("distill")
-    if distill in ("adadistill", "feature_kd"):  # arcdistill needs only the teacher's classifier
+    if head_name(distill) not in HEADS:  # `distill`'s own check names the known heads
+        return problems
+    spec = head_spec(distill)
+    if spec.teacher_embeddings:
         weights = cfg.get("teacher_weights")
         needed = [("teacher_weights", "'work_dirs/ms1mv2_r50/model.pt'")]
         if weights is None or needs_network(weights):  # an ONNX teacher knows its own network
@@ -79,17 +89,25 @@ def _cross_key_problems(cfg: Mapping[str, Any]) -> List[str]:
             if cfg.get(key) is None:
                 problems.append(f"distill = {distill!r} needs a teacher: set {key} "
                                 f"(e.g. {key} = {example})")
-    if cfg.get("teacher_cache") is not None and distill not in ("adadistill", "feature_kd"):
+    elif cfg.get("teacher_cache") is not None:
         needs = ("trains against the teacher's classifier and needs no teacher embeddings"
-                 if distill == "arcdistill" else "trains without a teacher")
+                 if spec.teacher_classifier else "trains without a teacher")
         problems.append(f"teacher_cache = {cfg['teacher_cache']!r} holds teacher embeddings, but distill = "
                         f"{distill!r} {needs}; remove teacher_cache (or --set teacher_cache=None), or "
-                        "use distill = 'adadistill' or 'feature_kd'")
-    if distill == "arcdistill" and cfg.get("teacher_classifier") is None:
-        problems.append("distill = 'arcdistill' trains against the teacher's classifier: set "
+                        f"use distill = {_choices(heads_with('teacher_embeddings'))}")
+    if spec.teacher_classifier and cfg.get("teacher_classifier") is None:
+        problems.append(f"distill = {distill!r} trains against the teacher's classifier: set "
                         "teacher_classifier to its checkpoint_gpu_*.pt shards (a list or a glob) "
                         "or a *header.pth file")
-    problems += _margin_problems(cfg)
+    margin = cfg.get("margin", "margin_list")
+    if margin in MARGINS and margin not in spec.margins:  # an unknown `margin` is its own key's problem
+        problems.append(f"distill = {distill!r} does not take margin = {margin!r}; use margin = "
+                        f"{_choices(spec.margins)}")
+    return problems
+
+
+def _cross_key_problems(cfg: Mapping[str, Any]) -> List[str]:
+    problems = _head_problems(cfg) + _margin_problems(cfg)
     warmup, epochs = cfg.get("warmup_epoch", 0), cfg.get("num_epoch", 1)
     if cfg.get("lr_schedule") == "poly" and warmup > 0 and warmup >= epochs:
         problems.append(f"warmup_epoch = {warmup!r} must be < num_epoch = {epochs!r}: the poly "

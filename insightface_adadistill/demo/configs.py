@@ -71,10 +71,10 @@ def student_keys(preset: DemoPreset, place: RunPlace, method: str) -> Dict[str, 
     keys = _shared_keys(preset, place, preset.student_epochs)
     keys.update(network=preset.student_network, margin_list=(1.0, 0.45, 0.0), fp16=False,
                 output=place.output(method), **spec.keys)
-    if spec.needs_teacher_weights:
+    if spec.head.teacher_embeddings:
         keys.update(teacher_network=preset.teacher_network,
                     teacher_weights=os.path.join(place.output(TEACHER), "model.pt"))
-    if spec.needs_teacher_classifier:
+    if spec.head.teacher_classifier:
         keys.update(teacher_classifier=os.path.join(place.output(TEACHER), "checkpoint_gpu_*.pt"))
     return keys
 

@@ -11,6 +11,8 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
+from insightface_adadistill.heads import HeadSpec, head_spec
+
 # lr / 10 after half and after three quarters of the run. The paper's drops (epochs 8, 14, 20, 25
 # of 26) assume 26 epochs; scaled to a few epochs they would leave most of a short run at lr <= 1e-3.
 DROP_FRACTIONS = (0.5, 0.75)
@@ -97,23 +99,23 @@ class Method:
 
     label: str
     keys: Dict[str, Any]
-    needs_teacher_weights: bool = False
-    needs_teacher_classifier: bool = False
+
+    @property
+    def head(self) -> HeadSpec:
+        """What the row's head needs from the teacher run (its weights, its classifier)."""
+        return head_spec(self.keys["distill"])
 
 
 # The student rows share the paper's student settings (ArcFace m 0.45, exact margin gradient).
 METHODS: Dict[str, Method] = {
     "standalone": Method("standalone student", {"distill": None}),
-    "arcdistill": Method("ArcDistill student", {"distill": "arcdistill"}, needs_teacher_classifier=True),
-    "adadistill_alpha": Method("AdaDistill α student", {"distill": "adadistill", "distill_alpha": "plain"},
-                               needs_teacher_weights=True),
-    "adadistill": Method("AdaDistill α′ student", {"distill": "adadistill", "distill_alpha": "weighted"},
-                         needs_teacher_weights=True),
+    "arcdistill": Method("ArcDistill student", {"distill": "arcdistill"}),
+    "adadistill_alpha": Method("AdaDistill α student", {"distill": "adadistill", "distill_alpha": "plain"}),
+    "adadistill": Method("AdaDistill α′ student", {"distill": "adadistill", "distill_alpha": "weighted"}),
     # the same two rows with the AdaFace margin (its paper's m 0.4, h 0.333) instead of ArcFace 0.45
     "adaface_standalone": Method("standalone student, AdaFace margin", {"distill": None, "margin": "adaface"}),
     "adaface_adadistill": Method("AdaDistill α′ student, AdaFace margin",
-                                 {"distill": "adadistill", "distill_alpha": "weighted", "margin": "adaface"},
-                                 needs_teacher_weights=True),
+                                 {"distill": "adadistill", "distill_alpha": "weighted", "margin": "adaface"}),
 }
 DEMO_STUDENTS: Tuple[str, ...] = ("standalone", "adadistill")
 TEACHER = "teacher"

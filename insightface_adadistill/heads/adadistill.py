@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from insightface_adadistill.distributed import all_gather_tensor, all_reduce
-from insightface_adadistill.heads.partial_fc import HEADS, HeadArgs, HeadOutput, ShardedHead, init_centres
+from insightface_adadistill.heads.partial_fc import HeadOutput, ShardedHead, init_centres
+from insightface_adadistill.heads.spec import HEADS, HeadArgs, HeadSpec
 
 Alpha = Union[str, float]
 ROW_STATS = ("alpha", "alpha_weighted", "centre_teacher_cos", "student_teacher_cos", "momentum")
@@ -123,8 +124,6 @@ class AdaDistillHead(ShardedHead):
     each sample (for a histogram).
     """
 
-    needs_teacher = True
-
     def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], embedding_size: int,
                  num_classes: int, sample_rate: float = 1.0, alpha: Alpha = "weighted", seed: int = 0) -> None:
         super().__init__(margin_loss, embedding_size, num_classes, sample_rate, seed)
@@ -162,9 +161,9 @@ class AdaDistillHead(ShardedHead):
                 "distill/centre_norm": packed[-1] / num_classes}
 
 
-# ---------------------------------------------------------------- registrations
+# ---------------------------------------------------------------- registration
 
-@HEADS.register
+@HEADS.register(spec=HeadSpec(teacher_embeddings=True))
 def adadistill(args: HeadArgs) -> nn.Module:
     """AdaArcDistill / AdaCosDistill (margin by margin_list), alpha by `alpha`."""
     return AdaDistillHead(args.margin_loss, args.embedding_size, args.num_classes, args.sample_rate,

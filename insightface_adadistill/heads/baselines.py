@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from insightface_adadistill.distributed import all_reduce
-from insightface_adadistill.heads.partial_fc import (HEADS, HeadArgs, HeadOutput, ShardedHead, init_centres,
-                                                     reshard_weight)
+from insightface_adadistill.heads.partial_fc import HeadOutput, ShardedHead, init_centres, reshard_weight
+from insightface_adadistill.heads.spec import HEADS, HeadArgs, HeadSpec
 
 
 # ---------------------------------------------------------------- pure functions
@@ -50,8 +50,8 @@ class FixedClassifierHead(ShardedHead):
     Buffer `weight` (num_local, E): this rank's rows of the teacher's full (C, E) classifier (the
     arcface_torch Partial FC shards concatenated in rank order; the published code's `kernel` is
     (E, C) and must be transposed first). forward(local_embeddings (B, E), local_labels (B,)) ->
-    HeadOutput with `train/target_prob`; the teacher's embeddings are not needed
-    (`needs_teacher = False`) and a `teacher` is ignored.
+    HeadOutput with `train/target_prob`; the teacher's embeddings are not needed and a `teacher`
+    is ignored.
     """
 
     def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], embedding_size: int,
@@ -82,8 +82,6 @@ class FeatureKDHead(ShardedHead):
     `distill/feature_distance` (the unweighted KD term).
     """
 
-    needs_teacher = True
-
     def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], embedding_size: int,
                  num_classes: int, sample_rate: float = 1.0, kd_weight: float = 1.0, seed: int = 0) -> None:
         if kd_weight < 0:
@@ -101,18 +99,16 @@ class FeatureKDHead(ShardedHead):
         return HeadOutput(margin_loss + self.kd_weight * distance, stats)
 
 
-# ---------------------------------------------------------------- registrations
+# ---------------------------------------------------------------- registration
 
-@HEADS.register
+@HEADS.register(spec=HeadSpec(teacher_classifier=True))
 def arcdistill(args: HeadArgs) -> nn.Module:
     """ArcDistill / CosDistill (margin by margin_list) against the teacher's frozen classifier."""
-    if args.teacher_classifier is None:
-        raise ValueError("distill='arcdistill' needs the teacher's classifier: set teacher_classifier")
     return FixedClassifierHead(args.margin_loss, args.embedding_size, args.num_classes,
                                args.teacher_classifier, args.sample_rate, args.seed)
 
 
-@HEADS.register
+@HEADS.register(spec=HeadSpec(teacher_embeddings=True, learned_weights=True))
 def feature_kd(args: HeadArgs) -> nn.Module:
     """Vanilla KD (paper Eq. 2): learned classifier + normalised-embedding MSE."""
     return FeatureKDHead(args.margin_loss, args.embedding_size, args.num_classes, args.sample_rate,

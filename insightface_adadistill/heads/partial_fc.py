@@ -11,14 +11,13 @@ Every head is called the same way (docs/heads.md): `head(local_embeddings, local
 teacher=None)` returns a `HeadOutput(loss, stats)`, the stats keyed by their TensorBoard tag. All
 ranks must pass the same B.
 
-Labels: int64 global class ids of shape (B,) or (B, 1), checked against [0, num_classes) (one small
-device-to-host copy per step; arcface_torch instead reports a silent loss of 69.0776). The trainer
-defers that check (`ShardedHead.defer_label_check`): the range is folded on the device every step
-and read once per logging window, so the host never waits for the device mid-step.
+Labels: int64 global class ids of shape (B,) or (B, 1) in [0, num_classes). Their range is the
+data side's to check, once, before training (`data.datasets.build_dataset` against the config's
+`num_classes`, every sample's label on load), so a step never waits for a device-to-host copy; a
+head given ids outside the range reports a loss of about 69.08, as arcface_torch's.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
@@ -27,9 +26,7 @@ from torch import nn
 
 from insightface_adadistill.distributed import (all_gather_tensor, all_gather_with_grad, all_reduce,
                                                 get_rank, get_world_size, shard_classes)
-from insightface_adadistill.registry import Registry
-
-HEADS: Registry[nn.Module] = Registry("head")
+from insightface_adadistill.heads.spec import HEADS, HeadArgs, HeadSpec
 
 
 class HeadOutput(NamedTuple):
@@ -63,46 +60,6 @@ def check_label_type(labels: torch.Tensor) -> None:
                         f"head(embeddings, labels, teacher=...))")
     if labels.numel() == 0:
         raise ValueError("the batch is empty; every rank needs at least one sample per step")
-
-
-def _raise_if_out_of_range(low: int, high: int, num_classes: int, seen: str = "") -> None:
-    if low < 0 or high >= num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes}), got min {low} and max {high}{seen}; "
-                         f"set num_classes to the dataset's identity count")
-
-
-def check_labels(labels: torch.Tensor, num_classes: int) -> None:
-    """Raise if `labels` (B,) are not int64 ids in [0, num_classes); costs one device-to-host copy."""
-    check_label_type(labels)
-    low, high = (int(v) for v in torch.stack(torch.aminmax(labels)).tolist())
-    _raise_if_out_of_range(low, high, num_classes)
-
-
-class DeferredLabelCheck:
-    """`check_labels`' range check without a host sync per step (the trainer's mode).
-
-    `record` folds a batch's min and max into a (2,) device tensor: a few tiny device ops, no
-    copy to the host, so the host keeps queuing work while the device runs the student. `check`
-    reads that pair once (one device-to-host copy; the trainer calls it once per logging window
-    and before each save) and raises `check_labels`' error for any label seen since the last check.
-    """
-
-    def __init__(self) -> None:
-        self.bounds: Optional[torch.Tensor] = None  # (2,) running [min, max]
-
-    def record(self, labels: torch.Tensor) -> None:
-        check_label_type(labels)
-        batch = torch.stack(torch.aminmax(labels))  # (2,)
-        if self.bounds is not None:
-            batch = torch.stack([torch.minimum(self.bounds[0], batch[0]), torch.maximum(self.bounds[1], batch[1])])
-        self.bounds = batch
-
-    def check(self, num_classes: int) -> None:
-        if self.bounds is None:
-            return
-        low, high = (int(v) for v in self.bounds.tolist())
-        self.bounds = None
-        _raise_if_out_of_range(low, high, num_classes, " in the steps since the last logged one")
 
 
 def reshard_weight(full_weight: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
@@ -207,12 +164,10 @@ class ShardedMarginSoftmax(nn.Module):
         num_classes: C, all ranks together; this rank owns [class_start, class_start + num_local).
         sample_rate: fraction of local centres per step (positives always kept; 0: positives only).
         seed: negative-sampling seed; rank r uses seed + r.
-        validate_labels: run `check_labels` on every batch; `defer_label_check()` turns this into
-            a `DeferredLabelCheck` read by `check_deferred_labels()`.
     """
 
     def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], num_classes: int,
-                 sample_rate: float = 1.0, seed: int = 0, validate_labels: bool = True) -> None:
+                 sample_rate: float = 1.0, seed: int = 0) -> None:
         super().__init__()
         if not callable(margin_loss):
             raise TypeError(f"margin_loss must be callable (e.g. CombinedMarginLoss), got {type(margin_loss)}")
@@ -226,8 +181,6 @@ class ShardedMarginSoftmax(nn.Module):
         self.sample_rate = sample_rate
         self.num_sample = int(sample_rate * self.num_local)
         self.sampler = NegativeSampler(seed + self.rank) if sample_rate < 1.0 else None
-        self.validate_labels = validate_labels
-        self.deferred_labels: Optional[DeferredLabelCheck] = None
 
     def gather_embeddings(self, local_embeddings: torch.Tensor, embedding_size: int) -> torch.Tensor:
         """(B, E) -> (W*B, E) fp32, differentiable (the local chunk gets the summed gradient)."""
@@ -242,10 +195,7 @@ class ShardedMarginSoftmax(nn.Module):
             raise RuntimeError(f"this head was built for world size {self.world_size} but the process group "
                                f"now has {get_world_size()}; build heads after init_distributed()")
         local_labels = local_labels.reshape(-1)
-        if self.deferred_labels is not None:
-            self.deferred_labels.record(local_labels)
-        elif self.validate_labels:
-            check_labels(local_labels, self.num_classes)
+        check_label_type(local_labels)
         return localise_labels(all_gather_tensor(local_labels), self.class_start, self.num_local)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor) -> HeadOutput:
@@ -287,11 +237,9 @@ class ShardedHead(nn.Module):
     """What every head shares: its `ShardedMarginSoftmax`, the gathers and the sampler state.
 
     Subclasses add the centres (`weight`) and `forward(local_embeddings (B, E), local_labels (B,),
-    *, teacher=None (B, E)) -> HeadOutput`; `needs_teacher` says whether `teacher` is required
-    (heads that do not distil ignore it).
+    *, teacher=None (B, E)) -> HeadOutput`; their registration's `HeadSpec` says whether `teacher`
+    is required (heads that do not distil ignore it).
     """
-
-    needs_teacher = False
 
     def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], embedding_size: int,
                  num_classes: int, sample_rate: float = 1.0, seed: int = 0) -> None:
@@ -332,16 +280,6 @@ class ShardedHead(nn.Module):
         embeddings, labels = self.gather(local_embeddings, local_labels)
         return self.margin_softmax(embeddings, labels, self.weight)
 
-    def defer_label_check(self) -> None:
-        """Check the label range in `check_deferred_labels()` instead of at every step (no host sync)."""
-        if self.margin_softmax.validate_labels:
-            self.margin_softmax.deferred_labels = DeferredLabelCheck()
-
-    def check_deferred_labels(self) -> None:
-        """Raise `check_labels`' error if a label since the last call was out of range (one host read)."""
-        if self.margin_softmax.deferred_labels is not None:
-            self.margin_softmax.deferred_labels.check(self.margin_softmax.num_classes)
-
     def sampler_state(self) -> Optional[torch.Tensor]:
         """The negative sampler's generator state (None without sampling), for checkpoints."""
         return self.margin_softmax.sampler_state()
@@ -368,23 +306,9 @@ class PartialFC(ShardedHead):
         return self.classify(local_embeddings, local_labels)
 
 
-# ---------------------------------------------------------------- registrations
+# ---------------------------------------------------------------- registration
 
-@dataclass(frozen=True)
-class HeadArgs:
-    """Everything `build_head` may pass on; each registered factory reads what it needs."""
-
-    margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    embedding_size: int
-    num_classes: int
-    sample_rate: float = 1.0
-    seed: int = 0
-    alpha: Any = "weighted"
-    teacher_classifier: Optional[torch.Tensor] = None
-    feature_kd_weight: float = 1.0
-
-
-@HEADS.register
+@HEADS.register(spec=HeadSpec(learned_weights=True))
 def standalone(args: HeadArgs) -> nn.Module:
     """The student's own learned classifier (arcface_torch behaviour)."""
     return PartialFC(args.margin_loss, args.embedding_size, args.num_classes, args.sample_rate, args.seed)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import torch
 from torch import Tensor, nn
 
-from insightface_adadistill.heads import AdaFaceMargin, build_head
+from insightface_adadistill.heads import AdaFaceMargin, HeadArgs, build_head, head_spec
 from insightface_adadistill.host.checkout import (HostCheckout, check_checkout, check_host_api, host_import_path,
                                                   import_host_module)
 from insightface_adadistill.host.config import DistillSettings, HostRun, load_host_config
@@ -70,13 +70,14 @@ def load_distill_parts(settings: DistillSettings, device: torch.device) -> Disti
     theirs) and the teacher's classifier, loaded before the host's process group exists, so that a
     bad teacher file is one clear error rather than a traceback from inside train_v2.py."""
     s = settings
+    spec = head_spec(s.distill)
     teacher = None
-    if s.teacher_weights is not None and s.distill not in (None, "arcdistill"):  # arcdistill: the classifier only
+    if spec.teacher_embeddings:
         teacher = build_teacher(s.teacher_network, s.teacher_weights, s.embedding_size, device,
                                 dtype=s.teacher_dtype, channels_last=s.teacher_channels_last)
         check_embedding_sizes(teacher(torch.zeros(2, 3, 112, 112, device=device)).shape[1], s.embedding_size)
     classifier = (load_teacher_classifier(s.teacher_classifier, s.num_classes, s.embedding_size)
-                  if s.teacher_classifier is not None else None)
+                  if spec.teacher_classifier else None)
     return DistillParts(teacher, classifier)
 
 
@@ -108,11 +109,11 @@ class HostRegistration:
             raise RuntimeError(f"train_v2.py built PartialFC_V2 with embedding_size={embedding_size}, but the "
                                f"config says {s.embedding_size}; the teacher was checked against the config")
         margin = HostMargin(margin_loss) if s.margin == "margin_list" else AdaFaceMargin(64.0, *s.adaface)
-        head = build_head(s.distill, margin, embedding_size, num_classes, sample_rate,
-                          alpha=s.alpha, teacher_classifier=self.parts.teacher_classifier,
-                          feature_kd_weight=s.feature_kd_weight, seed=s.seed)
+        head = build_head(s.distill, HeadArgs(
+            margin, embedding_size, num_classes, sample_rate=sample_rate, seed=s.seed, alpha=s.alpha,
+            teacher_classifier=self.parts.teacher_classifier, feature_kd_weight=s.feature_kd_weight))
         feed = None
-        if head.needs_teacher:
+        if head_spec(s.distill).teacher_embeddings:
             if self.student is None or self.parts.teacher is None:
                 raise RuntimeError("PartialFC_V2(...) was built before get_model(...) (or without a teacher): "
                                    "host-train attaches the teacher to the student, so train_v2.py must "

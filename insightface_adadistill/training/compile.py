@@ -32,9 +32,8 @@ def compile_step(step: DistillStep, mode: Optional[str] = None) -> DistillStep:
     graph pool, so outputs of the previous step are never overwritten while still referenced.
     """
     unwrap(step.student).compile(mode=mode)
-    teacher = step.__dict__["teacher"]
-    if teacher is not None:
-        teacher.compile(mode=mode)
+    if step.teacher is not None:
+        step.teacher.compile(mode=mode)
     step.marks_cudagraph_steps = mode == CUDA_GRAPHS_MODE
     return step
 

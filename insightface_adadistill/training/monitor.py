@@ -1,9 +1,10 @@
 """Training log, TensorBoard scalars and the progress bar (arcface_torch's `utils/utils_logging.py` and
 `utils/utils_callbacks.py` formats; docs/training.md).
 
-Rank 0 reports; the other ranks do nothing. Losses and statistics arrive as 0-dim device tensors
-every step and are summed on the device; they are read back (`.item()`, a host-device sync) only
-every `frequent` steps, when the log line is written.
+Rank 0 reports; the other ranks only sum the loss, which the trainer's stop check reads
+(`window_loss`). Losses and statistics arrive as 0-dim device tensors every step and are summed on
+the device; they are read back (`.item()`, a host-device sync) only every `frequent` steps, when
+the log line is written.
 """
 from __future__ import annotations
 
@@ -108,6 +109,7 @@ class TrainingMonitor:
         self._last_step = start_step
         self._sums: Dict[str, Number] = {}
         self._count = 0
+        self._window_ended = False  # cleared at the next update, so `window_loss` still reads the ended window
         self._histograms: Mapping[str, torch.Tensor] = {}
         self.writer = None
         self.bar = None
@@ -135,9 +137,12 @@ class TrainingMonitor:
             histograms: tensors by tag (e.g. per-sample alpha, shape (B,)); only the latest
                 values are written, on log steps.
         """
+        if self._window_ended:
+            self._sums, self._count = {}, 0
+        self._add("loss", loss)
+        self._window_ended = global_step % self.frequent == 0
         if not self.active:
             return None
-        self._add("loss", loss)
         if grad_norm is not None:
             self._add("grad_norm", grad_norm)
         for tag, value in (scalars or {}).items():
@@ -147,9 +152,15 @@ class TrainingMonitor:
             self._histograms = histograms
         if self.bar is not None:
             self.bar.update(global_step - self.bar.n)
-        if global_step % self.frequent != 0:
+        if not self._window_ended:
             return None
         return self._report(global_step, epoch, lr)
+
+    @property
+    def window_loss(self) -> Number:
+        """The loss summed over this logging window up to the last `update` (every rank; on the
+        device, no sync): what the trainer's non-finite check reads at the window's end."""
+        return self._sums.get("loss", 0.0)
 
     def log_verification(self, global_step: int, accuracies: Mapping[str, float]) -> None:
         """TensorBoard tag `<set name>` = flip accuracy in [0, 1], as the host's verification does."""
@@ -192,7 +203,6 @@ class TrainingMonitor:
         if self.bar is not None:
             self.bar.set_postfix(loss="%.4f" % means["loss"], lr="%.6f" % lr, refresh=False)
 
-        self._sums, self._count = {}, 0
         self._last_step, self._last_time = global_step, now
         return line
 

@@ -13,8 +13,12 @@ import torch
 from torch import nn
 
 
-class DistillStep(nn.Module):
+class DistillStep:
     """Holds the student, the optional frozen teacher and the head; returns a dict of tensors.
+
+    Not an `nn.Module`: it owns no parameters or buffers, only calls three modules, so the teacher
+    is an ordinary attribute that no `state_dict`, `parameters()`, optimizer or DDP wrapper can
+    reach through it (the student and the head are saved and optimised on their own).
 
     Returned keys: `loss` (0-dim, global-batch mean, identical on all ranks) plus the head's stats
     under their TensorBoard tags (detached tensors on the device, e.g. `distill/alpha`,
@@ -22,18 +26,16 @@ class DistillStep(nn.Module):
     sync on the other steps.
     """
 
-    def __init__(self, student: nn.Module, head: nn.Module, teacher: Optional[nn.Module] = None,
-                 teacher_in_batch: bool = False) -> None:
-        super().__init__()
-        if head.needs_teacher and teacher is None and not teacher_in_batch:
-            raise ValueError(f"{type(head).__name__} distils from a teacher, but none was given; set "
-                             "teacher_network and teacher_weights (or teacher_cache) in the config")
+    marks_cudagraph_steps = False  # set by `compile_step` for CUDA graphs (compile_mode='reduce-overhead')
+
+    def __init__(self, student: nn.Module, head: nn.Module, teacher: Optional[nn.Module] = None) -> None:
         self.student = student
         self.head = head
-        # Kept out of the module tree: the teacher is never wrapped, optimised or checkpointed.
-        self.__dict__["teacher"] = teacher if head.needs_teacher else None
+        self.teacher = teacher
 
-    marks_cudagraph_steps = False  # set by `compile_step` for CUDA graphs (compile_mode='reduce-overhead')
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor,
+                 teacher_embeddings: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        return self.forward(images, labels, teacher_embeddings)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor,
                 teacher_embeddings: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
@@ -45,10 +47,9 @@ class DistillStep(nn.Module):
         if self.marks_cudagraph_steps:  # a new iteration: the previous step's graph outputs may be reused
             torch.compiler.cudagraph_mark_step_begin()
         local_embeddings = self.student(images)  # (B, E)
-        teacher = self.__dict__["teacher"]
         if teacher_embeddings is not None:
             local_teacher = teacher_embeddings.float()  # stored fp16/bf16 rows widen on the device
         else:
-            local_teacher = teacher(images) if teacher is not None else None  # (B, E), no graph
+            local_teacher = self.teacher(images) if self.teacher is not None else None  # (B, E), no graph
         loss, stats = self.head(local_embeddings, labels, teacher=local_teacher)
         return {"loss": loss, **stats}

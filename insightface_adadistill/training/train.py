@@ -10,7 +10,6 @@ below. What survives which fault, and what resume checks: docs/safety.md.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
 import random
@@ -18,14 +17,12 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from insightface_adadistill import distributed
-from insightface_adadistill.backbones import get_model
 from insightface_adadistill.cache import CachedTeacherDataset, TeacherSpec, open_teacher_cache, run_identity
 from insightface_adadistill.config import RunConfig, format_config
 from insightface_adadistill.config.resume import config_snapshot
@@ -33,11 +30,10 @@ from insightface_adadistill.data.datasets import build_dataset
 from insightface_adadistill.data.loader import build_dataloader
 from insightface_adadistill.errors import InputNotFoundError, UserError
 from insightface_adadistill.evaluation.verification import VerificationSet, evaluate_backbone
-from insightface_adadistill.heads import build_head, build_margin
 from insightface_adadistill.outputs import claim_output
-from insightface_adadistill.teacher import build_teacher, check_embedding_sizes, load_teacher_classifier
 from insightface_adadistill.training.checkpointer import Checkpointer, all_ranks_agree
-from insightface_adadistill.training.compile import compile_step, explain_compile_failure
+from insightface_adadistill.training.compile import explain_compile_failure
+from insightface_adadistill.training.models import Models, assemble
 from insightface_adadistill.training.monitor import TrainingMonitor, setup_logging
 from insightface_adadistill.training.optim import build_optimizer, host_param_groups
 from insightface_adadistill.training.schedule import build_scheduler, scaled_lr
@@ -46,7 +42,6 @@ from insightface_adadistill.training.step import DistillStep
 from insightface_adadistill.training.store import save_model
 
 logger = logging.getLogger("insightface_adadistill.train")
-_DDP_ARGS = inspect.signature(DistributedDataParallel.__init__).parameters
 T = TypeVar("T")
 
 
@@ -93,47 +88,11 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
     for line in format_config(cfg):
         logger.info(line)
 
-    # ---- data ------------------------------------------------------------------------------
-    dataset = build_dataset(cfg.rec, cfg.num_classes, cfg.seed, uint8=True)  # the loader normalises
-    mismatch = dataset.check_num_image(cfg.num_image, cfg.num_image_mismatch)  # stops unless 'warn'
-    if mismatch and dist.is_main:
-        logger.warning(mismatch)
-    if cfg.teacher_cache is not None:
-        dataset = _with_teacher_cache(cfg, dataset)
-    loader = build_dataloader(dataset, cfg.batch_size, dist.rank, dist.world_size, cfg.seed,
-                              cfg.num_workers, dist.device)
-    if cfg.dali and dist.is_main:
-        logger.info("dali = True: DALI is not used; our DataLoader reads %s in its place", cfg.rec)
+    # ---- data, models, optimizer and schedule -----------------------------------------------
+    loader = _build_loader(cfg, dist)
     steps_per_epoch = loader.batches_per_epoch
-
-    # ---- models ----------------------------------------------------------------------------
-    student = get_model(cfg.network, dropout=0.0, fp16=cfg.fp16, num_features=cfg.embedding_size,
-                        amp_dtype=cfg.amp_dtype).to(dist.device)
-    margin_loss = build_margin(cfg.margin, cfg.margin_list, cfg.margin_grad, cfg.interclass_filtering_threshold,
-                               cfg.adaface_m, cfg.adaface_h, cfg.adaface_t_alpha)
-    head = build_head(cfg.distill, margin_loss, cfg.embedding_size, cfg.num_classes, cfg.sample_rate,
-                      alpha=cfg.distill_alpha, feature_kd_weight=cfg.feature_kd_weight,
-                      teacher_classifier=_teacher_classifier(cfg), seed=cfg.seed).to(dist.device)
-    head.defer_label_check()  # read once per logging window and before saves, not every step
-    cached = cfg.teacher_cache is not None  # the batches carry the teacher's rows: no teacher to load
-    teacher = _build_teacher(cfg, dist.device) if head.needs_teacher and not cached else None
-    ddp_student = wrap_ddp(student, dist)
-    step_fn = DistillStep(ddp_student, head, teacher, teacher_in_batch=cached)
-    if cfg.compile:
-        compile_step(step_fn, cfg.compile_mode)  # in place: state_dict keys unchanged
-
-    # ---- optimizer and schedule -------------------------------------------------------------
-    lr = scaled_lr(cfg.lr, cfg.total_batch_size, cfg.lr_scale_batch)
-    optimizer = build_optimizer(cfg.optimizer, host_param_groups(student, head), lr=lr,
-                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    acc = cfg.gradient_acc  # the scheduler counts optimizer steps, not iterations
-    scheduler = build_scheduler(optimizer, cfg.lr_schedule, warmup_steps=cfg.warmup_step // acc,
-                                total_steps=cfg.total_step // acc, steps_per_epoch=steps_per_epoch // acc,
-                                power=cfg.lr_power, drop_epochs=cfg.lr_steps)
-    scaler = torch.amp.GradScaler(dist.device.type, growth_interval=100,
-                                  enabled=cfg.fp16 and cfg.amp_dtype == "fp16" and dist.device.type == "cuda")
-    state = TrainState(student, head, optimizer, scheduler, scaler, rank=dist.rank, world_size=dist.world_size,
-                       num_classes=cfg.num_classes, steps_per_epoch=steps_per_epoch, run_name=output.name)
+    models = assemble(cfg, dist)
+    state = _build_state(cfg, dist, models, steps_per_epoch, output.name)
 
     # ---- resume ----------------------------------------------------------------------------
     if resume_from is not None:
@@ -145,10 +104,9 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
     # ---- loop ------------------------------------------------------------------------------
     monitor = TrainingMonitor(output=output, rank=dist.rank, frequent=cfg.frequent, total_step=last_step,
                               batch_size=cfg.batch_size, world_size=dist.world_size, start_step=global_step,
-                              grad_scaler=scaler if scaler.is_enabled() else None,
+                              grad_scaler=state.scaler if state.scaler.is_enabled() else None,
                               progress_bar=cfg.progress_bar)
     val_sets = _load_val_sets(cfg, dist)
-    window_loss = torch.zeros((), device=dist.device)
     for epoch in range(start_epoch, cfg.num_epoch):
         if global_step >= last_step:  # e.g. resumed from the set a max_steps run saved at its end
             break
@@ -156,50 +114,35 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
         batch_in_epoch = start_batch
         for batch_in_epoch, batch in enumerate(loader, start=start_batch + 1):
             global_step += 1
-            images, labels = batch.image, batch.label
-            sync_grads = global_step % acc == 0
-            with _maybe_no_sync(ddp_student, sync_grads):
-                out = step_fn(images, labels, getattr(batch, "teacher", None))
-                loss = out["loss"]
-                if cfg.nonfinite_loss == "skip" and not torch.isfinite(loss).item():  # opt-in host sync
-                    logger.warning("step %d: loss is %s, skipping this batch", global_step, loss.item())
-                    optimizer.zero_grad(set_to_none=True)
-                    continue
-                scaler.scale(loss / acc).backward()
-            grad_norm = None
-            if sync_grads:
-                grad_norm = optimizer_step(optimizer, scaler, student, cfg.clip_grad_norm)
-                scheduler.step()
-            window_loss += loss.detach()
-            monitor.update(global_step, epoch=epoch, loss=loss.detach(), lr=scheduler.get_last_lr()[0],
+            stepped = _train_step(cfg, models.step, state, batch, global_step)
+            if stepped is None:  # a non-finite loss skipped (nonfinite_loss = 'skip')
+                continue
+            out, grad_norm = stepped
+            monitor.update(global_step, epoch=epoch, loss=out["loss"].detach(), lr=state.scheduler.get_last_lr()[0],
                            grad_norm=grad_norm, **_stats_for_monitor(out))
             if global_step % cfg.frequent == 0 or global_step == last_step:
-                head.check_deferred_labels()
-                stop.check(window_loss, global_step)  # one small collective per logging window
-                window_loss.zero_()
+                stop.check(monitor.window_loss, global_step, dist.device)  # one small collective per window
             if cfg.verbose > 0 and global_step % cfg.verbose == 0:
-                _verify(val_sets, student, monitor, global_step, dist)
+                _verify(val_sets, models.student, monitor, global_step, dist)
             if stop.requested or (cfg.save_every_steps > 0 and global_step % cfg.save_every_steps == 0):
-                head.check_deferred_labels()
                 checkpointer.save(state.at(epoch, global_step, batch_in_epoch))
             if stop.requested or global_step >= last_step:
                 break
         start_batch = 0
         if batch_in_epoch >= steps_per_epoch:  # the epoch is complete (also when it ends the run)
-            head.check_deferred_labels()
             if cfg.save_all_states:
                 checkpointer.save(state.at(epoch + 1, global_step, 0))
             if dist.is_main:
-                save_model(student, output)
+                save_model(models.student, output)
         if stop.requested or global_step >= last_step:
             break
 
     # ---- save ------------------------------------------------------------------------------
     if not stop.requested:
         if cfg.verbose <= 0 or global_step % cfg.verbose != 0:
-            _verify(val_sets, student, monitor, global_step, dist)  # the host skips this final check
+            _verify(val_sets, models.student, monitor, global_step, dist)  # the host skips this final check
         if dist.is_main:
-            save_model(student, output)
+            save_model(models.student, output)
             logger.info("finished: %s", output / "model.pt")
     else:
         logger.info("stopped by signal at global step %d; resume with --set resume=True", global_step)
@@ -244,14 +187,6 @@ def _seed_everything(seed: int) -> None:
     os.environ["PYTHONHASHSEED"] = str(seed)
 
 
-def _build_teacher(cfg: RunConfig, device: torch.device) -> torch.nn.Module:
-    """The frozen teacher from `teacher_network`/`teacher_weights`; never a random one."""
-    teacher = build_teacher(cfg.teacher_network, cfg.teacher_weights, cfg.embedding_size, device,
-                            dtype=cfg.teacher_dtype, channels_last=cfg.teacher_channels_last)
-    check_embedding_sizes(teacher(torch.zeros(2, 3, 112, 112, device=device)).shape[1], cfg.embedding_size)
-    return teacher
-
-
 def _with_teacher_cache(cfg: RunConfig, dataset: Any) -> CachedTeacherDataset:
     """The dataset with each sample's cached teacher row, once the cache is checked against this
     run's teacher weights (sha256), data and embedding size."""
@@ -263,22 +198,58 @@ def _with_teacher_cache(cfg: RunConfig, dataset: Any) -> CachedTeacherDataset:
     return CachedTeacherDataset(dataset, cache)
 
 
-def _teacher_classifier(cfg: RunConfig) -> Optional[torch.Tensor]:
-    if cfg.distill != "arcdistill":
-        return None
-    return load_teacher_classifier(cfg.teacher_classifier, cfg.num_classes, cfg.embedding_size)
+def _build_loader(cfg: RunConfig, dist: distributed.DistInfo) -> Any:
+    """This rank's `FaceLoader` over `rec` (with the teacher cache's rows when `teacher_cache` is set)."""
+    dataset = build_dataset(cfg.rec, cfg.num_classes, cfg.seed, uint8=True)  # the loader normalises
+    mismatch = dataset.check_num_image(cfg.num_image, cfg.num_image_mismatch)  # stops unless 'warn'
+    if mismatch and dist.is_main:
+        logger.warning(mismatch)
+    if cfg.teacher_cache is not None:
+        dataset = _with_teacher_cache(cfg, dataset)
+    if cfg.dali and dist.is_main:
+        logger.info("dali = True: DALI is not used; our DataLoader reads %s in its place", cfg.rec)
+    return build_dataloader(dataset, cfg.batch_size, dist.rank, dist.world_size, cfg.seed,
+                            cfg.num_workers, dist.device)
 
 
-def wrap_ddp(student: torch.nn.Module, dist: distributed.DistInfo) -> torch.nn.Module:
-    """DDP over the student only, averaging gradients as usual (the heads' all-gather multiplies by
-    W: distributed.py's gradient convention). BN buffers are not broadcast (host behaviour: rank
-    0's statistics are the ones saved).
+def _build_state(cfg: RunConfig, dist: distributed.DistInfo, models: Models, steps_per_epoch: int,
+                 run_name: str) -> TrainState:
+    """The optimizer (host groups), the schedule (in optimizer steps), the loss scaler, as a `TrainState`."""
+    lr = scaled_lr(cfg.lr, cfg.total_batch_size, cfg.lr_scale_batch)
+    optimizer = build_optimizer(cfg.optimizer, host_param_groups(models.student, models.head), lr=lr,
+                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    acc = cfg.gradient_acc  # the scheduler counts optimizer steps, not iterations
+    scheduler = build_scheduler(optimizer, cfg.lr_schedule, warmup_steps=cfg.warmup_step // acc,
+                                total_steps=cfg.total_step // acc, steps_per_epoch=steps_per_epoch // acc,
+                                power=cfg.lr_power, drop_epochs=cfg.lr_steps)
+    scaler = torch.amp.GradScaler(dist.device.type, growth_interval=100,
+                                  enabled=cfg.fp16 and cfg.amp_dtype == "fp16" and dist.device.type == "cuda")
+    return TrainState(models.student, models.head, optimizer, scheduler, scaler, rank=dist.rank,
+                      world_size=dist.world_size, num_classes=cfg.num_classes, steps_per_epoch=steps_per_epoch,
+                      run_name=run_name)
+
+
+def _train_step(cfg: RunConfig, step: DistillStep, state: TrainState, batch: Any,
+                global_step: int) -> Optional[Tuple[Dict[str, torch.Tensor], Optional[torch.Tensor]]]:
+    """Forward and backward of one batch, then the optimizer step when the accumulation is complete.
+
+    Returns the step's outputs and the clipped gradient norm (None between optimizer steps), or
+    None when `nonfinite_loss = 'skip'` dropped the batch.
     """
-    device_ids = [dist.device.index] if dist.device.type == "cuda" else None
-    # torch >= 2.13 renamed broadcast_buffers to forward_sync_buffers (deprecation warning otherwise)
-    no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_ARGS
-                      else {"broadcast_buffers": False})
-    return DistributedDataParallel(student, device_ids=device_ids, bucket_cap_mb=16, **no_buffer_sync)
+    sync_grads = global_step % cfg.gradient_acc == 0
+    with _maybe_no_sync(step.student, sync_grads):
+        out = step(batch.image, batch.label, getattr(batch, "teacher", None))
+        loss = out["loss"]
+        if cfg.nonfinite_loss == "skip" and not torch.isfinite(loss).item():  # opt-in host sync
+            logger.warning("step %d: loss is %s, skipping this batch", global_step, loss.item())
+            state.optimizer.zero_grad(set_to_none=True)
+            return None
+        state.scaler.scale(loss / cfg.gradient_acc).backward()
+    if not sync_grads:
+        return out, None
+    grad_norm = optimizer_step(state.optimizer, state.scaler, state.student, cfg.clip_grad_norm)
+    state.scheduler.step()
+    return out, grad_norm
 
 
 class _maybe_no_sync:
@@ -376,8 +347,11 @@ class StopRequest:
             logger.warning("Ctrl-C: saving a checkpoint at the next logging window (press again to abort)")
         self.signalled = True
 
-    def check(self, window_loss: torch.Tensor, global_step: int) -> None:
-        flags = torch.stack([torch.tensor(float(self.signalled), device=window_loss.device),
+    def check(self, window_loss: Any, global_step: int, device: torch.device) -> None:
+        """All ranks agree on a stop: a signal on any rank, or a non-finite `window_loss` (the loss
+        summed over the logging window, a device tensor or 0.0)."""
+        window_loss = torch.as_tensor(window_loss, dtype=torch.float32, device=device)
+        flags = torch.stack([torch.tensor(float(self.signalled), device=device),
                              (~torch.isfinite(window_loss)).float()])
         flags = distributed.all_reduce(flags, distributed.dist.ReduceOp.MAX).tolist()
         if flags[1]:

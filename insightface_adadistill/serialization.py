@@ -27,8 +27,11 @@ def _torch_version() -> tuple:
     return tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
 
 
-def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """Load a torch checkpoint with `weights_only=True`; errors name the file and the fix."""
+def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
+    """Load a torch checkpoint with `weights_only=True`; errors name the file and the fix.
+
+    `mmap=True` maps the tensors instead of reading them, for a look at a large file's small entries.
+    """
     if _torch_version() < MIN_TORCH:
         raise RuntimeError(
             f"torch {torch.__version__} is too old to load checkpoints safely (weights_only had "
@@ -38,7 +41,7 @@ def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     if not path.is_file():
         raise InputNotFoundError(f"{path}: checkpoint file not found; check the path in your config")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:  # torch's text would advise weights_only=False: never relay it
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         raise WeightsError(_refused_object(path, found.group(1) if found else None)) from None

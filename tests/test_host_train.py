@@ -139,6 +139,14 @@ def scalars(output: Path) -> Dict[str, Dict[int, float]]:
     return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
 
 
+def logged_steps(output: Path) -> Dict[str, List[int]]:
+    """tag -> the steps TensorBoard shows, in order, repeats included (its loader applies purge markers)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(output / "tensorboard"))
+    events.Reload()
+    return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
 def shard(output: Path, rank: int) -> dict:
     return torch.load(output / f"checkpoint_gpu_{rank}.pt", weights_only=False)
 
@@ -281,7 +289,7 @@ def test_teacher_feed_skips_eval_forwards() -> None:
 def test_tensorboard_tap_adds_our_scalars_next_to_the_loss(tmp_path: Path) -> None:
     from torch.utils import tensorboard
     original = tensorboard.SummaryWriter
-    with tap_summary_writer(lambda: {"distill/alpha": torch.tensor(0.25)}):
+    with tap_summary_writer(lambda: {"distill/alpha": torch.tensor(0.25)}, resume=False):
         writer = tensorboard.SummaryWriter(log_dir=str(tmp_path))
         writer.add_scalar("learning_rate", 0.1, 3)
         writer.add_scalar("loss", 40.0, 3)
@@ -289,6 +297,22 @@ def test_tensorboard_tap_adds_our_scalars_next_to_the_loss(tmp_path: Path) -> No
     assert tensorboard.SummaryWriter is original
     logged = scalars(tmp_path)
     assert logged["distill/alpha"] == {3: 0.25} and logged["loss"] == {3: 40.0}
+
+
+def test_tensorboard_tap_purges_the_steps_after_the_resumed_checkpoint(tmp_path: Path) -> None:
+    from torch.utils import tensorboard
+    torch.save({"epoch": 1, "global_step": 4}, tmp_path / "checkpoint_gpu_0.pt")  # what the host resumes from
+    stopped = tensorboard.SummaryWriter(log_dir=str(tmp_path / "tensorboard"))  # a run stopped after step 6
+    for step in range(1, 7):
+        stopped.add_scalar("loss", 1.0, step)
+    stopped.close()
+    with tap_summary_writer(None, resume=True):
+        resumed = tensorboard.SummaryWriter(log_dir=str(tmp_path / "tensorboard"))  # as the host creates it
+        for step in range(5, 9):
+            resumed.add_scalar("loss", 2.0, step)
+        resumed.close()
+    assert logged_steps(tmp_path) == {"loss": list(range(1, 9))}
+    assert scalars(tmp_path)["loss"] == {**dict.fromkeys(range(1, 5), 1.0), **dict.fromkeys(range(5, 9), 2.0)}
 
 
 # ------------------------------------------------------------------ runs
@@ -369,6 +393,19 @@ def test_two_processes_with_and_without_distill(tmp_path: Path, data) -> None:
                     env={"HOST_SHAPED_COMM_HOOK": "none"}, checkout=with_our_parts(tmp_path))
     ours = our_run(data, tmp_path / "ours", *_distill(data), *EXACT, nproc=2)
     _assert_same_result(host, ours, world_size=2, steps=4)
+
+
+@pytest.mark.slow
+def test_host_resume_after_a_stop_shows_each_step_once(tmp_path: Path, data) -> None:
+    """A host run stopped in epoch 2 (after logging it, before its end-of-epoch save) and resumed."""
+    out = host_run(data, tmp_path / "run")
+    epoch_one = (out / "checkpoint_gpu_0.pt").read_bytes()  # global_step 8
+    host_run(data, out, "resume=True", "num_epoch=2")  # logs steps 9-16, saves at 16
+    (out / "checkpoint_gpu_0.pt").write_bytes(epoch_one)  # as if stopped before that save
+    host_run(data, out, "resume=True", "num_epoch=2")  # steps 9-16 again
+    # The host's CallBackLogging starts its timer at its first qualifying step, so each run logs
+    # from its second step on: 2-8, then 10-16.
+    assert logged_steps(out)["loss"] == [*range(2, 9), *range(10, 17)]
 
 
 @pytest.mark.slow

@@ -81,6 +81,29 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     assert_same_states(latest_states(straight, 1)[0], latest_states(split, 1)[0])
 
 
+def _scalar_events(output: Path) -> dict:
+    """tag -> [(step, value)] as TensorBoard shows them (its loader applies the purge markers)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(output / "tensorboard"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_after_stop_and_resume_shows_each_step_once(tmp_path: Path, teacher_run: Path) -> None:
+    run = ("save_every_steps=4", "frequent=1", "distill=adadistill", "teacher_network=tiny_resnet",
+           f"teacher_weights={teacher_run / 'model.pt'}")
+    straight = _train(tmp_path / "straight", *run, "max_steps=8")
+    split = tmp_path / "split"
+    _train(split, *run, "max_steps=6")  # logs steps 1-6, its newest set is at step 4
+    _train(split, *run, "max_steps=8", "resume=True")  # steps 5 and 6 again, then 7 and 8
+    logged, expected = _scalar_events(split), _scalar_events(straight)
+    assert logged.keys() == expected.keys() and "loss" in logged
+    for tag in logged:
+        assert [step for step, _ in logged[tag]] == list(range(1, 9)), tag
+        if tag not in ("throughput", "time_for_end"):  # clock readings; the rest equals the straight run
+            assert logged[tag] == expected[tag], tag
+
+
 def test_distillation_resume_is_exact(tmp_path: Path, teacher_run: Path) -> None:
     """AdaDistill centres, the visited mask, the sampler and the optimizer resume bit for bit."""
     args = ("distill=adadistill", "teacher_network=tiny_resnet", f"teacher_weights={teacher_run / 'model.pt'}",

@@ -8,8 +8,9 @@ With `distill` or `margin = 'adaface'` set, for the duration of the run:
   head that needs the teacher, the frozen teacher is attached to the remembered student
   (`feed.TeacherFeed`);
 - the host's TensorBoard writer also receives our head statistics (`summary`).
-Without either nothing is replaced. Everything else (DDP, its fp16 compression hook, optimizer,
-schedule, checkpoints, logs) is the host's own code.
+Without either nothing is replaced. With or without them, a resumed run's TensorBoard shows each
+step once (`summary`). Everything else (DDP, its fp16 compression hook, optimizer, schedule,
+checkpoints, logs) is the host's own code.
 """
 from __future__ import annotations
 
@@ -170,8 +171,7 @@ def _registered(registration: Optional[HostRegistration], backbones: ModuleType,
         yield
         return
     with _patched(backbones, "get_model", registration.get_model), \
-            _patched(partial_fc_v2, "PartialFC_V2", registration.partial_fc), \
-            tap_summary_writer(registration.stats):
+            _patched(partial_fc_v2, "PartialFC_V2", registration.partial_fc):
         yield
 
 
@@ -200,5 +200,7 @@ def run_host_training(checkout_dir: str | os.PathLike, config: str | os.PathLike
         check_host_api(checkout, backbones, partial_fc_v2)
         registration = (HostRegistration(run.distill, parts, backbones.get_model)
                         if run.distill is not None else None)
-        with _registered(registration, backbones, partial_fc_v2):
+        stats = registration.stats if registration is not None else None
+        with _registered(registration, backbones, partial_fc_v2), \
+                tap_summary_writer(stats, resume=bool(run.job_config.get("resume"))):
             runpy.run_path(str(checkout.train_script), run_name="__main__")

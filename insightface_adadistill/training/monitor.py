@@ -85,7 +85,9 @@ class TrainingMonitor:
     Log line (host format, then our extra statistics):
         Speed 5516.93 samples/sec   Loss 46.4909   LearningRate 0.100000   Epoch: 0   Global Step: 20
         [Fp16 Grad Scale: 16384   ]Required: 18 hours[   alpha=0.7512 ...]
-    TensorBoard tags: `loss`, `learning_rate`, `time_for_end` (hours), `throughput` (samples/s),
+    After a resume (`start_step` > 0) the events of steps after `start_step` that an earlier run
+    wrote are purged from TensorBoard's view. TensorBoard tags: `loss`, `learning_rate`,
+    `time_for_end` (hours), `throughput` (samples/s),
     `grad_scale` (fp16 only), `grad_norm` (when given), one tag per verification set, and every
     extra scalar or histogram under the tag it is passed with (e.g. `distill/alpha`).
     """
@@ -116,9 +118,12 @@ class TrainingMonitor:
         if not self.active:
             return
         if tensorboard:
-            # Imported here: tensorboard is slow to import and only rank 0 needs it.
+            # Imported here: tensorboard is slow to import and only rank 0 needs it. A resumed run
+            # hides what a stopped run logged after its last save (TensorBoard's purge marker), so
+            # each step shows once, from this run.
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(log_dir=str(Path(output) / TENSORBOARD_DIR))
+            self.writer = SummaryWriter(log_dir=str(Path(output) / TENSORBOARD_DIR),
+                                        purge_step=start_step + 1 if start_step > 0 else None)
         if resolve_progress_bar(progress_bar):
             self.bar = tqdm(total=total_step, initial=start_step, unit="step", file=sys.stdout,
                             dynamic_ncols=True)

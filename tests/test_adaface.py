@@ -12,7 +12,7 @@ import torch
 from dist_utils import run_in_processes
 from insightface_adadistill.commands.train import main as train_main
 from insightface_adadistill.config import ConfigError, load_config
-from insightface_adadistill.heads import AdaFaceMargin, HeadArgs, build_head, build_margin, reshard_weight
+from insightface_adadistill.heads import AdaFaceMargin, HeadArgs, build_head, build_margin, head_spec, reshard_weight
 from insightface_adadistill.heads.margins import ADAFACE_EPS, CombinedMarginLoss
 from run_utils import TINY, assert_same_states, latest_states
 
@@ -163,6 +163,7 @@ def make_head(kind: str, classifier: torch.Tensor) -> torch.nn.Module:
 def test_every_margin_softmax_head_keeps_the_statistics_in_its_state_dict():
     classifier = torch.randn(C, E)
     for kind in HEAD_KINDS:
+        assert "adaface" in head_spec(None if kind == "standalone" else kind).margins, kind
         head = make_head(kind, classifier)
         embeddings = torch.randn(2 * B, E) * 15.0
         loss, stats = head(embeddings, LABELS, teacher=torch.randn(2 * B, E))

@@ -379,7 +379,8 @@ def test_adaface_margin_replaces_the_host_margin_also_without_distill(tmp_path: 
 def test_adaface_distillation_equals_our_trainer(tmp_path: Path, data) -> None:
     """AdaDistill with the AdaFace margin: centres and running norm statistics bit-identical."""
     args = (*_distill(data), "margin=adaface")
-    host = host_run(data, tmp_path / "host", *args, env={"HOST_SHAPED_COMM_HOOK": "none"})
+    host = host_run(data, tmp_path / "host", *OUR_STUDENT, *args, env={"HOST_SHAPED_COMM_HOOK": "none"},
+                    checkout=with_our_parts(tmp_path))
     ours = our_run(data, tmp_path / "ours", *args)
     assert "margin_softmax.margin_loss.norm_std" in shard(host, 0)["state_dict_softmax_fc"]
     _assert_same_result(host, ours, world_size=1, steps=8)

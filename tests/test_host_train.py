@@ -25,13 +25,14 @@ from insightface_adadistill.backbones import get_model
 from insightface_adadistill import cli
 from insightface_adadistill.config import ConfigError
 from insightface_adadistill.data.decode import encode_jpeg
+from insightface_adadistill.errors import DataError
 from insightface_adadistill.data.recordio import IRHeader, pack, write_records
 from insightface_adadistill.heads import CombinedMarginLoss
 from insightface_adadistill.host import HostCheckoutError, check_checkout, load_host_config
 from insightface_adadistill.host.checkout import check_host_api, host_import_path, import_host_module
 from insightface_adadistill.host.config import DistillSettings
 from insightface_adadistill.host.feed import TeacherFeed
-from insightface_adadistill.host.runner import HostMargin, HostRegistration, load_distill_parts
+from insightface_adadistill.host.runner import HostMargin, HostRegistration, check_host_data, load_distill_parts
 from insightface_adadistill.host.summary import tap_summary_writer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,6 +211,15 @@ def test_command_prints_one_clear_refusal(tmp_path: Path, capsys) -> None:
 
 
 # ------------------------------------------------------------------ the config
+
+def test_the_dataset_is_checked_against_num_classes_once_before_the_host_starts(data: Dict[str, Path]) -> None:
+    """Our head trusts the host loader's labels; a wrong num_classes stops with the data side's message."""
+    rec = f"rec={data['rec']}"
+    check_host_data(load_host_config(JOB, [rec, *_distill(data)]))  # 16 identities, num_classes 16
+    with pytest.raises(DataError, match=r"num_classes = 15, but .* has 16 identities.*num_classes=16"):
+        check_host_data(load_host_config(JOB, [rec, *_distill(data), "num_classes=15"]))
+    check_host_data(load_host_config(JOB, [rec, "num_classes=15"]))  # no distill: the host runs as it is
+
 
 def test_config_keeps_our_checks_and_leaves_host_keys_to_the_host(tmp_path: Path) -> None:
     run = load_host_config(JOB, ["network=my_own_net", "dali=True", "distill=adadistill",

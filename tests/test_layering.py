@@ -30,7 +30,7 @@ ALLOWED = {
     "demo": {"config", "data", "backbones", "heads", "teacher", "evaluation", "export", "training",
              "synthetic", "registry", "serialization", "distributed"},
     # the host-train bridge: registers heads and the teacher into a user's arcface_torch checkout
-    "host": {"heads", "teacher", "backbones", "config", "distributed", "registry", "serialization"},
+    "host": {"heads", "teacher", "backbones", "config", "data", "distributed", "registry", "serialization"},
     # commands may call any library layer; only cli (and through it __main__) imports them
     "commands": {"config", "data", "backbones", "heads", "teacher", "cache", "evaluation", "export", "training",
                  "synthetic", "demo", "host", "registry", "serialization", "distributed"},

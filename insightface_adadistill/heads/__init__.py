@@ -8,6 +8,9 @@ only for heads whose `HeadSpec` has `teacher_embeddings`), the stats keyed by th
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from insightface_adadistill.heads.adadistill import AdaDistillHead, update_class_centres
 from insightface_adadistill.heads.baselines import FeatureKDHead, FixedClassifierHead, feature_distance
 from insightface_adadistill.heads.margins import AdaFaceMargin, CombinedMarginLoss, build_margin, build_margin_loss
@@ -20,3 +23,8 @@ __all__ = ["AdaDistillHead", "AdaFaceMargin", "CombinedMarginLoss", "FeatureKDHe
            "HeadArgs", "HeadOutput", "HeadSpec", "PartialFC", "STANDALONE", "ShardedHead", "ShardedMarginSoftmax",
            "build_head", "build_margin", "build_margin_loss", "distributed_cross_entropy", "feature_distance",
            "head_name", "head_spec", "heads_with", "reshard_weight", "update_class_centres"]
+
+# Every module here registers its heads when imported, so a new head is one new file (docs/heads.md).
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+del _module

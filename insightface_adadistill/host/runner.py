@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import torch
 from torch import Tensor, nn
 
+from insightface_adadistill.data.datasets import build_dataset
 from insightface_adadistill.heads import AdaFaceMargin, HeadArgs, build_head, head_spec
 from insightface_adadistill.host.checkout import (HostCheckout, check_checkout, check_host_api, host_import_path,
                                                   import_host_module)
@@ -175,6 +176,16 @@ def _registered(registration: Optional[HostRegistration], backbones: ModuleType,
         yield
 
 
+def check_host_data(run: HostRun) -> None:
+    """Our head trusts the labels the host's loader gives it, so the dataset's identity count is
+    checked against `num_classes` once, before the host starts, as `adadistill train` checks it
+    (`build_dataset`: the error names both counts and the fix). The host's own 'synthetic' data has
+    no identities to count."""
+    rec = run.job_config.get("rec")
+    if run.distill is not None and rec != "synthetic":
+        build_dataset(rec, run.distill.num_classes, run.distill.seed)
+
+
 def run_host_training(checkout_dir: str | os.PathLike, config: str | os.PathLike,
                       overrides: Optional[List[str]] = None, world_size: int = 1) -> None:
     """Check the checkout and config, register our pieces (when `distill` is set), run `train_v2.py`.
@@ -188,11 +199,13 @@ def run_host_training(checkout_dir: str | os.PathLike, config: str | os.PathLike
     Raises:
         HostCheckoutError: the folder is not an arcface_torch checkout host-train can drive.
         ConfigError: the config fails our checks.
+        DataError: the dataset's identity count is not `num_classes` (with `distill` set).
         WeightsError, InputNotFoundError: a teacher file the config names cannot be used.
         Whatever the host's own code raises, unchanged.
     """
     checkout = check_checkout(checkout_dir)
     run = load_host_config(config, overrides, world_size)
+    check_host_data(run)
     parts = load_distill_parts(run.distill, host_device()) if run.distill is not None else None
     with host_import_path(checkout), _host_invocation(checkout, run):
         backbones = import_host_module(checkout, "backbones")

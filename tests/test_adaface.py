@@ -3,7 +3,9 @@ global batch), every margin-softmax head with it, 2 ranks x B == 1 rank x 2B, ex
 from __future__ import annotations
 
 import math
+import os
 import statistics
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,9 +16,10 @@ from insightface_adadistill.commands.train import main as train_main
 from insightface_adadistill.config import ConfigError, load_config
 from insightface_adadistill.heads import AdaFaceMargin, HeadArgs, build_head, build_margin, head_spec, reshard_weight
 from insightface_adadistill.heads.margins import ADAFACE_EPS, CombinedMarginLoss
-from run_utils import TINY, assert_same_states, latest_states
+from run_utils import REPO, TINY, TORCHRUN, assert_same_states, latest_states
 
 S, M = 64.0, 0.4
+MEAN, STD = "margin_softmax.margin_loss.norm_mean", "margin_softmax.margin_loss.norm_std"  # head state keys
 
 
 def frozen_margin(mean: float, std: float, h: float = 1.0) -> AdaFaceMargin:
@@ -169,11 +172,11 @@ def test_every_margin_softmax_head_keeps_the_statistics_in_its_state_dict():
         loss, stats = head(embeddings, LABELS, teacher=torch.randn(2 * B, E))
         assert torch.isfinite(loss)
         state = head.state_dict()
-        assert state["margin_softmax.margin_loss.norm_mean"] == stats["margin/norm_mean"] != 20.0, kind
-        assert state["margin_softmax.margin_loss.norm_std"] == stats["margin/norm_std"] != 100.0, kind
+        assert state[MEAN] == stats["margin/norm_mean"] != 20.0, kind
+        assert state[STD] == stats["margin/norm_std"] != 100.0, kind
         fresh = make_head(kind, classifier)
         fresh.load_state_dict(state)
-        assert fresh.margin_softmax.margin_loss.norm_mean == state["margin_softmax.margin_loss.norm_mean"]
+        assert fresh.margin_softmax.margin_loss.norm_mean == state[MEAN]
 
 
 def _steps(head, rows, batches, teachers):
@@ -230,8 +233,28 @@ def test_stop_and_resume_restores_the_running_statistics_bit_for_bit(tmp_path: P
     a, b = latest_states(straight, 1)[0], latest_states(split, 1)[0]
     assert_same_states(a, b)
     head = a["state_dict_softmax_fc"]
-    assert set(head) == {"weight", "margin_softmax.margin_loss.norm_mean", "margin_softmax.margin_loss.norm_std"}
-    assert head["margin_softmax.margin_loss.norm_mean"] != 20.0
+    assert set(head) == {"weight", MEAN, STD}
+    assert head[MEAN] != 20.0
+
+
+@pytest.mark.slow
+def test_two_processes_hold_one_set_of_statistics_that_resumes_on_one_process(tmp_path: Path) -> None:
+    """torchrun x2: both rank files carry the same statistics; the set re-shards onto one process."""
+    out = tmp_path / "two"
+    cmd = [TORCHRUN, "--nproc_per_node=2", "-m", "insightface_adadistill", "train", TINY, "--set", f"output={out}",
+           "progress_bar=false", "margin=adaface", "max_steps=4", "batch_size=8", "save_every_steps=4",
+           "num_classes=15"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (state["state_dict_softmax_fc"] for state in latest_states(out, 2))
+    for name in (MEAN, STD):
+        assert torch.equal(rank0[name], rank1[name]) and rank0[name].dim() == 0
+    assert rank0[MEAN] != 20.0
+    _train(out, "max_steps=6", "batch_size=8", "num_classes=15", "save_every_steps=6", "resume=True",
+           "resume_allow_changes=True")  # world size 2 -> 1
+    resumed = latest_states(out, 1)[0]["state_dict_softmax_fc"]
+    assert resumed["weight"].shape[0] == 15 and resumed[MEAN] != rank0[MEAN]
 
 
 # ---------------------------------------------------------------- config

@@ -10,6 +10,7 @@ so the parity runs use CosFace and no compression; the default runs check the me
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -31,6 +32,7 @@ from insightface_adadistill.heads import CombinedMarginLoss
 from insightface_adadistill.host import HostCheckoutError, check_checkout, load_host_config
 from insightface_adadistill.host.checkout import check_host_api, host_import_path, import_host_module
 from insightface_adadistill.host.config import DistillSettings
+from insightface_adadistill.host.environment import HostEnvironmentError, check_host_environment
 from insightface_adadistill.host.feed import TeacherFeed
 from insightface_adadistill.host.runner import HostMargin, HostRegistration, check_host_data, load_distill_parts
 from insightface_adadistill.host.summary import tap_summary_writer
@@ -131,6 +133,16 @@ def with_our_parts(tmp_path: Path) -> Path:
     return root
 
 
+def host_refusal(checkout: Path, data: Dict[str, Path], output: Path, *args: str) -> str:
+    """The one-line error of a host-train run that must stop before the host starts (exit status 2)."""
+    done = subprocess.run([sys.executable, "-m", "insightface_adadistill", "host-train", str(checkout), str(JOB),
+                           "--set", f"rec={data['rec']}", f"output={output}", *args],
+                          capture_output=True, text=True, timeout=300, cwd=output.parent)
+    assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    return done.stderr
+
+
 def scalars(output: Path) -> Dict[str, Dict[int, float]]:
     """TensorBoard scalars of a run (or of a folder of event files): tag -> step -> value."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -208,6 +220,74 @@ def test_command_prints_one_clear_refusal(tmp_path: Path, capsys) -> None:
                      f"teacher_weights={missing}", str(JOB)]) == 2  # CONFIG after --set works too
     err = capsys.readouterr().err
     assert f"{missing}" in err and "not found" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ the Python environment
+
+UPSTREAM_SCHEDULER_INIT = "super().__init__(optimizer, last_epoch=last_epoch, verbose=verbose)"
+
+
+def _with_upstream_scheduler(tmp_path: Path) -> Path:
+    """A copy whose lr_scheduler.py passes verbose= to LRScheduler.__init__, as upstream's does."""
+    root = _copy_of_host(tmp_path)
+    path = root / "lr_scheduler.py"
+    text = path.read_text()
+    text = text.replace("power=1.0, last_epoch=-1):", "power=1.0, last_epoch=-1, verbose=False):")
+    path.write_text(text.replace("super().__init__(optimizer, last_epoch)", UPSTREAM_SCHEDULER_INIT))
+    return root
+
+
+def test_upstream_lr_scheduler_is_named_with_its_fix_and_the_opt_in_runs_it(tmp_path: Path, data) -> None:
+    root = _with_upstream_scheduler(tmp_path)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    err = host_refusal(root, data, tmp_path / "refused")
+    line = next(i for i, text in enumerate((root / "lr_scheduler.py").read_text().splitlines(), 1)
+                if UPSTREAM_SCHEDULER_INIT in text)
+    assert f"{root / 'lr_scheduler.py'}:{line}: `{UPSTREAM_SCHEDULER_INIT}` passes verbose=" in err
+    assert "change it to `super().__init__(optimizer, last_epoch=last_epoch)`" in err
+    assert "--compatible-lr-scheduler" in err and not (tmp_path / "refused").exists()
+    out = host_run(data, tmp_path / "run", "--compatible-lr-scheduler", checkout=root)
+    assert "Global Step: 8" in (out / "training.log").read_text()
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts} == before
+
+
+def test_a_missing_host_dependency_is_one_line_with_its_install_command(tmp_path: Path, data) -> None:
+    root = _copy_of_host(tmp_path)
+    dataset = root / "dataset.py"
+    dataset.write_text("import mxnet as mx  # as upstream's dataset.py\n" + dataset.read_text())
+    err = host_refusal(root, data, tmp_path / "refused")
+    assert f"{dataset} imports mxnet, which this Python does not have" in err
+    assert f'{sys.executable} -m pip install "mxnet==1.9.1" "numpy<1.24"' in err
+    if importlib.util.find_spec("torchvision") is None:  # our package does not need it; the host does
+        dataset.write_text(dataset.read_text().replace("import mxnet as mx", "import torchvision"))
+        torchvision = f'"torchvision==0.{int(torch.__version__.split(".")[1]) + 15}.*"'  # built for this torch
+        assert f"-m pip install {torchvision}" in host_refusal(root, data, tmp_path / "refused")
+
+
+def test_a_module_the_host_imports_late_is_named_too(tmp_path: Path, data) -> None:
+    """A ViT's timm is imported inside get_model: caught when the host fails, still one line."""
+    root = _copy_of_host(tmp_path)
+    backbones = root / "backbones" / "__init__.py"
+    backbones.write_text(backbones.read_text().replace(
+        "def get_model(name, **kwargs):\n", "def get_model(name, **kwargs):\n    import timm_is_not_here  # noqa\n"))
+    err = host_refusal(root, data, tmp_path / "refused")
+    assert f"{backbones} imports timm_is_not_here, which this Python does not have" in err
+    assert f"{sys.executable} -m pip install timm_is_not_here" in err
+
+
+def test_mxnet_next_to_a_numpy_it_cannot_import_with_is_named(tmp_path: Path, monkeypatch) -> None:
+    root = _copy_of_host(tmp_path)
+    (root / "dataset.py").write_text("import mxnet\n" + (root / "dataset.py").read_text())
+    fake = tmp_path / "site" / "mxnet"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(fake.parent))
+    monkeypatch.setattr(np, "__version__", "1.26.4")
+    with pytest.raises(HostEnvironmentError, match=r"mxnet 1.9.1 fails to import with numpy 1.26.4 .*"
+                                                   r'-m pip install "numpy<1.24"'):
+        check_host_environment(check_checkout(root))
+    monkeypatch.setattr(np, "__version__", "1.23.5")
+    check_host_environment(check_checkout(root))
 
 
 # ------------------------------------------------------------------ the config

@@ -21,7 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("checkout", metavar="ARCFACE_TORCH_DIR",
                         help="your arcface_torch folder (the one holding train_v2.py)")
     add_config_arguments(parser)
-    parser.usage = f"{parser.prog} ARCFACE_TORCH_DIR CONFIG [--set KEY=VALUE ...]"
+    parser.add_argument("--compatible-lr-scheduler", action="store_true",
+                        help="upstream lr_scheduler.py passes verbose= to LRScheduler.__init__, which torch "
+                             ">= 2.7 rejects: ignore it for this run only instead of stopping (your files "
+                             "are not edited)")
+    parser.usage = f"{parser.prog} ARCFACE_TORCH_DIR CONFIG [--set KEY=VALUE ...] [--compatible-lr-scheduler]"
     return parser
 
 
@@ -31,5 +35,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     from insightface_adadistill.host import run_host_training
 
     run_host_training(args.checkout, args.config, args.overrides,
-                      world_size=int(os.environ.get("WORLD_SIZE", "1")))  # set by torchrun
+                      world_size=int(os.environ.get("WORLD_SIZE", "1")),  # set by torchrun
+                      compatible_lr_scheduler=args.compatible_lr_scheduler)
     return 0

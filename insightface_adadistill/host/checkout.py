@@ -96,6 +96,8 @@ def import_host_module(checkout: HostCheckout, name: str) -> ModuleType:
     path = checkout.root / (f"{name}/__init__.py" if name == "backbones" else f"{name}.py")
     try:
         return importlib.import_module(name)
+    except ModuleNotFoundError:
+        raise  # a missing dependency: `environment.missing_modules_named` names it and its install
     except Exception as err:  # the user's code can raise anything: name the file, keep the cause
         raise HostCheckoutError(f"importing {path} failed with {type(err).__name__}: {err}") from err
 

@@ -14,10 +14,11 @@ checkpoints, logs) is the host's own code.
 """
 from __future__ import annotations
 
+import logging
 import os
 import runpy
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, Dict, Iterator, List, Optional
@@ -30,9 +31,14 @@ from insightface_adadistill.heads import AdaFaceMargin, HeadArgs, build_head, he
 from insightface_adadistill.host.checkout import (HostCheckout, check_checkout, check_host_api, host_import_path,
                                                   import_host_module)
 from insightface_adadistill.host.config import DistillSettings, HostRun, load_host_config
+from insightface_adadistill.host.environment import (HostEnvironmentError, check_host_environment,
+                                                     lr_scheduler_problem, lr_scheduler_without_verbose,
+                                                     missing_modules_named)
 from insightface_adadistill.host.feed import HostHeadCall, TeacherFeed
 from insightface_adadistill.host.summary import tap_summary_writer
 from insightface_adadistill.teacher import build_teacher, check_embedding_sizes, load_teacher_classifier
+
+logger = logging.getLogger(__name__)
 
 
 class HostMargin:
@@ -187,7 +193,8 @@ def check_host_data(run: HostRun) -> None:
 
 
 def run_host_training(checkout_dir: str | os.PathLike, config: str | os.PathLike,
-                      overrides: Optional[List[str]] = None, world_size: int = 1) -> None:
+                      overrides: Optional[List[str]] = None, world_size: int = 1,
+                      compatible_lr_scheduler: bool = False) -> None:
     """Check the checkout and config, register our pieces (when `distill` is set), run `train_v2.py`.
 
     Args:
@@ -195,25 +202,37 @@ def run_host_training(checkout_dir: str | os.PathLike, config: str | os.PathLike
         config: the job config file, which may set our `distill` / `teacher_*` keys.
         overrides: `--set key=value` strings.
         world_size: the number of processes (torchrun's WORLD_SIZE), for the config's derived keys.
+        compatible_lr_scheduler: let `LRScheduler.__init__` drop the `verbose=` that an upstream
+            lr_scheduler.py passes and this torch rejects, for this run only (no file is edited).
 
     Raises:
         HostCheckoutError: the folder is not an arcface_torch checkout host-train can drive.
+        HostEnvironmentError: this Python lacks a module the host imports, has a numpy mxnet cannot
+            import with, or the checkout's lr_scheduler.py passes `verbose=` (without the opt-in).
         ConfigError: the config fails our checks.
         DataError: the dataset's identity count is not `num_classes` (with `distill` set).
         WeightsError, InputNotFoundError: a teacher file the config names cannot be used.
         Whatever the host's own code raises, unchanged.
     """
     checkout = check_checkout(checkout_dir)
+    check_host_environment(checkout)
+    scheduler_problem = lr_scheduler_problem(checkout)
+    if scheduler_problem is not None and not compatible_lr_scheduler:
+        raise HostEnvironmentError(scheduler_problem)
+    if scheduler_problem is not None:
+        logger.warning("--compatible-lr-scheduler: LRScheduler.__init__ ignores the verbose= that %s "
+                       "passes, for this run only", checkout.root / "lr_scheduler.py")
     run = load_host_config(config, overrides, world_size)
     check_host_data(run)
     parts = load_distill_parts(run.distill, host_device()) if run.distill is not None else None
-    with host_import_path(checkout), _host_invocation(checkout, run):
+    tolerant_scheduler = lr_scheduler_without_verbose() if scheduler_problem is not None else nullcontext()
+    with missing_modules_named(checkout), host_import_path(checkout), _host_invocation(checkout, run):
         backbones = import_host_module(checkout, "backbones")
         partial_fc_v2 = import_host_module(checkout, "partial_fc_v2")
         check_host_api(checkout, backbones, partial_fc_v2)
         registration = (HostRegistration(run.distill, parts, backbones.get_model)
                         if run.distill is not None else None)
         stats = registration.stats if registration is not None else None
-        with _registered(registration, backbones, partial_fc_v2), \
+        with _registered(registration, backbones, partial_fc_v2), tolerant_scheduler, \
                 tap_summary_writer(stats, resume=bool(run.job_config.get("resume"))):
             runpy.run_path(str(checkout.train_script), run_name="__main__")

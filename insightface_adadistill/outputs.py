@@ -1,22 +1,24 @@
-"""One guard for every folder a command writes into: claim it for one job, exclusively.
+"""The one output contract of every command that writes: nothing replaced, nothing mixed, unasked.
 
-`claim_output(path, job)` is what training, ONNX export, synthetic-data and cache building call
-before they write anything. It
+`claim_output(folder, command)` claims a folder, `claim_file(path, command)` a single output file;
+every writing command calls one of them before it writes anything. A folder is
 
-- creates the folder, turning "is a file" (Errno 17/20), read-only (Errno 30) and permission
-  errors into one `OutputFolderError` that names the folder and the fix;
-- refuses a folder that holds another kind of output (a dataset is no training folder): each
-  claimed folder records its job in `.adadistill-output.json`;
-- takes an exclusive `fcntl.flock` on `.adadistill.lock` for as long as the context is open, so a
-  second job started on the same folder is refused instead of mixing files with the first.
-  Under torchrun only the launching rank (rank 0) claims; the lock works between processes of
-  one machine and on network filesystems that support flock. Where the filesystem refuses locks
-  (ENOLCK/EOPNOTSUPP, e.g. some NFS or FUSE mounts) the claim still succeeds and logs a warning:
-  two runs on one such folder are then not detected.
+- created when missing; "is a file" (Errno 17/20), read-only (Errno 30) and permission errors
+  become one `OutputFolderError` that names the folder and the fix;
+- of one kind: a run, a dataset, a teacher cache, evaluation results or a demo. The kind is
+  recorded in `.adadistill-output.json`, or recognised from the files a folder made before that
+  record existed (or by arcface_torch and im2rec) holds (`folder_kind`). A folder of another kind
+  is refused, naming its kind and the flag that allows writing into it anyway;
+- held by one job at a time: an exclusive `fcntl.flock` on `.adadistill.lock` for as long as the
+  context is open, so a second job on the same folder is refused with the first one's pid, host and
+  start time. Under torchrun only the launching rank (rank 0) claims. Where the filesystem refuses
+  locks (ENOLCK/EOPNOTSUPP, e.g. some NFS or FUSE mounts) the claim succeeds with a warning.
 
-Whether existing files of the *same* job may be replaced is the job's decision (training resumes
-or refuses, `make-synthetic` wants `--force`): pass `resume`/`force` for the record, and check the
-job's own files after claiming. See docs/safety.md.
+A refused claim leaves the folder exactly as it was: the kind and same-name checks run before
+anything is made, and a refusal by the command's own `check` (run with the lock held, e.g. train's
+"already holds a run") removes the lock file, the kind record and the folder the claim created.
+Whether files of the same kind may be replaced is the command's decision: `replaces` names the
+files it would write, which then need `overwrite`. See docs/safety.md.
 """
 from __future__ import annotations
 
@@ -25,10 +27,12 @@ import errno
 import json
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
 from insightface_adadistill.errors import UserError
 
@@ -36,43 +40,190 @@ logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".adadistill.lock"
 KIND_FILE = ".adadistill-output.json"
+CLAIM_FILES = (LOCK_FILE, KIND_FILE)  # what a claim adds to a folder; not the job's output
 _NO_LOCK_SUPPORT = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+# the kind of folder each writing command makes
+KIND_OF_COMMAND = {"train": "run", "host-train": "run", "convert-host-checkpoint": "run",
+                   "make-synthetic": "dataset", "make-rec": "dataset", "cache-teacher": "cache",
+                   "eval-ijb": "evaluation", "demo": "demo"}
+KIND_NAMES = {"run": "a training run", "dataset": "a dataset", "cache": "a teacher cache",
+              "evaluation": "evaluation results", "demo": "a demo"}
+# what a folder without a kind record holds, by the first of these names found in it
+_SIGNS = (("demo", (".adadistill-demo",)),  # the demo's marker before the kind record
+          ("run", ("model.pt", "checkpoints", "checkpoint_gpu_0.pt", "training.log")),
+          ("cache", ("embeddings.npy", "build.json")),
+          ("dataset", ("train.rec", "train.idx", "train/train.rec")),
+          ("evaluation", ("ijbc.json", "ijbb.json")))
+# the flag that lets a command write over what is there
+_CONFIG_COMMANDS = ("train",)
+_NO_OVERWRITE = ("cache-teacher", "convert-host-checkpoint", "host-train")
 
 
 class OutputFolderError(UserError, ValueError):
-    """An output folder cannot be used: not a folder, not writable, in use, or another job's."""
+    """An output cannot be used: not a folder/file, not writable, in use, another kind, or it exists."""
+
+
+def overwrite_flag(command: str) -> Optional[str]:
+    """How a user says "write there anyway" to `command`: a config key for train-like commands, a
+    flag for the others; None where nothing may be replaced (a teacher cache or a converted host
+    run is only ever added to)."""
+    if command in _NO_OVERWRITE:
+        return None
+    return "--set overwrite=True" if command in _CONFIG_COMMANDS else "--overwrite"
+
+
+def _or_overwrite(command: str, what: str) -> str:
+    flag = overwrite_flag(command)
+    return f", or pass {flag} to {what}" if flag else ""
+
+
+def folder_kind(folder: str | os.PathLike) -> Optional[str]:
+    """The kind of output `folder` holds: its recorded kind, else the kind its files show, else None."""
+    return _kind_and_evidence(Path(folder))[0]
+
+
+def _kind_and_evidence(folder: Path) -> Tuple[Optional[str], str]:
+    """(kind, what shows it) for the refusal message."""
+    kind_file = folder / KIND_FILE
+    if kind_file.is_file():
+        try:
+            record = json.loads(kind_file.read_text())
+            return str(record["kind"]), f"made by `adadistill {record.get('command', '?')}`, see {kind_file}"
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            raise OutputFolderError(f"{kind_file} is unreadable ({exc}); it records which kind of output "
+                                    f"{folder} holds: delete it if you are sure the folder is free") from exc
+    for kind, names in _SIGNS:
+        found = next((name for name in names if (folder / name).exists()), None)
+        if found is not None:
+            return kind, f"it has {found}"
+    return None, ""
 
 
 @contextlib.contextmanager
-def claim_output(path: str | os.PathLike, job: str, *, resume: bool = False,
-                 force: bool = False) -> Iterator[Path]:
-    """Hold `path` for `job` (e.g. "train", "export-onnx") until the context exits.
+def claim_output(path: str | os.PathLike, command: str, *, overwrite: bool = False, resume: bool = False,
+                 replaces: Iterable[str] = (), check: Optional[Callable[[Path], Any]] = None) -> Iterator[Path]:
+    """Hold the folder `path` for `command` (e.g. "train", "make-synthetic") until the context exits.
 
     Args:
         path: the output folder; created (with parents) when missing.
-        job: the command writing it; a folder claimed by another job is refused.
+        command: the `adadistill` command writing it; its kind is `KIND_OF_COMMAND[command]`.
+        overwrite: the user allowed writing into a folder of another kind and over `replaces`.
         resume: the job continues what is there (recorded in the lock file for a reader).
-        force: the job may replace what is there (recorded likewise).
+        replaces: names (relative to the folder) the command writes; existing ones need `overwrite`.
+        check: called with the folder once locked, before the claim is recorded; an exception it
+            raises refuses the claim and undoes everything the claim made.
 
     Raises:
-        OutputFolderError: `path` is a file, cannot be created or written, holds another job's
-            output, or is locked by a running job (the message names it and its pid).
+        OutputFolderError: `path` is a file, cannot be created or written, holds another kind of
+            output or files the command would replace, or is locked by a running job.
     """
-    folder = Path(path)
-    _make_folder(folder)
-    _check_kind(folder, job)
-    with _exclusive_lock(folder, job, resume=resume, force=force):
-        _record_kind(folder, job)
-        yield folder
+    folder, kind = Path(path), KIND_OF_COMMAND[command]
+    made: List[Path] = []
+    if folder.exists():
+        _check_existing(folder, command, kind, overwrite, replaces)
+    else:
+        made = _make_folder(folder)
+    with contextlib.ExitStack() as held:
+        lock: Optional[_Lock] = None
+        kind_was = _read_bytes(folder / KIND_FILE)
+        try:
+            _check_writable(folder)
+            lock = held.enter_context(_exclusive_lock(folder, command, resume=resume, force=overwrite))
+            if check is not None:
+                check(folder)
+            _record_kind(folder, kind, command)
+        except BaseException:
+            _undo(folder, lock, kind_was, made)
+            raise
+        try:
+            yield folder
+        finally:
+            if {p.name for p in folder.iterdir()} <= set(CLAIM_FILES):  # it ended before writing anything
+                _undo(folder, lock, kind_was, made)
 
 
-def _make_folder(folder: Path) -> None:
-    if folder.exists() and not folder.is_dir():
+def _undo(folder: Path, lock: Optional["_Lock"], kind_was: Optional[bytes], made: List[Path]) -> None:
+    """Leave the folder as the claim found it: kind record and lock file as they were, new folders gone."""
+    if kind_was is None:
+        (folder / KIND_FILE).unlink(missing_ok=True)
+    elif _read_bytes(folder / KIND_FILE) != kind_was:
+        _write_atomic(folder / KIND_FILE, kind_was)
+    if lock is not None:
+        lock.undo()
+    for created in made:  # innermost first; empty again once the claim's files are gone
+        with contextlib.suppress(OSError):
+            created.rmdir()
+
+
+def claim_file(path: str | os.PathLike, command: str, *, overwrite: bool = False,
+               example: str = "out") -> Path:
+    """Check that `command` may write the single file `path`; nothing is made. Write it atomically.
+
+    Raises:
+        OutputFolderError: `path` is a folder, or exists and `overwrite` is not set.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputFolderError(f"{path} is a folder; `adadistill {command}` writes a file: give a file path, "
+                                f"e.g. {path / example}")
+    if path.exists() and not overwrite:
+        raise OutputFolderError(f"{path} exists; choose another file name{_or_overwrite(command, 'replace it')}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputFolderError(f"cannot write {path}: {parent} is a file, not a folder")
+            break
+    return path
+
+
+@contextlib.contextmanager
+def staged(folder: str | os.PathLike) -> Iterator[Path]:
+    """A hidden folder inside `folder` to write several outputs into; on success each entry is
+    moved into `folder` (one rename each, replacing what had that name), on failure all of it is
+    removed, so a reader never sees a half-written file and a failed command leaves no part."""
+    folder = Path(folder)
+    stage = Path(tempfile.mkdtemp(prefix=".adadistill-staging.", dir=folder))
+    try:
+        yield stage
+        for entry in sorted(stage.iterdir()):
+            target = folder / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _check_existing(folder: Path, command: str, kind: str, overwrite: bool, replaces: Iterable[str]) -> None:
+    if not folder.is_dir():
         raise OutputFolderError(f"output {folder} is a file, not a folder; choose a folder path "
-                                f"(e.g. {folder.with_suffix('')}_run) or move the file away")
+                                f"(e.g. {folder.with_suffix('')}_out) or move the file away")
+    found, evidence = _kind_and_evidence(folder)
+    if found is not None and found != kind and not overwrite:
+        raise OutputFolderError(f"output {folder} holds {KIND_NAMES.get(found, found)} ({evidence}), not "
+                                f"{KIND_NAMES[kind]}; choose another folder{_or_overwrite(command, 'write into it anyway')}")
+    existing = [str(folder / name) for name in replaces if (folder / name).exists()]
+    if existing and not overwrite:
+        it = "them" if len(existing) > 1 else "it"
+        raise OutputFolderError(f"output {folder} already holds {', '.join(existing)}; choose another "
+                                f"folder{_or_overwrite(command, 'replace ' + it)}")
+
+
+def _make_folder(folder: Path) -> List[Path]:
+    """Create `folder` and missing parents; returns the ones created, innermost first."""
+    missing = [p for p in [folder, *folder.parents] if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".adadistill-write-test.{os.getpid()}"
+    except OSError as exc:
+        raise OutputFolderError(f"output {folder} cannot be created ({_reason(exc)}); choose a folder on a "
+                                "writable disk, or fix its permissions") from exc
+    return missing
+
+
+def _check_writable(folder: Path) -> None:
+    probe = folder / f".adadistill-write-test.{os.getpid()}"
+    try:
         probe.touch()
         probe.unlink()
     except OSError as exc:
@@ -92,53 +243,81 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _check_kind(folder: Path, job: str) -> None:
-    kind_file = folder / KIND_FILE
-    if not kind_file.is_file():
-        return
+def _read_bytes(path: Path) -> Optional[bytes]:
     try:
-        recorded = json.loads(kind_file.read_text()).get("job")
-    except (ValueError, AttributeError, OSError) as exc:
-        raise OutputFolderError(f"{kind_file} is unreadable ({exc}); it records which command owns "
-                                f"{folder}: delete it if you are sure the folder is free") from exc
-    if recorded != job:
-        raise OutputFolderError(f"output {folder} holds the output of `adadistill {recorded}` (see "
-                                f"{kind_file}), not of `adadistill {job}`; choose another folder")
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
-def _record_kind(folder: Path, job: str) -> None:
-    kind_file = folder / KIND_FILE
-    if not kind_file.is_file():
-        tmp = folder / f".{KIND_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"job": job}) + "\n")
-        os.replace(tmp, kind_file)
+def _record_kind(folder: Path, kind: str, command: str) -> None:
+    record = (json.dumps({"kind": kind, "command": command}) + "\n").encode()
+    if not (folder / KIND_FILE).is_file() or folder_kind(folder) != kind:
+        _write_atomic(folder / KIND_FILE, record)
+
+
+def _write_atomic(path: Path, content: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(content)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class _Lock:
+    """A held lock; `undo()` leaves the lock file as it was before this claim (removed if new)."""
+
+    def __init__(self, fd: int, path: Path, previous: Optional[bytes]) -> None:
+        self.fd, self.path, self.previous = fd, path, previous
+
+    def undo(self) -> None:
+        if self.previous is None:  # still held: a claimer waiting on this file sees it gone and retries
+            self.path.unlink(missing_ok=True)
+        else:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, self.previous, 0)
 
 
 @contextlib.contextmanager
-def _exclusive_lock(folder: Path, job: str, *, resume: bool, force: bool) -> Iterator[None]:
+def _exclusive_lock(folder: Path, command: str, *, resume: bool, force: bool) -> Iterator[_Lock]:
     import fcntl  # POSIX only; imported here so that importing the package works everywhere
 
     lock_path = folder / LOCK_FILE
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    while True:
+        previous = _read_bytes(lock_path)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             holder = _read_holder(lock_path)
             raise OutputFolderError(f"output {folder} is in use by another job ({holder}); wait for it "
                                     f"to finish, stop it, or choose another output folder") from None
         except OSError as exc:
             if exc.errno not in _NO_LOCK_SUPPORT:
+                os.close(fd)
                 raise
             logger.warning("the filesystem of %s does not support file locks (%s): a second job "
                            "started on this folder will not be detected", folder, exc.strerror)
-        holder = {"job": job, "pid": os.getpid(), "host": socket.gethostname(),
+        if _same_inode(fd, lock_path):
+            break
+        os.close(fd)  # a refused claim removed the file we locked: lock the current one
+    try:
+        holder = {"job": command, "pid": os.getpid(), "host": socket.gethostname(),
                   "started": time.strftime("%Y-%m-%d %H:%M:%S"), "resume": resume, "force": force}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
-        yield
+        yield _Lock(fd, lock_path, previous)
     finally:
         os.close(fd)  # releases the flock; the file stays so that no unlink can race a new claim
+
+
+def _same_inode(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _read_holder(lock_path: Path) -> str:

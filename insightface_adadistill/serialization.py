@@ -38,6 +38,9 @@ def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu",
             f"bypasses before 2.10); install torch>={'.'.join(map(str, MIN_TORCH))}"
         )
     path = Path(path)
+    if path.is_dir():
+        raise InputNotFoundError(f"{path} is a folder, not a weights file; name the file inside it "
+                                 f"(e.g. {path / 'model.pt'})")
     if not path.is_file():
         raise InputNotFoundError(f"{path}: checkpoint file not found; check the path in your config")
     try:
@@ -47,10 +50,21 @@ def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu",
         raise WeightsError(_refused_object(path, found.group(1) if found else None)) from None
     except Exception as exc:
         raise WeightsError(
-            f"{path}: cannot be loaded as a weights-only torch checkpoint ({exc}). It is corrupt, "
-            "truncated, or holds Python objects other than tensors and plain containers; re-save it "
-            "as a state_dict with torch.save(model.state_dict(), path)"
-        ) from exc
+            f"{path}: not a torch checkpoint ({_what_it_is(path)}): a file written by torch.save is a zip "
+            "archive (or a legacy pickle); check the path, or re-save the weights with "
+            "torch.save(model.state_dict(), path)") from exc
+
+
+def _what_it_is(path: Path) -> str:
+    """A few words on a file torch cannot read: its size and how it starts."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty"
+    if head.startswith(b"PK"):
+        return f"a zip archive of {size} bytes that is truncated or not torch's layout"
+    return f"{size} bytes starting with {head!r}"
 
 
 def _refused_object(path: Path, name: Optional[str]) -> str:

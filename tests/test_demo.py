@@ -13,8 +13,8 @@ from insightface_adadistill.config import load_config
 from insightface_adadistill.demo.configs import RunPlace, write_run_configs
 from insightface_adadistill.demo.pipeline import supported_fars
 from insightface_adadistill.demo.presets import METHODS, PRESETS, lr_drop_epochs, pick_preset
-from insightface_adadistill.demo.run import MARKER, prepare_output
-from insightface_adadistill.outputs import OutputFolderError
+from insightface_adadistill.demo.run import demo_output
+from insightface_adadistill.outputs import OutputFolderError, folder_kind
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -80,13 +80,13 @@ def test_config_files_load_and_students_share_the_budget(tmp_path: Path) -> None
 
 
 def test_rerun_replaces_a_demo_folder_but_not_a_foreign_one(tmp_path: Path) -> None:
-    ours = prepare_output(tmp_path / "ours")
-    (ours / "runs" / "teacher").mkdir(parents=True)
-    (ours / "report.md").write_text("old")
-    (ours / "notes.txt").write_text("kept")
-    prepare_output(ours)
-    assert not (ours / "runs").exists() and not (ours / "report.md").exists()
-    assert (ours / "notes.txt").read_text() == "kept" and (ours / MARKER).is_file()
+    with demo_output(tmp_path / "ours") as ours:
+        (ours / "runs" / "teacher").mkdir(parents=True)
+        (ours / "report.md").write_text("old")
+        (ours / "notes.txt").write_text("kept")
+    with demo_output(ours):
+        assert not (ours / "runs").exists() and not (ours / "report.md").exists()
+    assert (ours / "notes.txt").read_text() == "kept" and folder_kind(ours) == "demo"
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()

@@ -41,15 +41,16 @@ def test_read_only_is_one_clear_error(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_another_jobs_folder_is_refused(tmp_path: Path) -> None:
-    with claim_output(tmp_path, "make-synthetic"):
-        pass
-    with pytest.raises(OutputFolderError, match="holds the output of `adadistill make-synthetic`"):
+    with claim_output(tmp_path, "make-synthetic") as folder:
+        (folder / "manifest.json").write_text("{}")
+    with pytest.raises(OutputFolderError, match=r"holds a dataset \(made by `adadistill make-synthetic`.*not a training run; choose another folder, or pass --set overwrite=True"):
         with claim_output(tmp_path, "train"):
             pass
 
 
 def _hold(path: str, ready, release) -> None:
-    with claim_output(path, "train"):
+    with claim_output(path, "train") as folder:
+        (folder / "training.log").write_text("")
         ready.set()
         release.wait(30)
 
@@ -79,6 +80,6 @@ def test_filesystems_without_locks_degrade_to_a_warning(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with claim_output(tmp_path, "train"):
-        pass
+        (tmp_path / "training.log").write_text("")
     assert "does not support file locks" in caplog.text
     assert outputs.LOCK_FILE in {p.name for p in tmp_path.iterdir()}

@@ -14,6 +14,7 @@ from insightface_adadistill.commands.inspect_rec import main as inspect_rec_main
 from insightface_adadistill.commands.make_rec import main as make_rec_main
 from insightface_adadistill.data.rec_tools import write_insightface_rec
 from insightface_adadistill.data.recordio import RecordIOReader, unpack
+from insightface_adadistill.outputs import OutputFolderError
 
 
 @pytest.fixture(autouse=True)
@@ -66,12 +67,12 @@ def test_make_rec_lists_bad_images_and_writes_nothing(faces, tmp_path, capsys):
     assert not (out / "train.rec").exists() and not list(out.glob("*.partial"))
 
 
-def test_make_rec_refuses_to_overwrite_without_force(faces, tmp_path, capsys):
+def test_make_rec_refuses_to_overwrite_without_the_flag(faces, tmp_path):
     out = tmp_path / "rec"
     assert make_rec_main([str(faces), str(out), "--workers", "1"]) == 0
-    assert make_rec_main([str(faces), str(out), "--workers", "1"]) == 1
-    assert "pass --force" in capsys.readouterr().err
-    assert make_rec_main([str(faces), str(out), "--workers", "1", "--force"]) == 0
+    with pytest.raises(OutputFolderError, match="already holds .*train.rec.*pass --overwrite"):
+        make_rec_main([str(faces), str(out), "--workers", "1"])
+    assert make_rec_main([str(faces), str(out), "--workers", "1", "--overwrite"]) == 0
 
 
 def test_write_insightface_rec_requires_grouped_labels(tmp_path):

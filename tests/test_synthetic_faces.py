@@ -13,6 +13,7 @@ from insightface_adadistill.data.datasets import RecordDataset
 from insightface_adadistill.data.decode import decode_image
 from insightface_adadistill.evaluation.alignment import ARCFACE_TEMPLATE, align_face, similarity_transform
 from insightface_adadistill.evaluation.ijb import AlignedFaces, read_meta
+from insightface_adadistill.outputs import OutputFolderError
 from insightface_adadistill.synthetic.identities import SyntheticFaceConfig, derive_seeds, identity_traits
 from insightface_adadistill.synthetic.renderer import SyntheticFaces
 from insightface_adadistill.synthetic.suite import (build_synthetic_suite, heldout_start, write_ijb_folder,
@@ -190,15 +191,14 @@ def test_make_synthetic_command(tmp_path, capsys):
     assert "identity_ids" in capsys.readouterr().err
 
 
-def test_make_synthetic_refuses_an_existing_dataset_without_force(tmp_path, capsys):
+def test_make_synthetic_refuses_an_existing_dataset_without_the_flag(tmp_path, capsys):
     args = [str(tmp_path / "ds"), "--train-ids", "2", "--images-per-id", "2", "--heldout-ids", "2",
             "--val-pairs", "2", "--difficulty", "easy"]
     assert make_synthetic_main(args) == 0
     first = (tmp_path / "ds" / "train" / "train.rec").read_bytes()
     capsys.readouterr()
-    assert make_synthetic_main([*args, "--seed", "1"]) == 1
-    err = capsys.readouterr().err
-    assert "already holds a dataset" in err and "train.rec" in err and "pass --force" in err
+    with pytest.raises(OutputFolderError, match="already holds .*train.*pass --overwrite"):
+        make_synthetic_main([*args, "--seed", "1"])
     assert (tmp_path / "ds" / "train" / "train.rec").read_bytes() == first
-    assert make_synthetic_main([*args, "--seed", "1", "--force"]) == 0
+    assert make_synthetic_main([*args, "--seed", "1", "--overwrite"]) == 0
     assert (tmp_path / "ds" / "train" / "train.rec").read_bytes() != first

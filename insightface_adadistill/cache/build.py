@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from insightface_adadistill import distributed
+from insightface_adadistill.outputs import CLAIM_FILES
 from insightface_adadistill.cache.manifest import (
     CHECKED_FIELDS, MANIFEST, CacheError, TeacherSpec, mismatches, new_manifest, read_manifest, run_identity)
 from insightface_adadistill.cache.reader import TeacherCache
@@ -88,7 +89,7 @@ def _prepare(folder: Path, request: Dict[str, Any]) -> str:
                              + f"\nrerun with those settings to finish it, choose another --out, or delete "
                              f"{folder} to start over")
         read_array_header(folder / ARRAY)  # its rows are what the committed chunks point at
-    elif any(folder.iterdir()):
+    elif any(p.name not in CLAIM_FILES for p in folder.iterdir()):
         raise CacheError(f"{folder} exists and is not a teacher cache; choose another --out (nothing "
                          "there is overwritten)")
     count = math.ceil(request["shape"][0] / request["chunk_rows"])

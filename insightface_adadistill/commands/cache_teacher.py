@@ -7,11 +7,12 @@ process or under `torchrun`; rerunning the same command resumes an interrupted b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from insightface_adadistill.commands.common import add_config_arguments, command_parser, parse_config_args
 
@@ -48,14 +49,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Build (or finish) the teacher cache of a config; user errors (a `UserError`) propagate to
     the command line's one error path."""
     args = parse_config_args(build_parser(), argv)
-    from tqdm import tqdm
-
-    from insightface_adadistill import distributed
-    from insightface_adadistill.cache import CacheError, TeacherSpec, build_teacher_cache
-    from insightface_adadistill.cache.store import array_bytes
+    from insightface_adadistill.cache import CacheError, TeacherSpec
     from insightface_adadistill.config import load_config
-    from insightface_adadistill.data.datasets import build_dataset
-    from insightface_adadistill.training.monitor import resolve_progress_bar
+    from insightface_adadistill.outputs import claim_output
 
     cfg = load_config(args.config, args.overrides, world_size=int(os.environ.get("WORLD_SIZE", "1")))
     if not cfg.teacher_weights:
@@ -64,6 +60,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     folder = args.out or default_folder(cfg.teacher_cache, cfg.output)
     spec = TeacherSpec(cfg.teacher_network, cfg.teacher_weights, cfg.embedding_size,
                        cfg.teacher_dtype, cfg.teacher_channels_last)
+    with contextlib.ExitStack() as held:
+        if int(os.environ.get("RANK", "0")) == 0:  # the launching process holds the folder (torchrun: rank 0)
+            held.enter_context(claim_output(folder, "cache-teacher", resume=True))
+        return _build(cfg, folder, spec, args)
+
+
+def _build(cfg: Any, folder: Path, spec: Any, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from insightface_adadistill import distributed
+    from insightface_adadistill.cache import build_teacher_cache
+    from insightface_adadistill.cache.store import array_bytes
+    from insightface_adadistill.data.datasets import build_dataset
+    from insightface_adadistill.training.monitor import resolve_progress_bar
+
     dist = distributed.init_distributed(cfg.device)
     try:
         dataset = build_dataset(cfg.rec, cfg.num_classes, cfg.seed)

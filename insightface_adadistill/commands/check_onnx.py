@@ -5,7 +5,6 @@ Prints the rule table; exits 0 when every enforced rule passes, 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -25,13 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--provider", choices=("default", "cpu"), default="default",
                         help="onnxruntime provider: default = its preferred one (the default), cpu = the CPU")
     parser.add_argument("--json", metavar="OUT", type=Path, help="also write the report as JSON to OUT")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from insightface_adadistill.export.mfr_check import check_onnx, format_table
+    from insightface_adadistill.outputs import claim_file
+    from insightface_adadistill.serialization import write_json_atomic
 
+    if args.json is not None:
+        claim_file(args.json, "check-onnx", overwrite=args.overwrite, example="mfr_check.json")
     try:
         report = check_onnx(args.model, track=args.track, provider=args.provider)
     except FileNotFoundError as exc:
@@ -41,6 +45,5 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(format_table(report))
     print("PASS: all MFR rules hold" if report.passed else f"FAIL: {', '.join(report.failed_rules())}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        write_json_atomic(report.to_json(), args.json)
     return 0 if report.passed else 1

@@ -1,10 +1,12 @@
 """What every command shares: its parser (help that shows defaults), the `CONFIG [--set KEY=VALUE ...]`
-arguments and the error line."""
+arguments, `--device` and the error line."""
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
+
+from insightface_adadistill.errors import LaunchError, SettingError
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -61,3 +63,26 @@ def parse_config_args(parser: argparse.ArgumentParser, argv: Optional[List[str]]
 def print_error(command: str, message: object) -> None:
     """The one error block every command prints: `adadistill <command>: error: <message>`."""
     print(f"adadistill {command}: error: {message}", file=sys.stderr, flush=True)
+
+
+def pick_device(requested: Optional[str]) -> Any:
+    """The torch.device of a `--device` flag (None or 'auto': cuda when available, else cpu).
+
+    Raises:
+        LaunchError: CUDA asked for on a machine where torch sees none (one line, not torch's text).
+        SettingError: not a device name.
+    """
+    import torch
+
+    if requested in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise SettingError(f"--device {requested!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LaunchError(f"--device {requested} but torch sees no CUDA device on this machine; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise LaunchError(f"--device {requested} but torch sees {torch.cuda.device_count()} CUDA device(s); "
+                          "use cuda:0 .. cuda:N-1")
+    return device

@@ -25,7 +25,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from insightface_adadistill.outputs import claim_output
     from insightface_adadistill.training.host_checkpoint import convert_host_checkpoint
 
-    with claim_output(args.output, "train", resume=True):  # not while a run trains in it
+    with claim_output(args.output, "convert-host-checkpoint", resume=True):  # not while a run trains in it
         set_dir = convert_host_checkpoint(args.output)
     print(f"wrote {set_dir}; continue the run with: adadistill train CONFIG --set output={args.output} "
           "resume=True")

@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-steps", type=int, default=None,
                         metavar="N", help="stop every run after N steps (a smoke test of a preset; default: the preset's "
                                        "full schedule)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an --out that holds other files (the demo's own names are replaced)")
     return parser
 
 
@@ -48,21 +50,21 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from insightface_adadistill import distributed
     from insightface_adadistill.demo.presets import pick_preset
-    from insightface_adadistill.demo.run import prepare_output, run_pipeline, write_outputs
+    from insightface_adadistill.demo.run import demo_output, run_pipeline, write_outputs
 
     started = time.perf_counter()
     preset = pick_preset(args.preset, args.device)
-    out = prepare_output(args.out)  # OutputFolderError for a folder the demo did not write
-    dist = distributed.init_distributed(args.device)
-    try:
-        outcome = run_pipeline(preset, out, dist, seed=args.seed, device=args.device, max_steps=args.max_steps,
-                               on_stage=print_stage)
-    finally:
-        distributed.destroy_distributed()
-    print_stage(4, "writing the report")
-    meta = {"device": torch.cuda.get_device_name(dist.device) if dist.device.type == "cuda" else "cpu",
-            "seed": args.seed, "total_seconds": time.perf_counter() - started}
-    files = write_outputs(preset, out, outcome, meta)
+    with demo_output(args.out, args.overwrite) as out:  # OutputFolderError for a folder the demo did not write
+        dist = distributed.init_distributed(args.device)
+        try:
+            outcome = run_pipeline(preset, out, dist, seed=args.seed, device=args.device,
+                                   max_steps=args.max_steps, on_stage=print_stage)
+        finally:
+            distributed.destroy_distributed()
+        print_stage(4, "writing the report")
+        meta = {"device": torch.cuda.get_device_name(dist.device) if dist.device.type == "cuda" else "cpu",
+                "seed": args.seed, "total_seconds": time.perf_counter() - started}
+        files = write_outputs(preset, out, outcome, meta)
     print(f"\nDemo finished in {time.perf_counter() - started:.0f} s.")
     print(f"  report:      {files['report']}")
     print(f"  plots:       {files['alpha_curves']}, {files['roc']}")

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from insightface_adadistill.commands.common import command_parser
+from insightface_adadistill.errors import InputNotFoundError
+from insightface_adadistill.outputs import OutputFolderError
 
 SUMMARY = "IJB-B / IJB-C 1:1 verification (TAR@FAR)"
 
@@ -27,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-path", required=True, metavar="DIR", help="IJB root holding meta/ and loose_crop/")
     parser.add_argument("--target", default="IJBC", choices=TARGETS, help="which IJB set DIR holds")
     parser.add_argument("--result-dir", default=".", metavar="DIR", help="outputs go to <result-dir>/<job>/")
-    parser.add_argument("--job", default="insightface", help="output sub-folder and method label")
+    parser.add_argument("--job", help="output sub-folder and method label (default: from the model file, "
+                                      "<its folder>_<its name>, e.g. student_model for runs/student/model.pt)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of another model in <result-dir>/<job>/")
     parser.add_argument("--batch-size", type=int, default=128, metavar="N",
                         help="images per batch (the model sees twice that with the flip)")
     parser.add_argument("--no-flip", action="store_true", help="F0: no flip test")
@@ -52,27 +58,63 @@ def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return args
 
 
+def default_job(model: str | os.PathLike) -> str:
+    """One results folder per model file: `<its folder>_<its name>` (runs/student/model.pt ->
+    student_model), so that evaluating two runs' model.pt never writes into one folder."""
+    path = Path(model).resolve()
+    parts = [part for part in (path.parent.name, path.stem) if part]
+    return "_".join(parts).replace(" ", "_")
+
+
+def _only_this_model(folder: Path, target: str, model: Dict[str, str]) -> None:
+    """Refuse a results folder that holds this target's results of another model file."""
+    previous = folder / f"{target.lower()}.json"
+    if not previous.is_file():
+        return
+    try:
+        saved = json.loads(previous.read_text())
+    except ValueError:
+        saved = {}
+    if saved.get("model_sha256") != model["model_sha256"]:
+        other = saved.get("model") or saved.get("onnx") or "another model"
+        raise OutputFolderError(f"{folder} already holds the {target} results of {other} ({previous}); choose "
+                                "another --job (the default is one per model file), or pass --overwrite to "
+                                "replace them")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Evaluate one model on IJB-B or IJB-C, write the results and print the TAR@FAR table."""
     args = _parse_args(argv)
-    import torch
-
     from insightface_adadistill.backbones.loading import load_backbone
+    from insightface_adadistill.cache.manifest import file_sha256
+    from insightface_adadistill.commands.common import pick_device
     from insightface_adadistill.evaluation.ijb import backbone_embedder, evaluate_ijb, onnx_embedder, write_results
+    from insightface_adadistill.outputs import claim_output, staged
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.onnx is not None:
-        embed_fn, model = onnx_embedder(args.onnx, device), {"onnx": str(args.onnx)}
-    else:
-        backbone = load_backbone(args.network, args.model_prefix, args.embedding_size)
-        embed_fn = backbone_embedder(backbone, device)
-        model = {"network": args.network, "model": str(args.model_prefix)}
-    result = evaluate_ijb(embed_fn, args.image_path, args.target, batch_size=args.batch_size,
-                          workers=args.workers, flip=not args.no_flip,
-                          norm_score=not args.no_norm_score,
-                          detector_score=not args.no_detector_score)
-    paths = write_results(result, Path(args.result_dir) / args.job, args.job, model)
-    print(paths["txt"].read_text(), end="")
-    print(f"{result['mode']}, AUC {result['auc'] * 100:.4f} %, results in {paths['json'].parent}",
-          flush=True)
+    device = pick_device(args.device)
+    model_file = args.onnx if args.onnx is not None else args.model_prefix
+    if not Path(model_file).is_file():
+        flag = "--onnx" if args.onnx is not None else "--model-prefix"
+        what = "is a folder, not a model file" if Path(model_file).is_dir() else "not found"
+        raise InputNotFoundError(f"{flag} {model_file}: {what}; give the model file (e.g. model.pt or model.onnx)")
+    job = args.job or default_job(model_file)
+    model = ({"onnx": str(args.onnx)} if args.onnx is not None
+             else {"network": args.network, "model": str(args.model_prefix)})
+    model["model_sha256"] = file_sha256(model_file)
+    folder = Path(args.result_dir) / job
+    check = None if args.overwrite else (lambda _: _only_this_model(folder, args.target, model))
+    with claim_output(folder, "eval-ijb", overwrite=args.overwrite, check=check):
+        if args.onnx is not None:
+            embed_fn = onnx_embedder(args.onnx, device)
+        else:
+            embed_fn = backbone_embedder(load_backbone(args.network, args.model_prefix, args.embedding_size), device)
+        result = evaluate_ijb(embed_fn, args.image_path, args.target, batch_size=args.batch_size,
+                              workers=args.workers, flip=not args.no_flip,
+                              norm_score=not args.no_norm_score,
+                              detector_score=not args.no_detector_score)
+        with staged(folder) as stage:
+            written = write_results(result, stage, job, model)
+            table = written["txt"].read_text()
+    print(table, end="")
+    print(f"{result['mode']}, AUC {result['auc'] * 100:.4f} %, results in {folder}", flush=True)
     return 0

@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--embedding-size", type=int, metavar="E",
                         help="num_features the model was trained with (default: read from the weights; "
                              "a value the weights do not have is an error)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT.onnx")
     return parser
 
 
@@ -50,20 +51,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     from insightface_adadistill.backbones.loading import load_backbone
     from insightface_adadistill.export.onnx import (ExportError, check_exportable, describe_export, export_onnx,
                                                     verify_onnx)
+    from insightface_adadistill.outputs import claim_file
 
+    claim_file(args.output, COMMAND, overwrite=args.overwrite, example="model.onnx")
+    # written and checked beside OUT.onnx, then renamed over it: a failed export leaves OUT.onnx as it was
+    draft = args.output.with_name(f".{args.output.name}.{os.getpid()}.draft.onnx")
     try:
-        check_exportable(args.network)
-        backbone = load_backbone(args.network, args.model, args.embedding_size, fp16=False, dropout=0.0)
-        path = export_onnx(backbone, args.output, opset=args.opset)
-    except (FileNotFoundError, ValueError, ExportError) as exc:
-        print_error(COMMAND, exc)
-        return 1
-    try:
-        parity = verify_onnx(backbone, path)
-    except ExportError as exc:
-        path.unlink()  # an unfaithful file must not be deployed by a script that ignores the exit code
-        print_error(COMMAND, f"{exc}; {path} was removed")
-        return 1
-    print(f"exported {args.network} ({args.model}) -> {path}")
-    print("\n".join(describe_export(path, args.opset, parity)))
+        try:
+            check_exportable(args.network)
+            backbone = load_backbone(args.network, args.model, args.embedding_size, fp16=False, dropout=0.0)
+            export_onnx(backbone, draft, opset=args.opset)
+        except (FileNotFoundError, ValueError, ExportError) as exc:
+            print_error(COMMAND, exc)
+            return 1
+        try:
+            parity = verify_onnx(backbone, draft)
+        except ExportError as exc:  # an unfaithful file must not be deployed by a script that ignores the exit code
+            print_error(COMMAND, f"{exc}; {args.output} was not written")
+            return 1
+        os.replace(draft, args.output)
+    finally:
+        draft.unlink(missing_ok=True)
+    print(f"exported {args.network} ({args.model}) -> {args.output}")
+    print("\n".join(describe_export(args.output, args.opset, parity)))
     return 0

@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("dir", type=Path, metavar="DIR", help="dataset folder with train.rec (or the .rec file itself)")
     parser.add_argument("--rebuild-index", action="store_true",
                         help="rewrite train.idx by scanning train.rec (keys = record ids)")
+    parser.add_argument("--overwrite", action="store_true", help="with --rebuild-index: replace an existing train.idx")
     parser.add_argument("-n", "--num-records", type=int, default=5, metavar="N", help="records to list")
     return parser
 
@@ -25,7 +26,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     from insightface_adadistill.data.rec_tools import describe_rec
     from insightface_adadistill.data.recordio import RecordIOReader
 
+    from insightface_adadistill.outputs import claim_file
+
     rec_path = args.dir if args.dir.suffix == ".rec" else args.dir / "train.rec"
+    if args.rebuild_index and rec_path.is_file():  # a refusal is a user error (exit 2), before anything is read
+        claim_file(rec_path.with_suffix(".idx"), "inspect-rec", overwrite=args.overwrite)
     try:
         if args.rebuild_index:
             count = RecordIOReader.rebuild_index(rec_path)

@@ -12,6 +12,7 @@ from insightface_adadistill.commands.common import command_parser, print_error
 
 SUMMARY = "build an insightface-style .rec/.idx from an image folder"
 PROGRESS_SECONDS = 10.0
+REC_FILES = ("train.rec", "train.idx", "property")
 T = TypeVar("T")
 
 
@@ -25,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="processes reading and checking images (default: all cores)")
     parser.add_argument("--quality", type=int, default=95, metavar="Q",
                         help="JPEG quality for non-JPEG sources (JPEGs are stored unchanged)")
-    parser.add_argument("--force", action="store_true", help="replace an existing OUT_DIR/train.rec")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing OUT_DIR/train.rec, train.idx and property")
     return parser
 
 
@@ -49,18 +51,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from insightface_adadistill.data.datasets import scan_image_folder
     from insightface_adadistill.data.rec_tools import validated_samples, write_insightface_rec
+    from insightface_adadistill.outputs import claim_output, staged
 
-    if (args.out_dir / "train.rec").exists() and not args.force:
-        print_error("make-rec", f"{args.out_dir / 'train.rec'} exists; pass --force to replace it")
-        return 1
-    try:
-        classes, paths, labels = scan_image_folder(args.src)
-        started = time.monotonic()
-        samples = validated_samples(paths, labels, args.workers, args.quality, progress)
-        summary = write_insightface_rec(args.out_dir, samples, len(classes))
-    except (OSError, ValueError) as exc:
-        print_error("make-rec", exc)
-        return 1
+    with claim_output(args.out_dir, "make-rec", overwrite=args.overwrite, replaces=REC_FILES):
+        try:
+            classes, paths, labels = scan_image_folder(args.src)
+            started = time.monotonic()
+            samples = validated_samples(paths, labels, args.workers, args.quality, progress)
+            with staged(args.out_dir) as stage:  # all three files appear together, or none
+                summary = write_insightface_rec(stage, samples, len(classes))
+        except (OSError, ValueError) as exc:
+            print_error("make-rec", exc)
+            return 1
     print(f"wrote {args.out_dir / 'train.rec'}: {summary.num_images} images, {summary.num_classes} "
           f"identities, header {list(summary.header)} ({time.monotonic() - started:.1f} s)")
     return 0

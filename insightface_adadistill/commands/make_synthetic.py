@@ -28,34 +28,35 @@ def build_parser() -> argparse.ArgumentParser:
                         help="preset of identity similarity, nuisance and occlusion (docs/synthetic.md)")
     parser.add_argument("--target", default="IJBC", choices=TARGETS, help="layout of the IJB folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the identities and the images")
-    parser.add_argument("--force", action="store_true", help="replace a dataset already in OUT_DIR")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the train/, <target>/ and manifest.json already in OUT_DIR")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from insightface_adadistill.outputs import claim_output, staged
     from insightface_adadistill.synthetic.identities import SyntheticFaceConfig
     from insightface_adadistill.synthetic.suite import build_synthetic_suite, suite_paths
 
-    existing = [str(path) for name, path in suite_paths(args.out_dir, args.target).items()
-                if name != "rec" and path.exists()]
-    if existing and not args.force:
-        print_error("make-synthetic", f"{args.out_dir} already holds a dataset ({', '.join(existing)}); "
-                                      "pass --force to replace it")
-        return 1
     started = time.monotonic()
-    try:
-        paths = build_synthetic_suite(
-            args.out_dir, args.train_ids, args.images_per_id, args.heldout_ids, args.seed,
-            config=SyntheticFaceConfig.difficulty(args.difficulty), num_val_pairs=args.val_pairs,
-            ijb_target=args.target)
-    except (OSError, ValueError) as exc:
-        print_error("make-synthetic", exc)
-        return 1
-    written = json.loads(Path(paths["manifest"]).read_text())["written"]
+    replaces = [path.name for name, path in suite_paths(args.out_dir, args.target).items()
+                if name in ("rec", "ijb", "manifest")]
+    with claim_output(args.out_dir, "make-synthetic", overwrite=args.overwrite, replaces=replaces):
+        try:
+            with staged(args.out_dir) as stage:  # a failed build leaves OUT_DIR as it was
+                staged_paths = build_synthetic_suite(
+                    stage, args.train_ids, args.images_per_id, args.heldout_ids, args.seed,
+                    config=SyntheticFaceConfig.difficulty(args.difficulty), num_val_pairs=args.val_pairs,
+                    ijb_target=args.target)
+                written = json.loads(Path(staged_paths["manifest"]).read_text())["written"]
+        except (OSError, ValueError) as exc:
+            print_error("make-synthetic", exc)
+            return 1
+    paths = suite_paths(args.out_dir, args.target)
     print(f"wrote {args.out_dir} in {time.monotonic() - started:.1f} s")
     for name, counts in written.items():
         print(f"  {name}: " + ", ".join(f"{key} {value}" for key, value in counts.items()))
-    print(f"train with rec={paths['rec']!r} val_targets=['synth_val']; evaluate IJB with "
+    print(f"train with rec={str(paths['rec'])!r} val_targets=['synth_val']; evaluate IJB with "
           f"--image-path {paths['ijb']} --target {args.target}")
     return 0

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -23,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "a value the weights do not have is an error)")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N",
                         help="images per forward pass (their mirror images take a second pass)")
-    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
+    parser.add_argument("--json", metavar="OUT", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     return parser
 
@@ -31,12 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Print `name: accuracy ± std, XNorm` per set; optionally write JSON."""
     args = build_parser().parse_args(argv)
-    import torch
-
     from insightface_adadistill.backbones.loading import load_backbone
+    from insightface_adadistill.commands.common import pick_device
     from insightface_adadistill.evaluation.verification import VerificationSet, evaluate_backbone
+    from insightface_adadistill.outputs import claim_file
+    from insightface_adadistill.serialization import write_json_atomic
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.json is not None:  # refused before the evaluation, not after it
+        claim_file(args.json, "verify", overwrite=args.overwrite, example="verify.json")
+    device = pick_device(args.device)
     backbone = load_backbone(args.network, args.model, args.embedding_size).to(device)
     results: Dict[str, Dict[str, float]] = {}
     for path in args.bins:
@@ -45,10 +48,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         results[vset.name] = {"pairs": int(vset.issame.shape[0]), **result}
         print(f"{vset.name}: {result['accuracy']:.5f} ± {result['std']:.5f}, "
               f"XNorm {result['xnorm']:.4f}", flush=True)
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"network": args.network, "model": str(args.model), "sets": results}
-        out.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {out}", file=sys.stderr)
+    if args.json is not None:
+        write_json_atomic({"network": args.network, "model": str(args.model), "sets": results}, args.json)
+        print(f"wrote {args.json}", file=sys.stderr)
     return 0

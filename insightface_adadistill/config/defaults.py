@@ -232,6 +232,9 @@ class RunConfig:
         "stop", "when num_image differs from the data's image count: 'stop' with the count and the fix, or "
                 "'warn' and train on with step counts from num_image (arcface_torch's behaviour); synthetic "
                 "data is never compared", OneOf(("stop", "warn")), resume=HARMLESS)
+    overwrite: bool = ours(
+        False, "write into an output folder that holds another kind of output (a dataset, a teacher "
+               "cache, ...); its files of the same names are replaced; docs/safety.md", resume=HARMLESS)
     nonfinite_loss: str = ours("stop", "'stop' (diagnostic, keep last good checkpoint) or 'skip' "
                                        "the step", OneOf(("stop", "skip")), resume=HARMLESS)
     device: str = ours("auto", "auto (cuda if available), cuda or cpu", OneOf(("auto", "cuda", "cpu")), resume=HARMLESS)

@@ -339,6 +339,8 @@ class RecordIOReader:
         tmp_path = idx_path.with_name(idx_path.name + f".tmp{os.getpid()}")
         with open(tmp_path, "w") as idx_file:
             idx_file.writelines(f"{key}\t{offset}\n" for key, offset in zip(ids, offsets))
+            idx_file.flush()
+            os.fsync(idx_file.fileno())
         os.replace(tmp_path, idx_path)
         return len(offsets)
 

@@ -6,11 +6,12 @@ with plots, and the TensorBoard logs.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from insightface_adadistill import distributed
 from insightface_adadistill.demo import report
@@ -19,28 +20,35 @@ from insightface_adadistill.demo.pipeline import (IJB_NAME, MIN_FALSE_ACCEPTS, e
                                                   ijb_workers_for, max_steps_overrides, train_run)
 from insightface_adadistill.demo.presets import DEMO_STUDENTS, METHODS, TEACHER, DemoPreset
 from insightface_adadistill.evaluation.verification import VerificationSet
-from insightface_adadistill.outputs import OutputFolderError
+from insightface_adadistill.outputs import CLAIM_FILES, OutputFolderError, claim_output, folder_kind
 
-MARKER = ".adadistill-demo"  # marks a folder the demo wrote, so a rerun may replace it
 WRITTEN = ("data", "configs", "runs", "report.md", "report.json", "alpha_curves.png", "roc.png")
 
 
-def prepare_output(out: Path) -> Path:
-    """Create `out`, or clear a previous demo's files in it; refuse any other non-empty folder."""
+@contextlib.contextmanager
+def demo_output(out: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Claim `out` for the demo and clear a previous demo's files in it (a rerun replaces them).
+
+    A folder of another kind, or a non-empty one the demo did not write, is refused unless
+    `overwrite` (then the demo's own names in it are replaced; other files stay).
+    """
     out = out.resolve()
-    if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).is_file():
-            raise OutputFolderError(f"--out {out} exists and holds files the demo did not write; choose "
-                                  "a new or empty folder")
+
+    def only_a_demo(folder: Path) -> None:
+        foreign = folder_kind(folder) is None and any(p.name not in CLAIM_FILES for p in folder.iterdir())
+        if foreign and not overwrite:
+            raise OutputFolderError(f"--out {out} exists and holds files the demo did not write; choose a new or "
+                                    f"empty folder, or pass --overwrite to write the demo into it (its "
+                                    f"{', '.join(WRITTEN)} are replaced)")
+
+    with claim_output(out, "demo", overwrite=overwrite, check=only_a_demo) as folder:
         for name in WRITTEN:
-            path = out / name
+            path = folder / name
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by `adadistill demo`; a rerun with this --out replaces it\n")
-    return out
+        yield folder
 
 
 def run_pipeline(preset: DemoPreset, out: Path, dist: distributed.DistInfo, *, seed: int,

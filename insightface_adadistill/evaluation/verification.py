@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from insightface_adadistill.backbones.loading import unwrap
 from insightface_adadistill.data.bins import decode_bin, load_bin
+from insightface_adadistill.errors import DataError
 
 THRESHOLDS = np.arange(0, 4, 0.01)  # the host's grid, same float values
 N_FOLDS = 10
@@ -115,7 +116,7 @@ def kfold_splits(n: int, n_folds: int = N_FOLDS) -> List[Tuple[np.ndarray, np.nd
     The first `n % n_folds` folds hold one extra item.
     """
     if n < n_folds:
-        raise ValueError(f"{n} pairs cannot be split into {n_folds} folds; use a set with at least "
+        raise DataError(f"{n} pairs cannot be split into {n_folds} folds; use a set with at least "
                          f"{n_folds} pairs")
     sizes = np.full(n_folds, n // n_folds)
     sizes[: n % n_folds] += 1

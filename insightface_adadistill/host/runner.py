@@ -36,6 +36,7 @@ from insightface_adadistill.host.environment import (HostEnvironmentError, check
                                                      missing_modules_named)
 from insightface_adadistill.host.feed import HostHeadCall, TeacherFeed
 from insightface_adadistill.host.summary import tap_summary_writer
+from insightface_adadistill.outputs import claim_output
 from insightface_adadistill.teacher import build_teacher, check_embedding_sizes, load_teacher_classifier
 
 logger = logging.getLogger(__name__)
@@ -192,6 +193,18 @@ def check_host_data(run: HostRun) -> None:
         build_dataset(rec, run.distill.num_classes, run.distill.seed)
 
 
+@contextmanager
+def _output_claimed(run: HostRun) -> Iterator[None]:
+    """The launching process (torchrun: rank 0) holds the run's output folder, as `adadistill train`
+    does: a folder of another kind (a dataset, a cache) or one in use by another job is refused."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    output = run.job_config.get("output") or os.path.join("work_dirs", run.config_name)  # the host's default
+    with claim_output(output, "host-train", resume=bool(run.job_config.get("resume"))):
+        yield
+
+
 def run_host_training(checkout_dir: str | os.PathLike, config: str | os.PathLike,
                       overrides: Optional[List[str]] = None, world_size: int = 1,
                       compatible_lr_scheduler: bool = False) -> None:
@@ -226,7 +239,7 @@ def run_host_training(checkout_dir: str | os.PathLike, config: str | os.PathLike
     check_host_data(run)
     parts = load_distill_parts(run.distill, host_device()) if run.distill is not None else None
     tolerant_scheduler = lr_scheduler_without_verbose() if scheduler_problem is not None else nullcontext()
-    with missing_modules_named(checkout), host_import_path(checkout), _host_invocation(checkout, run):
+    with _output_claimed(run), missing_modules_named(checkout), host_import_path(checkout), _host_invocation(checkout, run):
         backbones = import_host_module(checkout, "backbones")
         partial_fc_v2 = import_host_module(checkout, "partial_fc_v2")
         check_host_api(checkout, backbones, partial_fc_v2)

@@ -62,6 +62,9 @@ def build_teacher(network: Optional[str], weights: Optional[str | os.PathLike], 
             f"teacher_weights is not set for teacher_network={network!r}: distillation needs a trained "
             "teacher (model.pt, backbone.pth or checkpoint_gpu_0.pt); a random teacher is never used"
         )
+    if Path(weights).is_dir():
+        raise InputNotFoundError(f"teacher_weights {weights} is a folder, not a weights file (teacher_network="
+                                 f"{network!r}); name the file inside it, e.g. {Path(weights) / 'model.pt'}")
     if not Path(weights).is_file():
         raise InputNotFoundError(
             f"teacher weights {weights} not found (teacher_network={network!r}); check teacher_weights"

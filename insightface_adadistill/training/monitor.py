@@ -8,18 +8,22 @@ the log line is written.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, TextIO, Union
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, TextIO, Union
 
 import torch
 from tqdm import tqdm
 
+from insightface_adadistill.errors import UserError
+
 LOG_FORMAT = "Training: %(asctime)s-%(message)s"
 TENSORBOARD_DIR = "tensorboard"
+FILE_ONLY = "adadistill_file_only"  # a record attribute: training.log only, not the terminal
 Number = Union[float, int, torch.Tensor]
 
 module_logger = logging.getLogger(__name__)
@@ -38,11 +42,13 @@ class _TqdmStreamHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def setup_logging(output: str | os.PathLike, rank: int) -> logging.Logger:
+def setup_logging(output: str | os.PathLike, rank: int,
+                  replay: Sequence[logging.LogRecord] = ()) -> logging.Logger:
     """The host's logging: rank 0 logs INFO to `<output>/training.log` (appending) and stdout.
 
     Other ranks get no handlers, so their info messages vanish as in the host (warnings still
     reach stderr through Python's last-resort handler). Calling it again replaces our handlers.
+    `replay`: records logged before the log could be opened (see `held_log_records`).
     """
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "_adadistill", False)]:
@@ -52,13 +58,54 @@ def setup_logging(output: str | os.PathLike, rank: int) -> logging.Logger:
         return root
     Path(output).mkdir(parents=True, exist_ok=True)
     formatter = logging.Formatter(LOG_FORMAT)
-    for handler in (logging.FileHandler(Path(output) / "training.log"), _TqdmStreamHandler()):
+    terminal = _TqdmStreamHandler()
+    terminal.addFilter(lambda record: not getattr(record, FILE_ONLY, False))
+    for handler in (logging.FileHandler(Path(output) / "training.log"), terminal):
         handler.setFormatter(formatter)
         handler._adadistill = True
         root.addHandler(handler)
     root.setLevel(logging.INFO)
     root.info("rank_id: %d", rank)
+    for record in replay:
+        root.handle(record)
     return root
+
+
+@contextlib.contextmanager
+def held_log_records() -> Iterator[List[logging.LogRecord]]:
+    """Collect the records logged inside the context instead of showing them, to replay them
+    into the log once it is open (the output folder is decided before training.log is written)."""
+    records: List[logging.LogRecord] = []
+    holder = logging.Handler(logging.INFO)
+    holder.emit = records.append  # type: ignore[method-assign]
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(holder)
+    root.setLevel(min(level, logging.INFO) or logging.INFO)
+    try:
+        yield records
+    finally:
+        root.removeHandler(holder)
+        root.setLevel(level)
+
+
+@contextlib.contextmanager
+def errors_logged() -> Iterator[None]:
+    """Write the error or interruption that ends a run into training.log too (a cluster job's log
+    would otherwise end at the config dump and look like a hang); the terminal gets it from the
+    command line's one error path, so here it goes to the file only."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        module_logger.error("interrupted%s", f": {exc}" if str(exc) else "", extra={FILE_ONLY: True})
+        raise
+    except UserError as exc:
+        module_logger.error("error: %s", exc, extra={FILE_ONLY: True})
+        raise
+    except Exception:
+        module_logger.exception("stopped by an unexpected error (a bug; please report it):",
+                                extra={FILE_ONLY: True})
+        raise
 
 
 def resolve_progress_bar(setting: Union[str, bool], stream: Optional[TextIO] = None) -> bool:
@@ -115,6 +162,8 @@ class TrainingMonitor:
         self._histograms: Mapping[str, torch.Tensor] = {}
         self.writer = None
         self.bar = None
+        self.last_loss: Optional[tuple] = None  # (global step, mean loss of the last logged window)
+        self.last_verification: Optional[tuple] = None  # (global step, {set name: accuracy})
         if not self.active:
             return
         if tensorboard:
@@ -171,6 +220,7 @@ class TrainingMonitor:
         """TensorBoard tag `<set name>` = flip accuracy in [0, 1], as the host's verification does."""
         if self.writer is None:
             return
+        self.last_verification = (global_step, dict(accuracies))
         for name, accuracy in accuracies.items():
             self.writer.add_scalar(name, accuracy, global_step)
         self.writer.flush()
@@ -196,6 +246,7 @@ class TrainingMonitor:
         eta_hours = max(seconds_per_step * (self.total_step - global_step - 1) / 3600, 0.0)
         scale = self.grad_scaler.get_scale() if self._scaler_enabled() else None
 
+        self.last_loss = (global_step, means["loss"])
         line = "Speed %.2f samples/sec   Loss %.4f   LearningRate %.6f   Epoch: %d   Global Step: %d   " % (
             speed, means["loss"], lr, epoch, global_step)
         if scale is not None:

@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
@@ -34,12 +35,13 @@ from insightface_adadistill.outputs import claim_output
 from insightface_adadistill.training.checkpointer import Checkpointer, all_ranks_agree
 from insightface_adadistill.training.compile import explain_compile_failure
 from insightface_adadistill.training.models import Models, assemble
-from insightface_adadistill.training.monitor import TrainingMonitor, setup_logging
+from insightface_adadistill.training.monitor import TrainingMonitor, errors_logged, held_log_records, setup_logging
 from insightface_adadistill.training.optim import build_optimizer, host_param_groups
 from insightface_adadistill.training.schedule import build_scheduler, scaled_lr
 from insightface_adadistill.training.state import TrainState
 from insightface_adadistill.training.step import DistillStep
 from insightface_adadistill.training.store import save_model
+from insightface_adadistill.training.summary import run_summary
 
 logger = logging.getLogger("insightface_adadistill.train")
 T = TypeVar("T")
@@ -72,17 +74,17 @@ def train(cfg: RunConfig, dist: distributed.DistInfo) -> TrainResult:
     installed for the run and the previous ones restored on return, also after an error.
     """
     output = Path(cfg.output)
-    with (_output_claimed(output, dist, cfg.resume), StopRequest() as stop,
-          explain_compile_failure(cfg.compile)):
-        return _run(cfg, dist, output, stop)
-
-
-def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRequest") -> TrainResult:
-    # ---- output folder, seed and logging ----------------------------------------------------
-    setup_logging(output, dist.rank)
     checkpointer = Checkpointer(output, config_snapshot(cfg.as_dict()), cfg.keep_checkpoints,
                                 agree=all_ranks_agree(dist.device))
-    resume_from = _on_main(dist, lambda: checkpointer.resume_point(cfg.resume, cfg.resume_allow_changes))
+    with (_output_claimed(cfg, dist, checkpointer) as resume_from, StopRequest() as stop,
+          explain_compile_failure(cfg.compile)):
+        return _run(cfg, dist, output, stop, checkpointer, resume_from)
+
+
+def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRequest",
+         checkpointer: Checkpointer, resume_from: Optional[Path]) -> TrainResult:
+    # ---- seed and config (the output folder is claimed and the log open: _output_claimed) ------
+    started = time.monotonic()
     _seed_everything(cfg.seed)
     torch.backends.cudnn.benchmark = True  # fixed 112x112 input: autotuned kernels pay off (host does it)
     for line in format_config(cfg):
@@ -143,22 +145,45 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
             _verify(val_sets, models.student, monitor, global_step, dist)  # the host skips this final check
         if dist.is_main:
             save_model(models.student, output)
-            logger.info("finished: %s", output / "model.pt")
     else:
         logger.info("stopped by signal at global step %d; resume with --set resume=True", global_step)
     monitor.close()
-    return TrainResult(output, global_step, stop.requested)
+    result = TrainResult(output, global_step, stop.requested)
+    if dist.is_main:
+        for line in run_summary(cfg, result, time.monotonic() - started, monitor):
+            logger.info(line)
+    return result
 
 
 # ------------------------------------------------------------------------------------------------
 # helpers
 
 @contextlib.contextmanager
-def _output_claimed(output: Path, dist: distributed.DistInfo, resume: bool) -> Iterator[None]:
-    """Rank 0 holds `claim_output`'s lock for the run; a refusal is raised on every rank."""
+def _output_claimed(cfg: RunConfig, dist: distributed.DistInfo, checkpointer: Checkpointer) -> Iterator[Optional[Path]]:
+    """Claim `output` and decide the resume point (rank 0, under the lock), then open training.log.
+
+    A refusal (another kind of folder, in use, "already holds a run", a resume that does not fit)
+    leaves the folder as it was and is raised on every rank; only then does the log start, with
+    the decision's messages. Every later error or interruption is written to the log as well.
+    Yields the checkpoint set to resume from, or None.
+    """
+    output = Path(cfg.output)
     with contextlib.ExitStack() as held:
-        _on_main(dist, lambda: held.enter_context(claim_output(output, "train", resume=resume)))
-        yield
+        decided: List[Optional[Path]] = []
+
+        def decide(folder: Path) -> None:
+            decided.append(checkpointer.resume_point(cfg.resume, cfg.resume_allow_changes))
+
+        def claim() -> Optional[Path]:
+            held.enter_context(claim_output(output, "train", resume=cfg.resume, overwrite=cfg.overwrite,
+                                            check=decide))
+            return decided[0]
+
+        with held_log_records() as records:
+            resume_from = _on_main(dist, claim)
+        setup_logging(output, dist.rank, replay=records)
+        with errors_logged():
+            yield resume_from
 
 
 def _on_main(dist: distributed.DistInfo, action: Callable[[], T]) -> T:

@@ -174,6 +174,7 @@ def test_signals_stop_cleanly_a_second_ctrl_c_aborts_and_a_second_run_is_refused
         assert f"stopped by signal at global step {step}" in (out / "training.log").read_text()
         store.load_checkpoint_set(store.find_latest_complete(out), 0, 1)  # whole
     assert procs[twice].returncode != 0 and "aborted without saving" in logs[twice], logs[twice][-3000:]
+    assert "interrupted: second Ctrl-C: aborted without saving" in (twice / "training.log").read_text()
     assert store.find_latest_complete(twice) is None and not list((twice / "checkpoints").glob("*/COMPLETE"))
 
 

@@ -235,3 +235,102 @@ def test_a_refused_train_leaves_a_host_run_as_it_was(files, tmp_path, capsys) ->
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# ---- every command: bad paths, a folder for a file and the reverse, CUDA that is not there -------
+
+BAD_INPUTS: Dict[str, List[str]] = {
+    "train: rec missing": ["train", TINY, "--set", "rec={root}/nowhere", "output={tmp}/r"],
+    "train: rec is a file": ["train", TINY, "--set", "rec={weights}", "output={tmp}/r"],
+    "train: teacher_weights is a folder": ["train", TINY, "--set", "distill=adadistill", "teacher_network=tiny_mfn",
+                                           "teacher_weights={root}", "output={tmp}/r"],
+    "train: teacher_weights is not a torch file": ["train", TINY, "--set", "distill=adadistill",
+                                                   "teacher_network=tiny_mfn", "teacher_weights={plain}",
+                                                   "output={tmp}/r"],
+    "train: teacher_weights pickles a model": ["train", TINY, "--set", "distill=adadistill",
+                                               "teacher_network=tiny_mfn", "teacher_weights={pickled}",
+                                               "output={tmp}/r"],
+    "train: device=cuda": ["train", TINY, "--set", "device=cuda", "output={tmp}/r"],
+    "host-train: checkout missing": ["host-train", "{root}/nowhere", TINY],
+    "host-train: checkout is a file": ["host-train", "{plain}", TINY],
+    "host-train: CONFIG is a folder": ["host-train", str(HOST), "{root}"],
+    "config: CONFIG missing": ["config", "{root}/nowhere.py"],
+    "config: CONFIG is a folder": ["config", "{root}"],
+    "cache-teacher: teacher_weights is a folder": ["cache-teacher", TINY, "--set", "distill=adadistill",
+                                                   "teacher_network=tiny_mfn", "teacher_weights={root}",
+                                                   "--out", "{tmp}/c"],
+    "cache-teacher: device=cuda": ["cache-teacher", TINY, "--set", "distill=adadistill", "teacher_network=tiny_mfn",
+                                   "teacher_weights={weights}", "embedding_size=32", "device=cuda", "--out", "{tmp}/c"],
+    "demo: --device cuda": ["demo", "--out", "{tmp}/d", "--preset", "quick", "--device", "cuda"],
+    "verify: BIN missing": ["verify", "{root}/nope.bin", *NET, "--model", "{weights}", "--device", "cpu"],
+    "verify: BIN is a folder": ["verify", "{root}", *NET, "--model", "{weights}", "--device", "cpu"],
+    "verify: --model is a folder": ["verify", "{bin}", *NET, "--model", "{root}", "--device", "cpu"],
+    "verify: --model is not a torch file": ["verify", "{bin}", *NET, "--model", "{plain}", "--device", "cpu"],
+    "verify: --device cuda": ["verify", "{bin}", *NET, "--model", "{weights}", "--device", "cuda"],
+    "eval-ijb: --model-prefix missing": ["eval-ijb", *NET, "--model-prefix", "{root}/nope.pt", "--image-path",
+                                         "{ijb}", "--result-dir", "{tmp}"],
+    "eval-ijb: --model-prefix is a folder": ["eval-ijb", *NET, "--model-prefix", "{root}", "--image-path", "{ijb}",
+                                             "--result-dir", "{tmp}"],
+    "eval-ijb: --image-path is a file": ["eval-ijb", *NET, "--model-prefix", "{weights}", "--image-path", "{plain}",
+                                         "--result-dir", "{tmp}", "--workers", "0", "--device", "cpu"],
+    "eval-ijb: --device cuda": ["eval-ijb", *NET, "--model-prefix", "{weights}", "--image-path", "{ijb}",
+                                "--result-dir", "{tmp}", "--device", "cuda"],
+    "export-onnx: --model missing": ["export-onnx", "{tmp}/m.onnx", *NET, "--model", "{root}/nope.pt"],
+    "export-onnx: --model is a folder": ["export-onnx", "{tmp}/m.onnx", *NET, "--model", "{root}"],
+    "check-onnx: model missing": ["check-onnx", "{root}/nope.onnx"],
+    "check-onnx: a folder without a model": ["check-onnx", "{tmp}"],
+    "make-rec: SRC missing": ["make-rec", "{root}/nowhere", "{tmp}/out"],
+    "make-rec: SRC is a file": ["make-rec", "{plain}", "{tmp}/out"],
+    "inspect-rec: missing": ["inspect-rec", "{root}/nowhere"],
+    "inspect-rec: a file that is no .rec": ["inspect-rec", "{plain}"],
+    "inspect-cache: missing": ["inspect-cache", "{root}/nowhere"],
+    "inspect-cache: a file": ["inspect-cache", "{plain}"],
+    "convert-host-checkpoint: no host files": ["convert-host-checkpoint", "{tmp}/empty"],
+}
+
+
+@pytest.fixture(scope="module")
+def bad_files(files) -> Dict[str, Path]:
+    root = files["root"]
+    (root / "plain.txt").write_text("not a model\n")
+    torch.save(torch.nn.Linear(2, 2), root / "pickled.pt")  # a whole pickled module: weights_only refuses it
+    return {**files, "plain": root / "plain.txt", "pickled": root / "pickled.pt"}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_message_without_a_traceback(case, bad_files, tmp_path, capsys, monkeypatch) -> None:
+    """One message (a config error lists its problems on indented lines below it), exit status
+    != 0, never torch's text; nothing left behind but a run's training.log, which holds the error."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    argv = [arg.format(tmp=tmp_path, **bad_files) for arg in BAD_INPUTS[case]]
+    rc, err = run(argv, capsys)
+    assert rc not in (0, None)
+    first, *rest = err.strip().splitlines()
+    assert first.startswith(f"adadistill {argv[0]}: error: ") and all(line.startswith(" ") for line in rest), err
+    assert "Traceback" not in err and "weights_only=False" not in err
+    if "cuda" in case:
+        assert "no CUDA device" in err or "sees no GPU" in err, err
+    if "is a folder" in case:
+        assert "is a folder" in err, err
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    if argv[0] == "train" and left:  # the output was claimed before the error: the log says why it stopped
+        assert left == ["r", "r/.adadistill-output.json", "r/.adadistill.lock", "r/training.log"], left
+        assert f"error: {first.split(': error: ', 1)[1]}" in (tmp_path / "r" / "training.log").read_text()
+    else:
+        assert left == [], "a failed command left files behind"
+
+
+def test_a_run_ends_with_a_summary_in_the_log_and_on_the_terminal(bad_files, tmp_path, capsys) -> None:
+    out, rec = tmp_path / "run", bad_files["rec"]
+    assert cli.main(["train", TINY, "--set", f"output={out}", f"rec={rec}", "num_classes=2", "num_image=4",
+                     "batch_size=2", "frequent=1", "max_steps=2", "val_targets=synth_val", "progress_bar=false"]) == 0
+    log = (out / "training.log").read_text()
+    printed = capsys.readouterr().out
+    expected = ["finished after 0:00:", "global step 2 of ", "final loss ", "synth_val 0.",
+                f"files: {out / 'training.log'}, {out / 'tensorboard'}", f"{out / 'model.pt'}",
+                f"adadistill verify {rec / 'synth_val.bin'} --network tiny_mfn --embedding-size 64 --model "
+                f"{out / 'model.pt'}",
+                f"adadistill eval-ijb --network tiny_mfn --embedding-size 64 --model-prefix {out / 'model.pt'}",
+                f"adadistill export-onnx {out / 'model.onnx'} --network tiny_mfn --embedding-size 64"]
+    for text in expected:
+        assert text in log and text in printed, text

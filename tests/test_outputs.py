@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from insightface_adadistill import outputs
-from insightface_adadistill.outputs import KIND_FILE, OutputFolderError, claim_output
+from insightface_adadistill.outputs import KIND_FILE, OutputFolderError, claim_file, claim_output, folder_kind, staged
 
 
 def test_claims_creates_and_records_the_job(tmp_path: Path) -> None:
@@ -83,3 +83,70 @@ def test_filesystems_without_locks_degrade_to_a_warning(tmp_path: Path, monkeypa
         (tmp_path / "training.log").write_text("")
     assert "does not support file locks" in caplog.text
     assert outputs.LOCK_FILE in {p.name for p in tmp_path.iterdir()}
+
+
+def test_folders_made_before_the_kind_record_are_recognised(tmp_path: Path) -> None:
+    signs = {"model.pt": "run", "checkpoint_gpu_0.pt": "run", "training.log": "run", "train.rec": "dataset",
+             "embeddings.npy": "cache", "ijbc.json": "evaluation", ".adadistill-demo": "demo"}
+    for name, kind in signs.items():
+        folder = tmp_path / name.strip(".")
+        folder.mkdir()
+        (folder / name).write_text("")
+        assert folder_kind(folder) == kind, name
+    (tmp_path / "synth" / "train").mkdir(parents=True)
+    (tmp_path / "synth" / "train" / "train.rec").write_text("")
+    assert folder_kind(tmp_path / "synth") == "dataset" and folder_kind(tmp_path / "plain") is None
+
+
+def test_a_refused_claim_leaves_nothing_behind(tmp_path: Path) -> None:
+    def refuse(folder: Path) -> None:
+        assert (folder / outputs.LOCK_FILE).is_file()  # the check runs under the lock
+        raise OutputFolderError("no")
+
+    with pytest.raises(OutputFolderError, match="no"):
+        with claim_output(tmp_path / "new" / "run", "train", check=refuse):
+            pass
+    assert not (tmp_path / "new").exists()
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / outputs.LOCK_FILE).write_text("previous holder\n")
+    with pytest.raises(OutputFolderError):
+        with claim_output(old, "train", check=refuse):
+            pass
+    assert sorted(p.name for p in old.iterdir()) == [outputs.LOCK_FILE]
+    assert (old / outputs.LOCK_FILE).read_text() == "previous holder\n"
+
+
+def test_a_claim_that_wrote_nothing_is_undone(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError):
+        with claim_output(tmp_path / "out", "make-rec"):
+            raise RuntimeError("bad input")
+    assert not (tmp_path / "out").exists()
+
+
+def test_staged_outputs_appear_whole_or_not_at_all(tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with staged(tmp_path) as stage:
+            (stage / "train").mkdir()
+            (stage / "train" / "new.txt").write_text("half")
+            raise RuntimeError("failed midway")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["train", "train/old.txt"]
+    with staged(tmp_path) as stage:
+        (stage / "train").mkdir()
+        (stage / "train" / "new.txt").write_text("whole")
+        (stage / "manifest.json").write_text("{}")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "manifest.json", "train", "train/new.txt"]
+
+
+def test_single_files_are_refused_when_they_exist_or_are_folders(tmp_path: Path) -> None:
+    (tmp_path / "m.onnx").write_text("shipped")
+    with pytest.raises(OutputFolderError, match=r"m.onnx exists; choose another file name, or pass --overwrite"):
+        claim_file(tmp_path / "m.onnx", "export-onnx")
+    assert claim_file(tmp_path / "m.onnx", "export-onnx", overwrite=True) == tmp_path / "m.onnx"
+    with pytest.raises(OutputFolderError, match=rf"{tmp_path} is a folder; `adadistill export-onnx` writes a file"):
+        claim_file(tmp_path, "export-onnx", example="model.onnx")
+    with pytest.raises(OutputFolderError, match="m.onnx is a file, not a folder"):
+        claim_file(tmp_path / "m.onnx" / "x.onnx", "export-onnx")

@@ -68,6 +68,9 @@ def file_sha256(path: str | os.PathLike) -> str:
                 digest.update(block)
     except FileNotFoundError as exc:
         raise CacheError(f"teacher weights {path} not found; check teacher_weights") from exc
+    except IsADirectoryError as exc:
+        raise CacheError(f"teacher weights {path} is a folder, not a weights file; name the file inside it "
+                         f"(e.g. {Path(path) / 'model.pt'}) in teacher_weights") from exc
     return digest.hexdigest()
 
 

@@ -52,6 +52,8 @@ def resolve_config_path(path: Union[str, os.PathLike]) -> Path:
     close = difflib.get_close_matches(given.stem, names, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     where = f"; shipped recipes are in {shipped}" if shipped is not None else ""
+    if given.is_dir():
+        raise ConfigError(str(path), [f"is a folder, not a config file; name the .py file{where}"])
     raise ConfigError(str(path), [f"no such config file or recipe name{where}.{hint}"])
 
 

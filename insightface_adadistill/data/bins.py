@@ -98,6 +98,9 @@ def load_bin(path: str | os.PathLike) -> Tuple[List[bytes], List[bool]]:
         BinFormatError: the file is not a pickle of the expected layout, or references globals.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputNotFoundError(f"{path} is a folder, not a verification set; name the .bin file inside it "
+                                 f"(e.g. {path / 'lfw.bin'})")
     if not path.is_file():
         raise InputNotFoundError(f"{path}: verification set not found; check the path")
     try:

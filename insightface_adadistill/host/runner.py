@@ -239,7 +239,8 @@ def run_host_training(checkout_dir: str | os.PathLike, config: str | os.PathLike
     check_host_data(run)
     parts = load_distill_parts(run.distill, host_device()) if run.distill is not None else None
     tolerant_scheduler = lr_scheduler_without_verbose() if scheduler_problem is not None else nullcontext()
-    with _output_claimed(run), missing_modules_named(checkout), host_import_path(checkout), _host_invocation(checkout, run):
+    with _output_claimed(run), missing_modules_named(checkout), host_import_path(checkout), \
+            _host_invocation(checkout, run):
         backbones = import_host_module(checkout, "backbones")
         partial_fc_v2 = import_host_module(checkout, "partial_fc_v2")
         check_host_api(checkout, backbones, partial_fc_v2)

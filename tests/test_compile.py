@@ -38,6 +38,8 @@ def test_compile_step_keeps_modules_and_keys():
     assert step.student is student and step.__dict__["teacher"] is teacher  # compiled in place, not wrapped
     assert (list(student.state_dict()), list(teacher.state_dict())) == keys
     assert step.marks_cudagraph_steps and not DistillStep.marks_cudagraph_steps
+    # the step is no Module: its teacher is an ordinary attribute no state_dict or DDP reaches through it
+    assert not isinstance(step, nn.Module) and step.teacher is teacher
 
 
 class TwoLayers(nn.Module):

@@ -153,8 +153,8 @@ class RunConfig:
 
     # ---- distillation --------------------------------------------------------------------------
     distill: Optional[str] = ours(
-        None, "None (standalone), 'adadistill', 'arcdistill' (fixed teacher classifier, ArcFace or "
-              "CosFace by margin_list) or 'feature_kd' (embedding MSE on top of the classifier)",
+        None, "the head: None (standalone Partial FC) or a registered head; what each one needs is "
+              "declared with it (docs/heads.md)",
         OneOf(_distill_choices), resume=IDENTITY)
     distill_alpha: Union[str, float] = ours(
         "weighted", "AdaDistill centre momentum: 'weighted' (alpha', the paper's best), 'plain' "

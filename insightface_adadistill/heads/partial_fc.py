@@ -183,7 +183,8 @@ class ShardedMarginSoftmax(nn.Module):
         self.sampler = NegativeSampler(seed + self.rank) if sample_rate < 1.0 else None
 
     def gather_embeddings(self, local_embeddings: torch.Tensor, embedding_size: int) -> torch.Tensor:
-        """(B, E) -> (W*B, E) fp32, differentiable (the local chunk gets the summed gradient)."""
+        """(B, E) -> (W*B, E) fp32, differentiable (the local chunk gets W x the summed gradient, which
+        DDP's average turns into the global-mean loss's: `distributed.all_gather_with_grad`)."""
         if local_embeddings.dim() != 2 or local_embeddings.shape[1] != embedding_size:
             raise ValueError(f"embeddings must have shape (B, {embedding_size}), got "
                              f"{tuple(local_embeddings.shape)}")

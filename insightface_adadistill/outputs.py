@@ -6,9 +6,9 @@ every writing command calls one of them before it writes anything. A folder is
 - created when missing; "is a file" (Errno 17/20), read-only (Errno 30) and permission errors
   become one `OutputFolderError` that names the folder and the fix;
 - of one kind: a run, a dataset, a teacher cache, evaluation results or a demo. The kind is
-  recorded in `.adadistill-output.json`, or recognised from the files a folder made before that
-  record existed (or by arcface_torch and im2rec) holds (`folder_kind`). A folder of another kind
-  is refused, naming its kind and the flag that allows writing into it anyway;
+  recorded in `.adadistill-output.json`; a folder without that record (made by an older release,
+  by arcface_torch or by im2rec) is recognised by its files (`folder_kind`). A folder of another
+  kind is refused, naming its kind and the flag that allows writing into it anyway;
 - held by one job at a time: an exclusive `fcntl.flock` on `.adadistill.lock` for as long as the
   context is open, so a second job on the same folder is refused with the first one's pid, host and
   start time. Under torchrun only the launching rank (rank 0) claims. Where the filesystem refuses
@@ -17,6 +17,8 @@ every writing command calls one of them before it writes anything. A folder is
 A refused claim leaves the folder exactly as it was: the kind and same-name checks run before
 anything is made, and a refusal by the command's own `check` (run with the lock held, e.g. train's
 "already holds a run") removes the lock file, the kind record and the folder the claim created.
+A claim that ends with nothing written (an input error before the first file) is undone the same
+way. `staged(folder)` makes an output of several files appear whole or not at all.
 Whether files of the same kind may be replaced is the command's decision: `replaces` names the
 files it would write, which then need `overwrite`. See docs/safety.md.
 """
@@ -272,7 +274,7 @@ class _Lock:
         self.fd, self.path, self.previous = fd, path, previous
 
     def undo(self) -> None:
-        if self.previous is None:  # still held: a claimer waiting on this file sees it gone and retries
+        if self.previous is None:  # still held: a claimer that opened this file sees it gone and retries
             self.path.unlink(missing_ok=True)
         else:
             os.ftruncate(self.fd, 0)
@@ -310,7 +312,7 @@ def _exclusive_lock(folder: Path, command: str, *, resume: bool, force: bool) ->
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
         yield _Lock(fd, lock_path, previous)
     finally:
-        os.close(fd)  # releases the flock; the file stays so that no unlink can race a new claim
+        os.close(fd)  # releases the flock; the file stays (only a refused claim that made it removes it)
 
 
 def _same_inode(fd: int, path: Path) -> bool:

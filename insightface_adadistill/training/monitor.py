@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, TextIO, Union
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple, Union
 
 import torch
 from tqdm import tqdm
@@ -162,7 +162,6 @@ class TrainingMonitor:
         self._histograms: Mapping[str, torch.Tensor] = {}
         self.writer = None
         self.bar = None
-        self.last_loss: Optional[tuple] = None  # (global step, mean loss of the last logged window)
         self.last_verification: Optional[tuple] = None  # (global step, {set name: accuracy})
         if not self.active:
             return
@@ -210,6 +209,14 @@ class TrainingMonitor:
             return None
         return self._report(global_step, epoch, lr)
 
+    def final_loss(self) -> Optional[Tuple[int, float]]:
+        """(steps, mean loss) of the last window, also of one the run ended inside; None on other
+        ranks or before any step. Reads the device once: call it at the end."""
+        if not self.active or not self._count:
+            return None
+        total = self._sums["loss"]
+        return self._count, (total.item() if isinstance(total, torch.Tensor) else total) / self._count
+
     @property
     def window_loss(self) -> Number:
         """The loss summed over this logging window up to the last `update` (every rank; on the
@@ -246,7 +253,6 @@ class TrainingMonitor:
         eta_hours = max(seconds_per_step * (self.total_step - global_step - 1) / 3600, 0.0)
         scale = self.grad_scaler.get_scale() if self._scaler_enabled() else None
 
-        self.last_loss = (global_step, means["loss"])
         line = "Speed %.2f samples/sec   Loss %.4f   LearningRate %.6f   Epoch: %d   Global Step: %d   " % (
             speed, means["loss"], lr, epoch, global_step)
         if scale is not None:

@@ -21,10 +21,12 @@ def run_summary(cfg: RunConfig, result: Any, seconds: float, monitor: Any) -> Li
     output = Path(result.output)
     duration = str(datetime.timedelta(seconds=round(seconds)))
     how = "stopped by signal" if result.stopped_by_signal else "finished"
-    lines = [f"{how} after {duration}: global step {result.global_step} of {cfg.total_step}"]
-    if monitor.last_loss is not None:
-        step, loss = monitor.last_loss
-        lines.append(f"final loss {loss:.4f} (mean of the window ending at step {step})")
+    limit = f", max_steps={cfg.max_steps}" if 0 < cfg.max_steps < cfg.total_step else ""
+    lines = [f"{how} after {duration}: global step {result.global_step} of {cfg.total_step}{limit}"]
+    final = monitor.final_loss()
+    if final is not None:
+        steps, loss = final
+        lines.append(f"final loss {loss:.4f} (mean of the last {steps} step{'s' * (steps != 1)})")
     if monitor.last_verification is not None:
         step, accuracies = monitor.last_verification
         lines.append(f"{', '.join(f'{name} {acc:.5f}' for name, acc in accuracies.items())} (val_targets, "

@@ -20,7 +20,7 @@ from insightface_adadistill.demo.pipeline import (IJB_NAME, MIN_FALSE_ACCEPTS, e
                                                   ijb_workers_for, max_steps_overrides, train_run)
 from insightface_adadistill.demo.presets import DEMO_STUDENTS, METHODS, TEACHER, DemoPreset
 from insightface_adadistill.evaluation.verification import VerificationSet
-from insightface_adadistill.outputs import CLAIM_FILES, OutputFolderError, claim_output, folder_kind
+from insightface_adadistill.outputs import CLAIM_FILES, OutputFolderError, claim_output, folder_kind, staged
 
 WRITTEN = ("data", "configs", "runs", "report.md", "report.json", "alpha_curves.png", "roc.png")
 
@@ -95,25 +95,25 @@ def write_outputs(preset: DemoPreset, out: Path, outcome: Dict[str, Any],
     fars = sorted(results[TEACHER]["tar_at_far"])
     lowest_far = min(fars, default=1.0)
     rows = [{"label": row_label(name), **res} for name, res in results.items()]
-    files = {"report": out / "report.md", "json": out / "report.json",
-             "alpha_curves": out / "alpha_curves.png", "roc": out / "roc.png"}
-
+    names = {"report": "report.md", "json": "report.json", "alpha_curves": "alpha_curves.png", "roc": "roc.png"}
     tensorboard_dir = Path(results["adadistill"]["output"]) / "tensorboard"
     curves = report.read_scalars(tensorboard_dir, [*report.DISTILL_CURVES, report.LR_TAG])
-    report.plot_distill_curves(curves, files["alpha_curves"],
-                               f"AdaDistill α′ student ({preset.student_network}): centre momentum")
-    report.plot_roc_curves({row["label"]: (row["fpr"], row["tpr"]) for row in rows}, files["roc"],
-                           num_impostor, lowest_far, f"{IJB_NAME}-style 1:1 verification (held-out ids)")
-    table = report.results_table(rows, fars, IJB_NAME)
-    final = {tag: value for tag, value in report.final_means(curves).items() if tag != report.LR_TAG}
-    files["report"].write_text(render_markdown(preset, out, outcome, table, final, meta))
-    report.write_json(files["json"], {
-        **meta, "preset": dataclasses.asdict(preset), "fars": fars, "seconds": outcome["seconds"],
-        "distill_final_means": final,
-        "results": {name: {k: v for k, v in res.items() if k not in ("fpr", "tpr")}
-                    for name, res in results.items()},
-        "configs": {name: str(path) for name, path in outcome["configs"].items()}})
-    return files
+    with staged(out) as stage:  # the four files appear together, each whole
+        files = {key: stage / name for key, name in names.items()}
+        report.plot_distill_curves(curves, files["alpha_curves"],
+                                   f"AdaDistill α′ student ({preset.student_network}): centre momentum")
+        report.plot_roc_curves({row["label"]: (row["fpr"], row["tpr"]) for row in rows}, files["roc"],
+                               num_impostor, lowest_far, f"{IJB_NAME}-style 1:1 verification (held-out ids)")
+        table = report.results_table(rows, fars, IJB_NAME)
+        final = {tag: value for tag, value in report.final_means(curves).items() if tag != report.LR_TAG}
+        files["report"].write_text(render_markdown(preset, out, outcome, table, final, meta))
+        report.write_json(files["json"], {
+            **meta, "preset": dataclasses.asdict(preset), "fars": fars, "seconds": outcome["seconds"],
+            "distill_final_means": final,
+            "results": {name: {k: v for k, v in res.items() if k not in ("fpr", "tpr")}
+                        for name, res in results.items()},
+            "configs": {name: str(path) for name, path in outcome["configs"].items()}})
+    return {key: out / name for key, name in names.items()}
 
 
 def render_markdown(preset: DemoPreset, out: Path, outcome: Dict[str, Any], table: str,

@@ -345,3 +345,18 @@ def test_the_safety_page_names_tests_that_exist() -> None:
     defined = set(re.findall(r"^def (test_\w+)", "\n".join(p.read_text() for p in (REPO / "tests").glob("test_*.py")),
                              re.M))
     assert len(named) > 10 and named <= defined, sorted(named - defined)
+
+
+def test_an_unfaithful_export_leaves_the_old_file(files, tmp_path, capsys, monkeypatch) -> None:
+    """export-onnx checks the graph against PyTorch before its file replaces OUT.onnx."""
+    from insightface_adadistill.export import onnx as onnx_export
+
+    def unfaithful(*args, **kwargs):
+        raise onnx_export.ExportError("onnxruntime differs from PyTorch")
+
+    monkeypatch.setattr(onnx_export, "verify_onnx", unfaithful)
+    out = tmp_path / "shipped.onnx"
+    out.write_bytes(b"the model in production")
+    rc, err = run(with_flag("export-onnx", ROWS["export-onnx"].argv(out, files)), capsys)
+    assert rc == 1 and f"{out} was not written" in one_error_line(err, "export-onnx")
+    assert out.read_bytes() == b"the model in production" and sorted(tmp_path.iterdir()) == [out]

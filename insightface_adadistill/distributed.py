@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import socket
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from insightface_adadistill.errors import LaunchError
+from insightface_adadistill.errors import LaunchError, UserError
 
 _TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 _wait_group: Optional[dist.ProcessGroup] = None  # gloo side group of `wait_for_main`, set by init
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,50 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     holder = [obj]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+def all_ranks_agree(ok: bool) -> bool:
+    """True on every rank only if every rank passed True (a collective: every rank must call it).
+
+    A rank that failed (a full disk) then makes every rank stop, instead of the others waiting for
+    it in the next collective. The identity for one process.
+    """
+    if get_world_size() == 1:
+        return ok
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor(float(ok), device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def on_main(action: Callable[[], T]) -> T:
+    """Run `action` on rank 0 only; every rank returns its result, or raises its exception.
+
+    Decisions about shared folders are made once (no rank sees a half-changed folder), and an
+    error on rank 0 stops every rank instead of leaving them waiting in the next collective. An
+    exception that cannot travel (does not pickle) reaches the other ranks as a RuntimeError or,
+    for a user error, a `UserError` with the same message.
+    """
+    result, error = None, None
+    if get_rank() == 0:
+        try:
+            result = action()
+        except Exception as exc:  # re-raised below, on every rank
+            error = exc
+    result, sent = broadcast_object((result, None if error is None else _portable(error)))
+    if error is not None:
+        raise error  # rank 0: its own exception, with its traceback
+    if sent is not None:
+        raise sent
+    return result
+
+
+def _portable(error: Exception) -> Exception:
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        return (UserError if isinstance(error, UserError) else RuntimeError)(str(error))
 
 
 def shard_classes(num_classes: int, rank: int, world_size: int) -> Tuple[int, int]:

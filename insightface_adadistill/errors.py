@@ -5,7 +5,7 @@ input was wrong, with a message that names the file or key, the value and the fi
 also derives from the built-in type callers already catch (`FileNotFoundError`, `ValueError`, ...),
 so `except ValueError` keeps working. Types that belong to one layer derive from `UserError` there:
 `config.ConfigError`, the data format errors (through `DataError`), `training.checkpoint.CheckpointError`,
-`training.checkpointer.ResumeError`, `training.store.CheckpointSaveError`, `outputs.OutputFolderError`,
+`training.checkpoint.ResumeError`, `training.checkpoint.CheckpointSaveError`, `outputs.OutputFolderError`,
 `training.train.NonFiniteLossError`,
 `training.compile.CompileError`. Anything that is not a `UserError` is treated as a bug and
 keeps its traceback; `adadistill --debug` (or ADADISTILL_DEBUG=1) shows it for user errors too.

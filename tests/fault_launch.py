@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from insightface_adadistill.cli import main
-from insightface_adadistill.training import store
+from insightface_adadistill.training.checkpoint import sets as store
 from insightface_adadistill.training.step import DistillStep
 
 

@@ -7,7 +7,7 @@ from typing import List
 
 import torch
 
-from insightface_adadistill.training import store
+from insightface_adadistill.training.checkpoint import sets as store
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "recipes" / "tiny_cpu.py")

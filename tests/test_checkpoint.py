@@ -1,4 +1,4 @@
-"""Checkpoint sets: round trip, crash safety, truncation, disk full, pruning, re-sharding, old layouts.
+"""Checkpoint sets: round trip, crash safety, truncation, disk full, pruning, re-sharding, host layouts.
 
 Multi-rank saves run as threads sharing an all-ranks `agree` built on a `threading.Barrier`,
 which is what the collective guarantees between processes.
@@ -17,13 +17,15 @@ from torch import nn
 
 from insightface_adadistill.distributed import shard_classes
 from insightface_adadistill.serialization import load_file, save_file_atomic
-from insightface_adadistill.training.checkpoint import CheckpointError
-from insightface_adadistill.training.optim import build_optimizer, host_param_groups, upgrade_group_layout
-from insightface_adadistill.training.rng import capture_rng_state, restore_rng_state
+from insightface_adadistill.distributed import all_ranks_agree
+from insightface_adadistill.training.checkpoint import sets
+from insightface_adadistill.training.checkpoint.sets import (CheckpointSaveError, find_latest_complete,
+                                                             list_complete_sets, load_checkpoint_set,
+                                                             save_checkpoint_set, save_model)
+from insightface_adadistill.training.checkpoint.state import (CheckpointError, TrainState, capture_rng_state,
+                                                              restore_rng_state)
+from insightface_adadistill.training.optim import build_optimizer, host_param_groups
 from insightface_adadistill.training.schedule import PolynomialWarmupLR
-from insightface_adadistill.training.state import TrainState
-from insightface_adadistill.training.store import (CheckpointSaveError, find_latest_complete, list_complete_sets,
-                                                   load_checkpoint_set, save_checkpoint_set, save_model)
 
 EMB = 3
 NUM_CLASSES = 5
@@ -193,8 +195,6 @@ def test_an_epoch_end_position_is_saved_as_the_next_epoch_like_the_host():
     state = _state(0, 1)
     state.steps_per_epoch = 4
     assert (state.at(1, 8, 4).epoch, state.batch_in_epoch) == (2, 0)
-    state.batch_in_epoch = 4  # an older release saved the last batch's position
-    assert state.resume_position() == (3, 0)
 
 
 def test_rng_state_round_trip(tmp_path):
@@ -239,8 +239,7 @@ def _full_disk(real_save):
 
 def test_disk_full_names_the_folder_the_space_and_the_intact_set(tmp_path, monkeypatch):
     _save_set(tmp_path, world_size=2, step=100)
-    import insightface_adadistill.training.store as store
-    monkeypatch.setattr(store, "save_file_atomic", _full_disk(store.save_file_atomic))
+    monkeypatch.setattr(sets, "save_file_atomic", _full_disk(sets.save_file_atomic))
     checkpoints = [_checkpoint(r, 2, 200) for r in range(2)]
     for_rank, _ = _agree_among(2)
     errors = {}
@@ -317,7 +316,7 @@ class FrozenFirst(nn.Module):
         return self.fc(self.features(self.conv(x)))
 
 
-def test_groups_hold_frozen_parameters_like_the_host_and_old_sets_still_load():
+def test_groups_hold_frozen_parameters_like_the_host():
     torch.manual_seed(0)
     backbone, head = FrozenFirst(), ShardedHead(NUM_CLASSES)
     host = torch.optim.SGD(params=[{"params": backbone.parameters()}, {"params": head.parameters()}], lr=0.1)
@@ -326,21 +325,6 @@ def test_groups_hold_frozen_parameters_like_the_host_and_old_sets_still_load():
     backbone(torch.ones(2, 4)).sum().backward()
     ours.step()
     host.load_state_dict(ours.state_dict())  # what arcface_torch's resume=True does
-
-    # a set of an older release: the frozen parameter was left out of the backbone group
-    old = torch.optim.SGD([{"params": [p for p in backbone.parameters() if p.requires_grad]},
-                           {"params": list(head.parameters())}], lr=0.1, momentum=0.9)
-    old.step()
-    saved = old.state_dict()
-    fresh = build_optimizer("sgd", host_param_groups(backbone, head), lr=0.1)
-    fresh.load_state_dict(upgrade_group_layout(saved, fresh))
-    for param, old_param in zip([p for p in backbone.parameters() if p.requires_grad],
-                                old.param_groups[0]["params"]):
-        assert torch.equal(fresh.state[param]["momentum_buffer"], old.state[old_param]["momentum_buffer"])
-    assert backbone.features.weight not in fresh.state
-    with pytest.raises(ValueError, match="another network"):
-        upgrade_group_layout({**saved, "param_groups": [{**saved["param_groups"][0], "params": [0]},
-                                                        saved["param_groups"][1]]}, fresh)
 
 
 def test_save_model_is_plain_fp32_without_prefix(tmp_path):
@@ -363,13 +347,12 @@ def test_unsafe_values_and_missing_agreement_fail_at_save_time(tmp_path):
 def _gloo_save(rank: int, world_size: int, output: str) -> None:
     import torch.distributed as dist
 
-    from insightface_adadistill.training.checkpointer import all_ranks_agree
     dist.init_process_group("gloo", init_method=f"file://{output}/rendezvous", rank=rank,
                             world_size=world_size)
     try:
         for step in (10, 20, 30):
             save_checkpoint_set(output, _checkpoint(rank, world_size, step),
-                                agree=all_ranks_agree(torch.device("cpu")), keep=2)
+                                agree=all_ranks_agree, keep=2)
     finally:
         dist.destroy_process_group()
 

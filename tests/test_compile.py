@@ -14,7 +14,7 @@ from insightface_adadistill.commands.train import main
 from insightface_adadistill.heads import HeadArgs, build_head, build_margin_loss
 from insightface_adadistill.serialization import load_file
 from insightface_adadistill.teacher.frozen import FrozenTeacher
-from insightface_adadistill.training import store
+from insightface_adadistill.training.checkpoint import sets as store
 from insightface_adadistill.training.compile import CompileError, compile_step, explain_compile_failure
 from insightface_adadistill.training.step import DistillStep
 

@@ -26,9 +26,8 @@ import torch
 from insightface_adadistill.commands.train import main
 from insightface_adadistill.outputs import OutputFolderError
 from insightface_adadistill.serialization import load_file
-from insightface_adadistill.training import store
-from insightface_adadistill.training.checkpoint import CheckpointError
-from insightface_adadistill.training.store import CheckpointSaveError
+from insightface_adadistill.training.checkpoint import sets as store
+from insightface_adadistill.training.checkpoint import CheckpointError, CheckpointSaveError
 from run_utils import REPO, TINY, TORCHRUN, assert_same_states, latest_states
 
 LAUNCH = str(Path(__file__).with_name("fault_launch.py"))

@@ -20,7 +20,7 @@ from insightface_adadistill.backbones import get_model
 from insightface_adadistill.serialization import load_file
 from insightface_adadistill.commands.train import main
 from insightface_adadistill.outputs import OutputFolderError
-from insightface_adadistill.training import store as ckpt
+from insightface_adadistill.training.checkpoint import sets as ckpt
 from insightface_adadistill.training.train import NonFiniteLossError
 from run_utils import REPO, TINY, TORCHRUN, assert_same_states, latest_states
 
@@ -266,20 +266,24 @@ def test_resuming_a_run_that_reached_max_steps_trains_no_further_step(tmp_path: 
     assert all(torch.equal(model[k], v) for k, v in saved["state_dict_backbone"].items())
 
 
-@pytest.fixture(scope="module")
-def small_rec(tmp_path_factory) -> tuple:
-    """A real 64-image train.rec of 16 identities: 4 steps per epoch at batch 16 (synthetic never ends)."""
+def _write_small_rec(folder: Path, seed: int = 0) -> Path:
     import numpy as np
 
     from insightface_adadistill.data.decode import encode_jpeg
     from insightface_adadistill.data.recordio import IRHeader, pack, write_records
 
-    folder = tmp_path_factory.mktemp("rec")
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
     write_records(folder / "train.rec", [
         (k, pack(IRHeader(0, float(k % 16), k, 0), encode_jpeg(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8))))
         for k in range(64)])
-    return f"rec={folder}", "num_image=64"
+    return folder
+
+
+@pytest.fixture(scope="module")
+def small_rec(tmp_path_factory) -> tuple:
+    """A real 64-image train.rec of 16 identities: 4 steps per epoch at batch 16 (synthetic never ends)."""
+    return f"rec={_write_small_rec(tmp_path_factory.mktemp('rec'))}", "num_image=64"
 
 
 def test_num_image_that_disagrees_with_the_data_stops_unless_warn(tmp_path: Path, small_rec: tuple, capsys) -> None:
@@ -317,7 +321,7 @@ def test_our_iresnet_optimizer_state_loads_into_the_hosts_optimizer(teacher_run:
 
 
 def test_resume_refuses_a_finished_run_without_checkpoints(tmp_path: Path) -> None:
-    from insightface_adadistill.training.checkpointer import ResumeError
+    from insightface_adadistill.training.checkpoint import ResumeError
 
     out = _train(tmp_path / "run", "max_steps=2")
     before = (out / "model.pt").read_bytes()
@@ -329,9 +333,7 @@ def test_resume_refuses_a_finished_run_without_checkpoints(tmp_path: Path) -> No
 def test_a_host_output_folder_is_converted_then_resumed(tmp_path: Path, small_rec: tuple, capsys) -> None:
     """Host-shaped files (host keys only, no set) -> one message -> convert-host-checkpoint -> resume."""
     from insightface_adadistill.commands import convert_host_checkpoint
-    from insightface_adadistill.training.checkpoint import CheckpointError
-    from insightface_adadistill.training.checkpointer import ResumeError
-    from insightface_adadistill.training.host_checkpoint import HOST_KEYS
+    from insightface_adadistill.training.checkpoint import HOST_KEYS, CheckpointError, ResumeError
 
     ours = _train(tmp_path / "ours", *small_rec, "network=tiny_resnet", "save_all_states=True", "num_epoch=2",
                   "max_steps=4")  # the host file of epoch 1 of 2
@@ -351,6 +353,42 @@ def test_a_host_output_folder_is_converted_then_resumed(tmp_path: Path, small_re
     assert load_file(host / "checkpoint_gpu_0.pt")["state_dict_backbone"].keys() == full["state_dict_backbone"].keys()
     with pytest.raises(CheckpointError, match="nothing to convert"):
         convert_host_checkpoint.main([str(host)])
+
+
+def test_resume_compares_the_teacher_and_the_data_by_content(tmp_path: Path, teacher_run: Path,
+                                                             small_rec: tuple) -> None:
+    """Another teacher file (same network, perturbed weights) or another dataset is refused naming both;
+    resume_allow_changes=True continues and logs the change; the same teacher copied elsewhere resumes."""
+    import re
+
+    from insightface_adadistill.training.checkpoint import ResumeError
+
+    teacher, state = teacher_run / "model.pt", load_file(teacher_run / "model.pt")
+    copied, perturbed = tmp_path / "copied.pt", tmp_path / "perturbed.pt"
+    copied.write_bytes(teacher.read_bytes())
+    torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, perturbed)
+    args = ("distill=adadistill", "teacher_network=tiny_resnet", "save_every_steps=2", "num_image=64", "num_epoch=3")
+    out = _train(tmp_path / "run", *args, small_rec[0], f"teacher_weights={teacher}", "max_steps=2")
+
+    def changed(key: str, old: Path, new: Path) -> str:
+        return rf"{key}: '{re.escape(str(old))} \(sha256 \w+\)' saved, '{re.escape(str(new))} \(sha256 \w+\)' now"
+
+    log_before = (out / "training.log").read_bytes()
+    with pytest.raises(ResumeError, match=changed("teacher_weights", teacher, perturbed) + ".*resume_allow_changes"):
+        _train(out, *args, small_rec[0], f"teacher_weights={perturbed}", "max_steps=4", "resume=True")
+    assert (out / "training.log").read_bytes() == log_before  # refused before the log opens
+    _train(out, *args, small_rec[0], f"teacher_weights={copied}", "max_steps=4", "resume=True")  # same content
+    _train(out, *args, small_rec[0], f"teacher_weights={perturbed}", "max_steps=6", "resume=True",
+           "resume_allow_changes=True")
+    log = (out / "training.log").read_text()
+    assert re.search("resume_allow_changes=True: continuing .*" + changed("teacher_weights", copied, perturbed), log)
+    rec, other = Path(small_rec[0][4:]), _write_small_rec(tmp_path / "other_rec", seed=1)
+    with pytest.raises(ResumeError, match=changed("rec", rec, other)):
+        _train(out, *args, f"rec={other}", f"teacher_weights={perturbed}", "max_steps=8", "resume=True")
+    _train(out, *args, f"rec={other}", f"teacher_weights={perturbed}", "max_steps=8", "resume=True",
+           "resume_allow_changes=True")
+    log = (out / "training.log").read_text()
+    assert re.search("continuing .*" + changed("rec", rec, other), log) and "Global Step: 8" in log
 
 
 def test_a_second_run_on_a_claimed_folder_is_refused_before_it_writes(tmp_path: Path) -> None:

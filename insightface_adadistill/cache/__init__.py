@@ -5,7 +5,8 @@ Build with `adadistill cache-teacher`, train with `teacher_cache = DIR`; see doc
 from insightface_adadistill.cache.build import TOLERANCE, build_teacher_cache, embed_both, verify_rows
 from insightface_adadistill.cache.dataset import CachedTeacherDataset, TeacherSample
 from insightface_adadistill.cache.manifest import (
-    FLIP_CONVENTION, FORMAT_VERSION, CacheError, TeacherSpec, dataset_identity, read_manifest, run_identity)
+    FLIP_CONVENTION, FORMAT_VERSION, CacheError, TeacherSpec, content_identity, dataset_identity, read_manifest,
+    run_identity)
 from insightface_adadistill.cache.reader import TeacherCache, build_progress, open_teacher_cache
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "TeacherSpec",
     "build_progress",
     "build_teacher_cache",
+    "content_identity",
     "dataset_identity",
     "embed_both",
     "open_teacher_cache",

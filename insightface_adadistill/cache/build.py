@@ -105,20 +105,6 @@ def _prepare(folder: Path, request: Dict[str, Any]) -> str:
     return "build"
 
 
-def _on_main(function: Callable[[], Any], dist: distributed.DistInfo) -> Any:
-    """Run `function` on rank 0 and hand its result (or its CacheError) to every rank."""
-    result: Any = None
-    if dist.is_main:
-        try:
-            result = ("ok", function())
-        except CacheError as exc:
-            result = ("error", str(exc))
-    status, value = distributed.broadcast_object(result)
-    if status == "error":
-        raise CacheError(value)
-    return value
-
-
 def _my_batches(chunks: Sequence[int], *, chunk_rows: int, total: int, batch_size: int) -> List[List[int]]:
     """Index batches of `chunks`, never crossing a chunk boundary (a chunk is whole batches)."""
     batches = []
@@ -157,17 +143,17 @@ def build_teacher_cache(folder: str | Path, dataset: FaceDataset, teacher: Teach
     chunk_rows = math.ceil((chunk_rows or CHUNK_ROWS) / batch_size) * batch_size
     request = {**new_manifest(run_identity(teacher, dataset, rec), dtype, batch_size),
                "chunk_rows": chunk_rows}
-    if _on_main(lambda: _prepare(folder, request), dist) == "complete":
+    if distributed.on_main(lambda: _prepare(folder, request)) == "complete":
         return read_manifest(folder)
     total = request["shape"][0]
     count = math.ceil(total / chunk_rows)
-    pending = _on_main(lambda: [k for k, done in enumerate(done_chunks(folder, count)) if not done], dist)
+    pending = distributed.on_main(lambda: [k for k, done in enumerate(done_chunks(folder, count)) if not done])
     mine = pending[len(pending) * dist.rank // dist.world_size:len(pending) * (dist.rank + 1) // dist.world_size]
     if mine:
         _embed_chunks(folder, dataset, teacher, chunks=mine, request=request, dist=dist, num_workers=num_workers,
                       progress=progress)
     distributed.barrier()
-    return _on_main(lambda: _commit(folder, request, count), dist)
+    return distributed.on_main(lambda: _commit(folder, request, count))
 
 
 def _embed_chunks(folder: Path, dataset: FaceDataset, teacher: TeacherSpec, *, chunks: Sequence[int],

@@ -100,6 +100,18 @@ def dataset_identity(dataset: FaceDataset, rec: str) -> Dict[str, Any]:
             "seed": dataset.seed, "content_sha256": digest.hexdigest(), "hash_of": hashed}
 
 
+def content_identity(dataset: FaceDataset, rec: str, *, teacher: Optional[TeacherSpec],
+                     cache: Optional[str]) -> Dict[str, Optional[str]]:
+    """What a training run is made of, by content, for resume to compare: the sha256 of the teacher
+    weight file, of the teacher cache's manifest and of the dataset (`dataset_identity`). A missing
+    file gets None: the teacher loader or the cache check names it next."""
+    manifest = Path(cache) / MANIFEST if cache else None
+    weights = teacher is not None and Path(teacher.weights).exists()
+    return {"teacher_weights_sha256": teacher.identity()["weights_sha256"] if weights else None,
+            "teacher_cache_sha256": file_sha256(manifest) if manifest and manifest.is_file() else None,
+            "rec_sha256": dataset_identity(dataset, rec)["content_sha256"]}
+
+
 def run_identity(teacher: TeacherSpec, dataset: FaceDataset, rec: str) -> Dict[str, Any]:
     """What a run needs a cache to match, in manifest form (`teacher`, `dataset`, `flip`)."""
     return {"teacher": teacher.identity(), "dataset": dataset_identity(dataset, rec), "flip": FLIP_CONVENTION}

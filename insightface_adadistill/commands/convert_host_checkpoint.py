@@ -23,7 +23,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Refusals (no host files, a set already there, a folder in use) are `UserError`s for cli.py."""
     args = build_parser().parse_args(argv)
     from insightface_adadistill.outputs import claim_output
-    from insightface_adadistill.training.host_checkpoint import convert_host_checkpoint
+    from insightface_adadistill.training.checkpoint import convert_host_checkpoint
 
     with claim_output(args.output, "convert-host-checkpoint", resume=True):  # not while a run trains in it
         set_dir = convert_host_checkpoint(args.output)

@@ -39,7 +39,7 @@ COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotu
 
 GROUPS = ("host", "extension", "required", "derived")
 
-# What `resume=True` does when a key's value differs from the saved run's (config/resume.py,
+# What `resume=True` does when a key's value differs from the saved run's (training/checkpoint/,
 # docs/safety.md): refuse (the saved state only fits the saved value), refuse unless
 # `resume_allow_changes=True` (the state loads but the continuation differs), or just log it.
 IDENTITY, SCHEDULE, HARMLESS = "identity", "schedule", "harmless"

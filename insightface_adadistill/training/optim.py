@@ -7,14 +7,13 @@ the scheduler, the checkpoint re-sharding (group 1 = per-class head state) and a
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping
+from typing import Dict, List
 
 import torch
 from torch import nn
 
 from insightface_adadistill.config.defaults import OPTIMIZER_KINDS
 from insightface_adadistill.errors import SettingError
-from insightface_adadistill.training.checkpoint import CheckpointError
 
 GROUP_NAMES = ("backbone", "head")
 
@@ -29,31 +28,6 @@ def host_param_groups(backbone: nn.Module, head: nn.Module) -> List[Dict[str, ob
     """
     return [{"params": list(module.parameters()), "name": name}
             for name, module in zip(GROUP_NAMES, (backbone, head))]
-
-
-def upgrade_group_layout(saved: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
-    """A saved optimizer state with the current group layout.
-
-    Sets written before the host layout (frozen parameters left out of the groups, e.g. [93, 1]
-    for an iresnet instead of [94, 1]) are renumbered: the i-th saved entry of a group belongs to
-    the group's i-th parameter with `requires_grad`. Any other mismatch is an error.
-    """
-    saved_sizes = [len(group["params"]) for group in saved["param_groups"]]
-    groups = optimizer.param_groups
-    if saved_sizes == [len(group["params"]) for group in groups]:
-        return dict(saved)
-    trainable = [[i for i, p in enumerate(group["params"]) if p.requires_grad] for group in groups]
-    if saved_sizes != [len(t) for t in trainable]:
-        raise CheckpointError(f"the saved optimizer groups hold {saved_sizes} parameters, this run's "
-                         f"{[len(g['params']) for g in groups]} (trainable {[len(t) for t in trainable]}); "
-                         "the checkpoint belongs to another network or head")
-    new_ids: Dict[int, int] = {}
-    new_groups, offset = [], 0
-    for saved_group, group, indices in zip(saved["param_groups"], groups, trainable):
-        new_ids.update({old: offset + i for old, i in zip(saved_group["params"], indices)})
-        new_groups.append({**saved_group, "params": list(range(offset, offset + len(group["params"])))})
-        offset += len(group["params"])
-    return {"state": {new_ids[k]: v for k, v in saved["state"].items()}, "param_groups": new_groups}
 
 
 def build_optimizer(kind: str, param_groups: List[Dict[str, object]], *, lr: float,

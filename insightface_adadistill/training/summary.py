@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, List
 
 from insightface_adadistill.config import RunConfig
+from insightface_adadistill.training.checkpoint.sets import MODEL_FILE, SETS_DIR
 from insightface_adadistill.training.monitor import TENSORBOARD_DIR
-from insightface_adadistill.training.store import MODEL_FILE, SETS_DIR
 
 
 def run_summary(cfg: RunConfig, result: Any, seconds: float, monitor: Any) -> List[str]:

@@ -4,7 +4,7 @@ One process on CPU (gloo) or one GPU (nccl) with `adadistill train`, or many wit
 `torchrun --nproc_per_node=N -m insightface_adadistill train CONFIG`: the same code runs in both.
 Read `train()` and `_run()` top to bottom: output folder (lock, resume decision), seed and
 logging -> data -> models -> optimizer and schedule -> resume -> loop -> save. The training state
-and its checkpoint sets are `TrainState` and `Checkpointer`; everything else is a named helper
+and its checkpoint sets are `training/checkpoint/`; everything else is a named helper
 below. What survives which fault, and what resume checks: docs/safety.md.
 """
 from __future__ import annotations
@@ -18,33 +18,30 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from insightface_adadistill import distributed
-from insightface_adadistill.cache import CachedTeacherDataset, TeacherSpec, open_teacher_cache, run_identity
+from insightface_adadistill.cache import (CachedTeacherDataset, TeacherSpec, content_identity, open_teacher_cache,
+                                          run_identity)
 from insightface_adadistill.config import RunConfig, format_config
-from insightface_adadistill.config.resume import config_snapshot
 from insightface_adadistill.data.datasets import build_dataset
 from insightface_adadistill.data.loader import build_dataloader
 from insightface_adadistill.errors import InputNotFoundError, UserError
 from insightface_adadistill.evaluation.verification import VerificationSet, evaluate_backbone
 from insightface_adadistill.outputs import claim_output
-from insightface_adadistill.training.checkpointer import Checkpointer, all_ranks_agree
+from insightface_adadistill.training import checkpoint
 from insightface_adadistill.training.compile import explain_compile_failure
 from insightface_adadistill.training.models import Models, assemble
 from insightface_adadistill.training.monitor import TrainingMonitor, errors_logged, held_log_records, setup_logging
 from insightface_adadistill.training.optim import build_optimizer, host_param_groups
 from insightface_adadistill.training.schedule import build_scheduler, scaled_lr
-from insightface_adadistill.training.state import TrainState
 from insightface_adadistill.training.step import DistillStep
-from insightface_adadistill.training.store import save_model
 from insightface_adadistill.training.summary import run_summary
 
 logger = logging.getLogger("insightface_adadistill.train")
-T = TypeVar("T")
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -74,15 +71,14 @@ def train(cfg: RunConfig, dist: distributed.DistInfo) -> TrainResult:
     installed for the run and the previous ones restored on return, also after an error.
     """
     output = Path(cfg.output)
-    checkpointer = Checkpointer(output, config_snapshot(cfg.as_dict()), cfg.keep_checkpoints,
-                                agree=all_ranks_agree(dist.device))
-    with (_output_claimed(cfg, dist, checkpointer) as resume_from, StopRequest() as stop,
+    fingerprint = checkpoint.config_snapshot(cfg.as_dict())  # completed by _build_loader, saved with every set
+    with (_output_claimed(cfg, dist, fingerprint) as resume_from, StopRequest() as stop,
           explain_compile_failure(cfg.compile)):
-        return _run(cfg, dist, output, stop, checkpointer, resume_from)
+        return _run(cfg, dist, output, stop, fingerprint, resume_from)
 
 
 def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRequest",
-         checkpointer: Checkpointer, resume_from: Optional[Path]) -> TrainResult:
+         fingerprint: Dict[str, Any], resume_from: Optional[Path]) -> TrainResult:
     # ---- seed and config (the output folder is claimed and the log open: _output_claimed) ------
     started = time.monotonic()
     _seed_everything(cfg.seed)
@@ -91,15 +87,16 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
         logger.info(line)
 
     # ---- data, models, optimizer and schedule -----------------------------------------------
-    loader = _build_loader(cfg, dist)
+    loader = _build_loader(cfg, dist, fingerprint)
     steps_per_epoch = loader.batches_per_epoch
     models = assemble(cfg, dist)
     state = _build_state(cfg, dist, models, steps_per_epoch, output.name)
+    state.fingerprint = fingerprint
 
     # ---- resume ----------------------------------------------------------------------------
     if resume_from is not None:
-        checkpointer.load(resume_from, state, map_location=dist.device)
-    start_epoch, start_batch = state.resume_position()
+        checkpoint.load(resume_from, state, dist.device)
+    start_epoch, start_batch = state.epoch, state.batch_in_epoch
     global_step = state.global_step
     last_step = cfg.total_step if cfg.max_steps <= 0 else min(cfg.total_step, cfg.max_steps)
 
@@ -127,15 +124,15 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
             if cfg.verbose > 0 and global_step % cfg.verbose == 0:
                 _verify(val_sets, models.student, monitor, global_step, dist)
             if stop.requested or (cfg.save_every_steps > 0 and global_step % cfg.save_every_steps == 0):
-                checkpointer.save(state.at(epoch, global_step, batch_in_epoch))
+                checkpoint.save(state.at(epoch, global_step, batch_in_epoch), output, cfg.keep_checkpoints)
             if stop.requested or global_step >= last_step:
                 break
         start_batch = 0
         if batch_in_epoch >= steps_per_epoch:  # the epoch is complete (also when it ends the run)
             if cfg.save_all_states:
-                checkpointer.save(state.at(epoch + 1, global_step, 0))
+                checkpoint.save(state.at(epoch + 1, global_step, 0), output, cfg.keep_checkpoints)
             if dist.is_main:
-                save_model(models.student, output)
+                checkpoint.save_model(models.student, output)
         if stop.requested or global_step >= last_step:
             break
 
@@ -144,7 +141,7 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
         if cfg.verbose <= 0 or global_step % cfg.verbose != 0:
             _verify(val_sets, models.student, monitor, global_step, dist)  # the host skips this final check
         if dist.is_main:
-            save_model(models.student, output)
+            checkpoint.save_model(models.student, output)
     else:
         logger.info("stopped by signal at global step %d; resume with --set resume=True", global_step)
     monitor.close()
@@ -159,7 +156,8 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
 # helpers
 
 @contextlib.contextmanager
-def _output_claimed(cfg: RunConfig, dist: distributed.DistInfo, checkpointer: Checkpointer) -> Iterator[Optional[Path]]:
+def _output_claimed(cfg: RunConfig, dist: distributed.DistInfo,
+                    fingerprint: Dict[str, Any]) -> Iterator[Optional[Path]]:
     """Claim `output` and decide the resume point (rank 0, under the lock), then open training.log.
 
     A refusal (another kind of folder, in use, "already holds a run", a resume that does not fit)
@@ -172,7 +170,8 @@ def _output_claimed(cfg: RunConfig, dist: distributed.DistInfo, checkpointer: Ch
         decided: List[Optional[Path]] = []
 
         def decide(folder: Path) -> None:
-            decided.append(checkpointer.resume_point(cfg.resume, cfg.resume_allow_changes))
+            decided.append(checkpoint.resume_point(output, fingerprint, cfg.resume, cfg.resume_allow_changes,
+                                                   content=lambda: _content_identity(cfg)))
 
         def claim() -> Optional[Path]:
             held.enter_context(claim_output(output, "train", resume=cfg.resume, overwrite=cfg.overwrite,
@@ -180,28 +179,10 @@ def _output_claimed(cfg: RunConfig, dist: distributed.DistInfo, checkpointer: Ch
             return decided[0]
 
         with held_log_records() as records:
-            resume_from = _on_main(dist, claim)
+            resume_from = distributed.on_main(claim)
         setup_logging(output, dist.rank, replay=records)
         with errors_logged():
             yield resume_from
-
-
-def _on_main(dist: distributed.DistInfo, action: Callable[[], T]) -> T:
-    """Run `action` on rank 0 only and give every rank its result, or raise its error on every rank.
-
-    Folder decisions are made once (no rank can see a half-changed folder), and a refusal stops
-    every rank at once instead of leaving the others waiting in the next collective.
-    """
-    result, error = None, None
-    if dist.is_main:
-        try:
-            result = action()
-        except Exception as exc:  # re-raised below, on every rank
-            error = exc
-    result, error = distributed.broadcast_object((result, error))
-    if error is not None:
-        raise error
-    return result
 
 
 def _seed_everything(seed: int) -> None:
@@ -223,12 +204,14 @@ def _with_teacher_cache(cfg: RunConfig, dataset: Any) -> CachedTeacherDataset:
     return CachedTeacherDataset(dataset, cache)
 
 
-def _build_loader(cfg: RunConfig, dist: distributed.DistInfo) -> Any:
-    """This rank's `FaceLoader` over `rec` (with the teacher cache's rows when `teacher_cache` is set)."""
+def _build_loader(cfg: RunConfig, dist: distributed.DistInfo, fingerprint: Dict[str, Any]) -> Any:
+    """This rank's `FaceLoader` over `rec` (with the teacher cache's rows when `teacher_cache` is set);
+    the data, the teacher weights and the cache go into the run's `fingerprint` by content (sha256)."""
     dataset = build_dataset(cfg.rec, cfg.num_classes, cfg.seed, uint8=True)  # the loader normalises
     mismatch = dataset.check_num_image(cfg.num_image, cfg.num_image_mismatch)  # stops unless 'warn'
     if mismatch and dist.is_main:
         logger.warning(mismatch)
+    fingerprint.update(distributed.on_main(lambda: _content_identity(cfg, dataset)))
     if cfg.teacher_cache is not None:
         dataset = _with_teacher_cache(cfg, dataset)
     if cfg.dali and dist.is_main:
@@ -237,8 +220,16 @@ def _build_loader(cfg: RunConfig, dist: distributed.DistInfo) -> Any:
                             cfg.num_workers, dist.device)
 
 
+def _content_identity(cfg: RunConfig, dataset: Optional[Any] = None) -> Dict[str, Optional[str]]:
+    """The data, the teacher weights and the teacher cache by content (sha256): saved with every set,
+    compared when resuming (before the log starts, so the dataset is built here once more)."""
+    teacher = TeacherSpec(cfg.teacher_network, cfg.teacher_weights, cfg.embedding_size) if cfg.teacher_weights else None
+    dataset = dataset if dataset is not None else build_dataset(cfg.rec, cfg.num_classes, cfg.seed, uint8=True)
+    return content_identity(dataset, cfg.rec, teacher=teacher, cache=cfg.teacher_cache)
+
+
 def _build_state(cfg: RunConfig, dist: distributed.DistInfo, models: Models, steps_per_epoch: int,
-                 run_name: str) -> TrainState:
+                 run_name: str) -> checkpoint.TrainState:
     """The optimizer (host groups), the schedule (in optimizer steps), the loss scaler, as a `TrainState`."""
     lr = scaled_lr(cfg.lr, cfg.total_batch_size, cfg.lr_scale_batch)
     optimizer = build_optimizer(cfg.optimizer, host_param_groups(models.student, models.head), lr=lr,
@@ -249,12 +240,12 @@ def _build_state(cfg: RunConfig, dist: distributed.DistInfo, models: Models, ste
                                 power=cfg.lr_power, drop_epochs=cfg.lr_steps)
     scaler = torch.amp.GradScaler(dist.device.type, growth_interval=100,
                                   enabled=cfg.fp16 and cfg.amp_dtype == "fp16" and dist.device.type == "cuda")
-    return TrainState(models.student, models.head, optimizer, scheduler, scaler, rank=dist.rank,
-                      world_size=dist.world_size, num_classes=cfg.num_classes, steps_per_epoch=steps_per_epoch,
-                      run_name=run_name)
+    return checkpoint.TrainState(models.student, models.head, optimizer, scheduler, scaler, rank=dist.rank,
+                                 world_size=dist.world_size, num_classes=cfg.num_classes,
+                                 steps_per_epoch=steps_per_epoch, run_name=run_name)
 
 
-def _train_step(cfg: RunConfig, step: DistillStep, state: TrainState, batch: Any,
+def _train_step(cfg: RunConfig, step: DistillStep, state: checkpoint.TrainState, batch: Any,
                 global_step: int) -> Optional[Tuple[Dict[str, torch.Tensor], Optional[torch.Tensor]]]:
     """Forward and backward of one batch, then the optimizer step when the accumulation is complete.
 

@@ -141,8 +141,15 @@ def claim_output(path: str | os.PathLike, command: str, *, overwrite: bool = Fal
         try:
             yield folder
         finally:
-            if {p.name for p in folder.iterdir()} <= set(CLAIM_FILES):  # it ended before writing anything
+            if _holds_only_claim_files(folder):  # it ended before writing anything
                 _undo(folder, lock, kind_was, made)
+
+
+def _holds_only_claim_files(folder: Path) -> bool:
+    try:
+        return {p.name for p in folder.iterdir()} <= set(CLAIM_FILES)
+    except OSError:  # the job removed or replaced the folder: nothing of the claim to undo
+        return False
 
 
 def _undo(folder: Path, lock: Optional["_Lock"], kind_was: Optional[bytes], made: List[Path]) -> None:

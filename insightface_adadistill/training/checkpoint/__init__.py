@@ -114,8 +114,8 @@ def _judge(latest: Path, diff: ResumeDiff, allow_changes: bool) -> None:
     if harmless:
         logger.info("resuming with changed %s settings: %s", HARMLESS, describe(harmless))
     if diff.unchecked:
-        logger.warning("%s does not record %s (a set converted from arcface_torch): not compared with this run",
-                       latest, ", ".join(diff.unchecked))
+        logger.warning("%s does not record %s (e.g. a set converted from arcface_torch, or written before the "
+                       "key existed): not compared with this run", latest, ", ".join(diff.unchecked))
 
 
 def save(state: TrainState, output: Path, keep: int = 2) -> Path:

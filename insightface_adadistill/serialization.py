@@ -5,6 +5,7 @@ releases before torch 2.10 had `weights_only` bypasses, so we refuse to run on t
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -86,15 +87,27 @@ def _refused_object(path: Path, name: Optional[str]) -> str:
             f"python -c \"{extract}\" and pass {out}")
 
 
+@functools.lru_cache(maxsize=None)
+def _umask() -> int:
+    """The process umask (read by setting it, so once: a thread creating a file meanwhile could
+    otherwise see the temporary value)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
     """Call `write` on a temporary file beside `path`, fsync, then rename it over `path`.
 
-    A crash mid-write leaves the previous file intact: readers never see a partial file.
+    A crash mid-write leaves the previous file intact: readers never see a partial file. The file
+    gets the mode `open()` would give it (0666 less the umask), not mkstemp's private 0600, so a
+    `model.pt` is as readable by a team as a file `torch.save` writes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

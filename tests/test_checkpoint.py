@@ -197,6 +197,14 @@ def test_an_epoch_end_position_is_saved_as_the_next_epoch_like_the_host():
     assert (state.at(1, 8, 4).epoch, state.batch_in_epoch) == (2, 0)
 
 
+def test_atomic_files_get_the_mode_open_gives_not_mkstemps_private_one(tmp_path):
+    """A model.pt written through the temporary-file rename is readable by the group like any file."""
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    save_file_atomic({"w": torch.zeros(1)}, tmp_path / "model.pt")
+    assert (tmp_path / "model.pt").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
 def test_rng_state_round_trip(tmp_path):
     save_file_atomic(capture_rng_state(), tmp_path / "rng.pt")
     first = (torch.rand(3), np.random.rand(3), random.random())

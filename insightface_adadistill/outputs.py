@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, List, Optional, Tuple
 
 from insightface_adadistill.errors import UserError
 
@@ -157,7 +158,7 @@ def _undo(folder: Path, lock: Optional["_Lock"], kind_was: Optional[bytes], made
     if kind_was is None:
         (folder / KIND_FILE).unlink(missing_ok=True)
     elif _read_bytes(folder / KIND_FILE) != kind_was:
-        _write_atomic(folder / KIND_FILE, kind_was)
+        atomic_write(folder / KIND_FILE, lambda fh: fh.write(kind_was))
     if lock is not None:
         lock.undo()
     for created in made:  # innermost first; empty again once the claim's files are gone
@@ -262,16 +263,40 @@ def _read_bytes(path: Path) -> Optional[bytes]:
 def _record_kind(folder: Path, kind: str, command: str) -> None:
     record = (json.dumps({"kind": kind, "command": command}) + "\n").encode()
     if not (folder / KIND_FILE).is_file() or folder_kind(folder) != kind:
-        _write_atomic(folder / KIND_FILE, record)
+        atomic_write(folder / KIND_FILE, lambda fh: fh.write(record))
 
 
-def _write_atomic(path: Path, content: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(content)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+@functools.lru_cache(maxsize=None)
+def _umask() -> int:
+    """The process umask (read by setting it, so once: a thread creating a file meanwhile could
+    otherwise see the temporary value)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Call `write` on a temporary file beside `path`, fsync, then rename it over `path`.
+
+    A crash mid-write leaves the previous file intact: readers never see a partial file. The file
+    gets the mode `open()` would give it (0666 less the umask), not mkstemp's private 0600, so a
+    `model.pt` is as readable by a team as a file `torch.save` writes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 class _Lock:

@@ -5,18 +5,17 @@ releases before torch 2.10 had `weights_only` bypasses, so we refuse to run on t
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
 from insightface_adadistill.errors import InputNotFoundError, WeightsError
+from insightface_adadistill.outputs import atomic_write
 
 MIN_TORCH = (2, 10)
 # classes a Lightning .ckpt keeps its hyper-parameters in: plain records, safe to allow-list for extraction
@@ -85,39 +84,6 @@ def _refused_object(path: Path, name: Optional[str]) -> str:
                f"torch.save(torch.load({str(path)!r}, weights_only=True)['state_dict'], {str(out)!r})")
     return (f"{refused} (a Lightning checkpoint's hyper-parameters); extract the weights once with "
             f"python -c \"{extract}\" and pass {out}")
-
-
-@functools.lru_cache(maxsize=None)
-def _umask() -> int:
-    """The process umask (read by setting it, so once: a thread creating a file meanwhile could
-    otherwise see the temporary value)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call `write` on a temporary file beside `path`, fsync, then rename it over `path`.
-
-    A crash mid-write leaves the previous file intact: readers never see a partial file. The file
-    gets the mode `open()` would give it (0666 less the umask), not mkstemp's private 0600, so a
-    `model.pt` is as readable by a team as a file `torch.save` writes.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_file_atomic(obj: Any, path: str | os.PathLike) -> Path:

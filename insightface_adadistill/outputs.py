@@ -167,17 +167,22 @@ def _undo(folder: Path, lock: Optional["_Lock"], kind_was: Optional[bytes], made
 
 
 def claim_file(path: str | os.PathLike, command: str, *, overwrite: bool = False,
-               example: str = "out") -> Path:
+               example: Optional[str] = "out") -> Path:
     """Check that `command` may write the single file `path`; nothing is made. Write it atomically.
+
+    `example` is a file name to suggest inside a folder given as `path`; None where the name is
+    fixed (a `.rec`'s `.idx`), so the only way past an existing file is the overwrite flag.
 
     Raises:
         OutputFolderError: `path` is a folder, or exists and `overwrite` is not set.
     """
     path = Path(path)
     if path.is_dir():
-        raise OutputFolderError(f"{path} is a folder; `adadistill {command}` writes a file: give a file path, "
-                                f"e.g. {path / example}")
+        suggestion = f": give a file path, e.g. {path / example}" if example else ""
+        raise OutputFolderError(f"{path} is a folder; `adadistill {command}` writes a file{suggestion}")
     if path.exists() and not overwrite:
+        if example is None:
+            raise OutputFolderError(f"{path} exists; pass {overwrite_flag(command)} to replace it")
         raise OutputFolderError(f"{path} exists; choose another file name{_or_overwrite(command, 'replace it')}")
     for parent in path.parents:
         if parent.exists():

@@ -150,3 +150,11 @@ def test_single_files_are_refused_when_they_exist_or_are_folders(tmp_path: Path)
         claim_file(tmp_path, "export-onnx", example="model.onnx")
     with pytest.raises(OutputFolderError, match="m.onnx is a file, not a folder"):
         claim_file(tmp_path / "m.onnx" / "x.onnx", "export-onnx")
+
+
+def test_a_fixed_file_name_is_refused_with_the_flag_alone(tmp_path):
+    """A `.rec`'s index cannot take another name: the refusal offers only the flag."""
+    index = tmp_path / "train.idx"
+    index.write_text("0\t0\n")
+    with pytest.raises(OutputFolderError, match=r"train.idx exists; pass --overwrite to replace it$"):
+        claim_file(index, "inspect-rec", example=None)

@@ -30,7 +30,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     rec_path = args.dir if args.dir.suffix == ".rec" else args.dir / "train.rec"
     if args.rebuild_index and rec_path.is_file():  # a refusal is a user error (exit 2), before anything is read
-        claim_file(rec_path.with_suffix(".idx"), "inspect-rec", overwrite=args.overwrite)
+        claim_file(rec_path.with_suffix(".idx"), "inspect-rec", overwrite=args.overwrite, example=None)
     try:
         if args.rebuild_index:
             count = RecordIOReader.rebuild_index(rec_path)

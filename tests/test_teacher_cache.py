@@ -336,3 +336,19 @@ def test_two_process_build_and_training_match_one_process(tmp_path: Path, world:
     cached = _torchrun("train", TINY, "--set", *sets, f"output={tmp_path / 'cached'}", f"teacher_cache={rebuilt}")
     assert cached.returncode == 0, cached.stderr[-3000:]
     _assert_same_run(tmp_path / "online", tmp_path / "cached", world_size=2)
+
+
+def test_a_file_is_hashed_once_per_state_and_again_once_rewritten(tmp_path, monkeypatch):
+    """Resume, the run fingerprint and the cache check all hash the teacher: one read serves them."""
+    from insightface_adadistill.cache import manifest
+    weights = tmp_path / "teacher.pt"
+    weights.write_bytes(b"a" * 100)
+    reads = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: reads.append(path) or real_open(path, *a, **k))
+    first = manifest.file_sha256(weights)
+    assert manifest.file_sha256(weights) == first and len(reads) == 1
+    os.utime(weights, ns=(0, 1))  # the same bytes rewritten: another state, read again
+    assert manifest.file_sha256(weights) == first and len(reads) == 2
+    weights.write_bytes(b"b" * 100)
+    assert manifest.file_sha256(weights) != first

@@ -8,6 +8,7 @@ row is on disk, so a manifest never claims rows that are not there.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -60,17 +61,26 @@ class TeacherSpec:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+    """sha256 of a file, read in 1 MiB blocks once per process for a given file state: a run hashes
+    its teacher for resume, the run's fingerprint and the cache check, which must not each re-read
+    a file of hundreds of MB."""
     try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        stat = os.stat(path)
+        return _sha256_of(os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
     except FileNotFoundError as exc:
         raise CacheError(f"teacher weights {path} not found; check teacher_weights") from exc
     except IsADirectoryError as exc:
         raise CacheError(f"teacher weights {path} is a folder, not a weights file; name the file inside it "
                          f"(e.g. {Path(path) / 'model.pt'}) in teacher_weights") from exc
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_of(path: str, inode: int, size: int, mtime_ns: int) -> str:
+    """The hash of `path` as it is in that (inode, size, mtime) state: a rewritten file is read again."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
     return digest.hexdigest()
 
 

@@ -16,8 +16,8 @@ SUMMARY = "run your own arcface_torch checkout's train_v2.py with our distillati
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = command_parser("host-train", f"Run your own arcface_torch checkout's train_v2.py, unchanged, with "
-                                          f"our distillation head registered into it; see docs/host-train.md.")
+    parser = command_parser("host-train", "Run your own arcface_torch checkout's train_v2.py, unchanged, with "
+                                          "our distillation head registered into it; see docs/host-train.md.")
     parser.add_argument("checkout", metavar="ARCFACE_TORCH_DIR",
                         help="your arcface_torch folder (the one holding train_v2.py)")
     add_config_arguments(parser)

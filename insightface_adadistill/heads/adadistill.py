@@ -8,7 +8,7 @@ apart), and duplicate labels in a batch have a defined result (see `update_class
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Union
 
 import torch
 import torch.nn.functional as F

@@ -22,6 +22,12 @@ from typing import Any, Callable, Optional, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
+# Imported before any process group exists, on purpose: this torch module binds `group.WORLD` into
+# default arguments when it is first imported (the optimizer's first step imports it through
+# torch._dynamo). Imported after `init_process_group`, it keeps the world group alive past
+# `destroy_process_group`; its gloo worker threads then outlive the interpreter and abort the
+# process at exit (SIGABRT, "terminate called without an active exception") after a good run.
+import torch.distributed.nn  # noqa: F401
 
 from insightface_adadistill.errors import LaunchError, UserError
 

@@ -1,7 +1,10 @@
 """distributed.py: sharding, the no-process-group fallbacks, single-process init, and 2 gloo ranks."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,6 +77,27 @@ def test_single_process_still_initialises_a_group(no_torchrun_env):
     finally:
         D.destroy_distributed()
     assert not dist.is_initialized()
+
+
+_GROUP_FREED = """
+import os, weakref, torch, torch.distributed as dist
+from insightface_adadistill import distributed as D
+D.init_distributed("cpu")
+model = torch.nn.Linear(2, 2)
+model(torch.ones(1, 2)).sum().backward()
+torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9).step()  # imports torch._dynamo
+world = weakref.ref(dist.group.WORLD)
+D.destroy_distributed()
+print("freed" if world() is None else "alive")
+"""
+
+
+def test_destroy_frees_the_group_after_an_optimizer_step(no_torchrun_env):
+    """The gloo worker threads go with the group, so none is left to abort the exit (a fresh interpreter:
+    the order of imports is what matters)."""
+    result = subprocess.run([sys.executable, "-c", _GROUP_FREED], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1], check=True)
+    assert result.stdout.split() == ["freed"], result.stderr
 
 
 def test_init_rejects_partial_env_and_bad_device(no_torchrun_env, monkeypatch):

@@ -1,10 +1,9 @@
-"""The checks a config key can declare: each says whether a value is fine and, if not, why.
+"""The checks a config key can declare: each returns the whole problem line for a value, or None.
 
-A check is called with the key and a value of an accepted type (`None` never reaches it when the
-key accepts None) and returns the whole problem line, or None. `describe()` is the phrase the
-generated key table shows (docs/configs.md). Choices that the library defines (backbone and head
-registries, optimizer kinds, precisions) are passed in as the library's own objects and read when
-the check runs, so a name registered later is accepted and the two can never disagree.
+A check sees only values of an accepted type (never `None` where the key accepts None);
+`describe()` is the phrase of the generated key table (docs/configs.md). Choices the library defines
+(registries, optimizer kinds, precisions) are its own objects, read when the check runs, so a name
+registered later is accepted and the two can never disagree.
 """
 from __future__ import annotations
 
@@ -111,11 +110,6 @@ def at_least(low: float) -> Rule:
     return Rule(lambda v: v >= low, f">= {low}")
 
 
-def above(low: float, note: str = "") -> Rule:
+def above(low: float) -> Rule:
     """'> low' (a learning rate, a decay power)."""
-    return Rule(lambda v: v > low, f"> {low}{note}")
-
-
-def non_empty(what: str) -> Rule:
-    """Any non-empty value; `what` says what it should name."""
-    return Rule(bool, what)
+    return Rule(lambda v: v > low, f"> {low}")

@@ -1,17 +1,13 @@
-"""Every config key, declared once: its default, accepted types, check and meaning.
+"""Every config key, declared once as a field of `RunConfig`: default, accepted types, check, meaning.
 
-`RunConfig` is both the typed, frozen run config that `load_config` returns and the declaration
-of every key: each field's annotation gives the accepted types, its declaration (`host`, `ours`,
-`required`, `derived`) the default, the meaning and the check. The validator, the `--set` parser
-and the generated key table (docs/configs.md) all read `KEYS`, built from these fields, so a new
-key is one field here and nothing else.
+The annotation gives the accepted types and the declaration (`host`, `ours`, `required`, `derived`)
+the rest; the validator, the `--set` parser and the generated key table (docs/configs.md) read
+`KEYS`, built from these fields, so a new key is one field here and nothing else.
 
-Field order is the start-up log's order: arcface_torch's `configs/base.py` keys (same names,
-defaults and order; `notes` is the hidden key `train_v2` reads for wandb), the keys this plugin
-adds, the keys every job config must set, then the keys the trainer computes.
-
-Accepted types: an int is accepted wherever a float is, and a tuple wherever a list (`Sequence`)
-is; values are kept as written (easydict < 1.10 turned tuples into lists, newer releases keep them).
+Field order is the start-up log's: arcface_torch's `configs/base.py` keys (same names, defaults and
+order; `notes` is the hidden key `train_v2` reads for wandb), our keys, the keys every job config
+sets, then the keys the trainer computes. An int is accepted wherever a float is and a tuple wherever
+a list (`Sequence`) is; values are kept as written (easydict < 1.10 turned tuples into lists).
 """
 from __future__ import annotations
 
@@ -19,12 +15,12 @@ import copy
 import typing
 from collections.abc import Sequence as SequenceABC
 from dataclasses import MISSING, dataclass, field, fields
+from functools import partial
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from insightface_adadistill.backbones import list_backbones
 from insightface_adadistill.backbones.base import AMP_DTYPES, PRECISIONS
-from insightface_adadistill.config.checks import (Check, OneOf, Phrased, Refused, Registered, Rule,
-                                                  above, at_least, non_empty)
+from insightface_adadistill.config.checks import Check, OneOf, Phrased, Refused, Registered, Rule, above, at_least
 from insightface_adadistill.heads import HEADS, STANDALONE
 from insightface_adadistill.heads.adadistill import ALPHA_RULE, alpha_is_valid
 from insightface_adadistill.heads.margins import (ADAFACE_RULES, MARGIN_FORMS, MARGIN_GRADS, MARGINS,
@@ -43,39 +39,20 @@ GROUPS = ("host", "extension", "required", "derived")
 # docs/safety.md): refuse (the saved state only fits the saved value), refuse unless
 # `resume_allow_changes=True` (the state loads but the continuation differs), or just log it.
 IDENTITY, SCHEDULE, HARMLESS = "identity", "schedule", "harmless"
-RESUME_CLASSES = (IDENTITY, SCHEDULE, HARMLESS)
 
 
-def _declare(group: str, default: Any, meaning: str, check: Optional[Check], resume: str) -> Any:
+def _declare(group: str, default: Any, meaning: str, check: Optional[Check] = None, *, resume: str) -> Any:
     """A dataclass field carrying the key's declaration in its metadata."""
-    if resume not in RESUME_CLASSES:
-        raise ValueError(f"resume={resume!r} must be one of {RESUME_CLASSES}")
     metadata = {"group": group, "meaning": meaning, "check": check, "resume": resume}
-    if default is MISSING:
-        return field(metadata=metadata)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
-def host(default: Any, meaning: str, check: Optional[Check] = None, *, resume: str) -> Any:
-    """A key of arcface_torch's `configs/base.py`, with the host's default."""
-    return _declare("host", default, meaning, check, resume)
-
-
-def ours(default: Any, meaning: str, check: Optional[Check] = None, *, resume: str) -> Any:
-    """A key this plugin adds; its default keeps an arcface_torch run unchanged."""
-    return _declare("extension", default, meaning, check, resume)
-
-
-def required(meaning: str, check: Optional[Check] = None, *, resume: str) -> Any:
-    """A key every arcface_torch job config must set (no default, as in the host)."""
-    return _declare("required", MISSING, meaning, check, resume)
-
-
-def derived(meaning: str, *, resume: str) -> Any:
-    """A key the trainer computes (`derive`); setting it is an error."""
-    return _declare("derived", MISSING, meaning, None, resume)
+host = partial(_declare, "host")  # a key of arcface_torch's configs/base.py, with the host's default
+ours = partial(_declare, "extension")  # a key we add; its default keeps an arcface_torch run unchanged
+required = partial(_declare, "required", MISSING)  # every job config sets it (no default, as in the host)
+derived = partial(_declare, "derived", MISSING)  # the trainer computes it (`derive`); setting it is an error
 
 
 def _distill_choices() -> Tuple[Optional[str], ...]:
@@ -246,7 +223,7 @@ class RunConfig:
     # ---- every job config sets these -----------------------------------------------------------
     rec: str = required("dataset folder (train.rec/train.idx, also where the val .bin files are "
                         "looked up), image folder, or 'synthetic'",
-                        non_empty("a dataset folder, an image folder or 'synthetic'"), resume=HARMLESS)
+                        Rule(bool, "a dataset folder, an image folder or 'synthetic'"), resume=HARMLESS)
     num_classes: int = required("number of identities (checked against the data)", at_least(1), resume=IDENTITY)
     num_image: int = required("number of training images (used for step counts)", at_least(1), resume=SCHEDULE)
     num_epoch: int = required("number of epochs", at_least(1), resume=SCHEDULE)
@@ -277,7 +254,7 @@ class Key:
     types: Tuple[type, ...]
     meaning: str
     check: Optional[Check]
-    resume: str  # one of RESUME_CLASSES
+    resume: str  # IDENTITY, SCHEDULE or HARMLESS
 
 
 def _accepted_types(annotation: Any) -> Tuple[type, ...]:
@@ -289,17 +266,11 @@ def _accepted_types(annotation: Any) -> Tuple[type, ...]:
     return (annotation,)
 
 
-def _keys() -> Dict[str, Key]:
-    hints = typing.get_type_hints(RunConfig)
-    keys = {}
-    for f in fields(RunConfig):
-        default = f.default_factory() if f.default_factory is not MISSING else f.default
-        keys[f.name] = Key(f.name, f.metadata["group"], default, _accepted_types(hints[f.name]),
-                           f.metadata["meaning"], f.metadata["check"], f.metadata["resume"])
-    return keys
-
-
-KEYS: Dict[str, Key] = _keys()
+_HINTS = typing.get_type_hints(RunConfig)
+KEYS: Dict[str, Key] = {
+    f.name: Key(f.name, default=f.default if f.default_factory is MISSING else f.default_factory(),
+                types=_accepted_types(_HINTS[f.name]), **f.metadata)
+    for f in fields(RunConfig)}
 DEFAULTS: Dict[str, Any] = {k.name: k.default for k in KEYS.values() if k.group in ("host", "extension")}
 REQUIRED_KEYS: Tuple[str, ...] = tuple(k.name for k in KEYS.values() if k.group == "required")
 DERIVED_KEYS: Tuple[str, ...] = tuple(k.name for k in KEYS.values() if k.group == "derived")
@@ -311,11 +282,7 @@ HISTORICAL_KEYS: Dict[str, str] = {
     "score": "nothing reads it",
 }
 
+
 def known_keys() -> Tuple[str, ...]:
     """Every key a config may hold, in the order the start-up log prints them."""
     return tuple(KEYS)
-
-
-def expected_types(key: str) -> Tuple[type, ...]:
-    """The types `key` accepts (from its annotation on `RunConfig`)."""
-    return KEYS[key].types

@@ -1,13 +1,11 @@
-"""Loads an arcface_torch config file the way `utils/utils_config.get_config` does, from anywhere.
+"""Loads an arcface_torch config file as `utils/utils_config.get_config` does, from anywhere.
 
-Host behaviour kept: the file is Python that builds an EasyDict named `config`; it is merged over
-the `configs/base.py` keys with a shallow update; `output = None` becomes
-`work_dirs/<config name>`; `total_batch_size`, `warmup_step` and `total_step` are added.
-Differences: the file need not live in a `configs` package (we execute it by path), the base keys
-are built in (`defaults.py`) instead of imported from `configs/base.py`, a bare recipe name such as
-`ms1mv2_r50` is looked up in the repository's `recipes/` folder, `--set key=value` overrides are
-applied after the file, the result is validated before anything is built, and it comes back as a
-frozen `RunConfig` (the EasyDict stays inside the file). See docs/configs.md.
+As the host: the file is Python building an EasyDict named `config`, merged shallowly over the
+`configs/base.py` keys; `output = None` becomes `work_dirs/<config name>`; `total_batch_size`,
+`warmup_step` and `total_step` are added. Unlike it: the file is executed by path (no `configs`
+package), the base keys are built in (`defaults.py`), a bare recipe name is looked up in `recipes/`,
+`--set` overrides apply after the file, and the validated result is a frozen `RunConfig`.
+See docs/configs.md.
 """
 from __future__ import annotations
 
@@ -17,21 +15,15 @@ import difflib
 import os
 import runpy
 from pathlib import Path
-from typing import Any, Collection, Dict, List, Mapping, Optional, Union
+from typing import Any, Collection, Dict, List, Mapping, Union
 
-from .defaults import DEFAULTS, DERIVED_KEYS, NoneType, RunConfig, expected_types, known_keys
+from .defaults import DEFAULTS, DERIVED_KEYS, KEYS, NoneType, RunConfig
 from .validate import ConfigError, unknown_key_problem, validate
 
 Overrides = Union[List[str], Mapping[str, Any], None]
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
-
-
-def recipes_dir() -> Optional[Path]:
-    """`recipes/` beside the package (a source checkout or an editable install), else None."""
-    folder = Path(__file__).resolve().parents[2] / "recipes"
-    return folder if folder.is_dir() else None
 
 
 def resolve_config_path(path: Union[str, os.PathLike]) -> Path:
@@ -42,7 +34,8 @@ def resolve_config_path(path: Union[str, os.PathLike]) -> Path:
     """
     given = Path(path)
     candidates = [given, given.with_name(given.name + ".py")]
-    shipped = recipes_dir()
+    shipped = Path(__file__).resolve().parents[2] / "recipes"  # a source checkout or an editable install
+    shipped = shipped if shipped.is_dir() else None
     if len(given.parts) == 1 and shipped is not None:
         candidates += [shipped / given.name, shipped / (given.name + ".py")]
     for candidate in candidates:
@@ -87,14 +80,11 @@ def parse_override_value(key: str, text: str) -> Any:
     (so `--set wandb_key=123` stays a string); `a,b,c` or a single item becomes a list for list
     keys; ints become floats for float keys.
     """
-    types = expected_types(key)
+    types = KEYS[key].types
     text = text.strip()
     if text == "None":
         return None
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text
+    value = _literal_or_text(text)
     if bool in types and text.lower() in _TRUE + _FALSE:
         return text.lower() in _TRUE
     if set(types) <= {str, NoneType} and not isinstance(value, str):
@@ -105,6 +95,7 @@ def parse_override_value(key: str, text: str) -> Any:
 
 
 def _literal_or_text(item: str) -> Any:
+    """`ast.literal_eval` of the stripped text, or that text itself when it is no literal."""
     try:
         return ast.literal_eval(item.strip())
     except (ValueError, SyntaxError):
@@ -114,7 +105,7 @@ def _literal_or_text(item: str) -> Any:
 def coerce_value(key: str, value: Any) -> Any:
     """Widen a Python value to what `key` holds: tuple -> list, scalar -> [scalar] for list keys,
     int -> float for float keys. Anything else is left for `validate` to judge."""
-    types = expected_types(key)
+    types = KEYS[key].types
     if list in types and isinstance(value, tuple):
         return list(value)
     if list in types and str not in types and not isinstance(value, (list, NoneType)):
@@ -139,8 +130,7 @@ def parse_overrides(overrides: Overrides, source: str = "config") -> Dict[str, A
                 raise ConfigError(source, [f"--set {item!r} is not key=value (e.g. --set lr=0.05); "
                                            f"put the CONFIG argument before --set"])
             pairs.append((key.strip(), text))
-    known = set(known_keys())
-    problems = [f"--set {key}: " + unknown_key_problem(key) for key, _ in pairs if key not in known]
+    problems = [f"--set {key}: " + unknown_key_problem(key) for key, _ in pairs if key not in KEYS]
     problems += [f"--set {key}: {key} is computed by the trainer, not set" for key, _ in pairs
                  if key in DERIVED_KEYS]
     if problems:
@@ -176,15 +166,9 @@ def derive(cfg: Mapping[str, Any], world_size: int, config_name: str,
 
 def build_run_config(keys: Mapping[str, Any], world_size: int = 1, config_name: str = "config",
                      source: str = "config", overridden: Collection[str] = ()) -> RunConfig:
-    """Merge `keys` over the defaults, validate, derive and freeze: `load_config` without a file.
-
-    Args:
-        keys: the keys a job config sets (required keys included), as Python values.
-        world_size: number of training processes, for the derived keys.
-        config_name: the name `output = None` turns into `work_dirs/<config_name>`.
-        source: what error messages name (the config file).
-        overridden: keys that came from `--set`, so their messages point there.
-    """
+    """Merge `keys` (a job config's, as Python values) over the defaults, validate, derive and
+    freeze: `load_config` without a file. Messages name `source`, and point to `--set` for the
+    `overridden` keys; `output = None` becomes `work_dirs/<config_name>`."""
     derived = [key for key in keys if key in DERIVED_KEYS]
     if derived:
         raise ConfigError(source, [
@@ -198,17 +182,9 @@ def build_run_config(keys: Mapping[str, Any], world_size: int = 1, config_name: 
 
 def load_config(path: Union[str, os.PathLike], overrides: Overrides = None,
                 world_size: int = 1) -> RunConfig:
-    """Load, merge, override, validate and derive an arcface_torch config.
-
-    Args:
-        path: a config file anywhere on disk, or a recipe name from `recipes/` (`ms1mv2_r50`).
-        overrides: `--set` strings `['lr=0.05']` (typed by the key) or a dict of Python values.
-        world_size: number of training processes, for the derived keys.
-
-    Returns:
-        the frozen `RunConfig`; `as_dict()` lists the keys in the host's order: base keys, our
-        extension keys, the job keys, then total_batch_size, warmup_step, total_step.
-    """
+    """Load, merge, override, validate and derive an arcface_torch config (`path`: a file anywhere or
+    a recipe name; `overrides`: `--set` strings typed by the key, or a dict of Python values;
+    `world_size`: training processes, for the derived keys) into the frozen `RunConfig`."""
     file = resolve_config_path(path)
     from_file = read_config_file(file)
     from_set = parse_overrides(overrides, source=str(file))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import MISSING
 from pathlib import Path
-from typing import List, Union
+from typing import List
 
 from .defaults import GROUPS, KEYS, Key
 from .validate import type_names
@@ -61,15 +61,6 @@ def render_docs_page(text: str) -> str:
     return f"{head}{BEGIN}\n\n{config_table_markdown()}\n{END}{tail}"
 
 
-def write_docs_page(path: Union[str, Path] = DOCS_PAGE) -> bool:
-    """Regenerate the tables in `path` in place; returns whether the file changed."""
-    path = Path(path)
-    text = path.read_text()
-    rendered = render_docs_page(text)
-    if rendered != text:
-        path.write_text(rendered)
-    return rendered != text
-
-
-if __name__ == "__main__":
-    write_docs_page(*sys.argv[1:2])
+if __name__ == "__main__":  # regenerate the tables of the page in place
+    page = Path(sys.argv[1] if len(sys.argv) > 1 else DOCS_PAGE)
+    page.write_text(render_docs_page(page.read_text()))

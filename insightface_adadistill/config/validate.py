@@ -16,7 +16,7 @@ from insightface_adadistill.heads import HEADS, head_name, head_spec, heads_with
 from insightface_adadistill.heads.margins import MARGINS
 from insightface_adadistill.teacher.kind import needs_network
 
-from .defaults import HISTORICAL_KEYS, KEYS, NoneType, RunConfig, expected_types, known_keys
+from .defaults import HISTORICAL_KEYS, KEYS, NoneType, RunConfig
 
 
 class ConfigError(UserError, ValueError):
@@ -32,18 +32,14 @@ class ConfigError(UserError, ValueError):
         return type(self), (self.source, self.problems)
 
 
-def suggest_key(key: str) -> str:
-    """' Did you mean 'x'?' for the closest known key, or '' when nothing is close."""
-    close = difflib.get_close_matches(key, known_keys(), n=1, cutoff=0.6)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 def unknown_key_problem(key: str) -> str:
     """The message for a key we do not know (shared by the file check and `--set`)."""
     if key in HISTORICAL_KEYS:
         return (f"{key!r} is a pre-2022 arcface_torch key that train_v2 ignores; remove it "
                 f"({HISTORICAL_KEYS[key]}).")
-    return (f"unknown key {key!r}.{suggest_key(key)} The known keys are listed in docs/configs.md "
+    close = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
+    suggestion = f" Did you mean {close[0]!r}?" if close else ""
+    return (f"unknown key {key!r}.{suggestion} The known keys are listed in docs/configs.md "
             f"and declared in insightface_adadistill/config/defaults.py.")
 
 
@@ -135,28 +131,22 @@ def _margin_problems(cfg: Mapping[str, Any]) -> List[str]:
 
 def validate(cfg: Union[Mapping[str, Any], RunConfig], source: str = "config",
              overridden: Collection[str] = ()) -> None:
-    """Raise `ConfigError` listing every problem in `cfg`; return None when it can be trained.
-
-    Args:
-        cfg: the merged config (defaults, file, overrides; derived keys may be present), or a
-            loaded `RunConfig`.
-        source: the config file, named in the error.
-        overridden: keys that came from `--set`, so their messages point there instead.
-    """
+    """Raise `ConfigError` listing every problem in `cfg` (merged keys, derived ones allowed, or a
+    `RunConfig`), naming `source` and pointing to `--set` for the `overridden` keys; None when it can
+    be trained."""
     if isinstance(cfg, RunConfig):
         cfg = cfg.as_dict()
 
     def where(key: str, problem: str) -> str:
         return f"{problem} (from --set {key}=...)" if key in overridden else problem
 
-    known = set(known_keys())
-    problems = [where(key, unknown_key_problem(key)) for key in cfg if key not in known]
+    problems = [where(key, unknown_key_problem(key)) for key in cfg if key not in KEYS]
     problems += [f"missing required key {key.name!r}: {key.meaning}"
                  for key in KEYS.values() if key.group == "required" and key.name not in cfg]
     for key, value in cfg.items():
-        if key in known and not _has_type(value, expected_types(key)):
+        if key in KEYS and not _has_type(value, KEYS[key].types):
             problems.append(where(key, f"{key} = {value!r} has type {type(value).__name__}; "
-                                       f"expected {type_names(expected_types(key))}"))
+                                       f"expected {type_names(KEYS[key].types)}"))
     if problems:  # the checks below assume known keys of the right types
         raise ConfigError(source, problems)
 

@@ -54,11 +54,10 @@ def _shared_keys(preset: DemoPreset, place: RunPlace, epochs: int) -> Dict[str, 
 def teacher_keys(preset: DemoPreset, place: RunPlace) -> Dict[str, Any]:
     """The teacher: standard ArcFace (m 0.5); its last step is saved as a checkpoint set so that
     its classifier can serve ArcDistill."""
-    keys = _shared_keys(preset, place, preset.teacher_epochs)
-    keys.update(network=preset.teacher_network, margin_list=(1.0, 0.5, 0.0), fp16=preset.teacher_fp16,
-                distill=None, save_every_steps=preset.steps(preset.teacher_epochs), keep_checkpoints=1,
-                output=place.output(TEACHER))
-    return keys
+    return {**_shared_keys(preset, place, preset.teacher_epochs), "network": preset.teacher_network,
+            "margin_list": (1.0, 0.5, 0.0), "fp16": preset.teacher_fp16, "distill": None,
+            "save_every_steps": preset.steps(preset.teacher_epochs), "keep_checkpoints": 1,
+            "output": place.output(TEACHER)}
 
 
 def student_keys(preset: DemoPreset, place: RunPlace, method: str) -> Dict[str, Any]:
@@ -79,13 +78,6 @@ def student_keys(preset: DemoPreset, place: RunPlace, method: str) -> Dict[str, 
     return keys
 
 
-def format_config_file(keys: Dict[str, Any], what: str, preset: str, path: Path) -> str:
-    """Python source of an arcface_torch job config that sets `keys` (values written by `repr`)."""
-    lines = [_HEADER.format(preset=preset, what=what, path=path)]
-    lines += [f"config.{key} = {value!r}\n" for key, value in keys.items()]
-    return "".join(lines)
-
-
 def write_run_configs(preset: DemoPreset, place: RunPlace, folder: Path,
                       students: Iterable[str]) -> Dict[str, Path]:
     """Write `folder/teacher.py` and `folder/<student>.py` for each student method.
@@ -95,11 +87,11 @@ def write_run_configs(preset: DemoPreset, place: RunPlace, folder: Path,
     """
     folder.mkdir(parents=True, exist_ok=True)
     runs = {TEACHER: ("the teacher", teacher_keys(preset, place))}
-    for method in students:
-        runs[method] = (f"the {METHODS[method].label}", student_keys(preset, place, method))
-    paths: Dict[str, Path] = {}
-    for name, (what, keys) in runs.items():
-        path = folder / f"{name}.py"
-        path.write_text(format_config_file(keys, what, preset.name, path))
-        paths[name] = path
+    runs.update({method: (f"the {METHODS[method].label}", student_keys(preset, place, method))
+                 for method in students})
+    paths = {name: folder / f"{name}.py" for name in runs}
+    for name, (what, keys) in runs.items():  # values written by `repr`
+        path = paths[name]
+        path.write_text(_HEADER.format(preset=preset.name, what=what, path=path)
+                        + "".join(f"config.{key} = {value!r}\n" for key, value in keys.items()))
     return paths

@@ -74,10 +74,6 @@ def supported_fars(num_impostor: int, min_false_accepts: int = MIN_FALSE_ACCEPTS
     return [far for far in CANDIDATE_FARS if far * num_impostor >= min_false_accepts]
 
 
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def evaluate_run(run: Mapping[str, Any], vset: VerificationSet, ijb_root: str, *,
                  device: torch.device, ijb_workers: int = 0) -> Dict[str, Any]:
     """Verification accuracy on `vset` and IJB 1:1 TAR@FAR of a finished run's `model.pt`.
@@ -92,7 +88,7 @@ def evaluate_run(run: Mapping[str, Any], vset: VerificationSet, ijb_root: str, *
                        workers=ijb_workers)
     counts = ijb["counts"]
     fars = supported_fars(counts["impostor"])
-    return {"params": count_parameters(model), "accuracy": verification["accuracy"],
+    return {"params": sum(p.numel() for p in model.parameters()), "accuracy": verification["accuracy"],
             "std": verification["std"], "xnorm": verification["xnorm"], "auc": ijb["auc"],
             "tar_at_far": tar_at_fars(ijb["fpr"], ijb["tpr"], fars), "num_genuine": counts["genuine"],
             "num_impostor": counts["impostor"], "fpr": np.asarray(ijb["fpr"]), "tpr": np.asarray(ijb["tpr"])}

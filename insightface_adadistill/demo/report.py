@@ -37,12 +37,8 @@ def read_scalars(tensorboard_dir: Path, tags: Sequence[str]) -> Dict[str, Curve]
     finally:
         quiet.setLevel(level)
     present = set(events.Tags().get("scalars", []))
-    curves = {}
-    for tag in tags:
-        if tag in present:
-            points = events.Scalars(tag)
-            curves[tag] = (np.array([p.step for p in points]), np.array([p.value for p in points]))
-    return curves
+    points = {tag: events.Scalars(tag) for tag in tags if tag in present}
+    return {tag: (np.array([p.step for p in ps]), np.array([p.value for p in ps])) for tag, ps in points.items()}
 
 
 def _figure(width: float = 7.0, height: float = 4.5):

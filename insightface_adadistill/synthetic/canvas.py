@@ -6,12 +6,13 @@ batch; pixels see only +, -, *, / and clip. numpy only: no assets, no OpenCV.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional, Tuple, Union
 
 import numpy as np
 
-# (images, rows, cols, alpha): images None (all) or (n,) indices, alpha float32 (n, h, w); or None
-# when the part touches no pixel.
+# (images, rows, cols, alpha): images None (all) or the (n,) indices of the images the part appears in
+# (a beard, glasses: rare parts cost only where drawn), alpha float32 (n, h, w); None: touches no pixel.
 Mask = Optional[Tuple[Optional[np.ndarray], slice, slice, np.ndarray]]
 Coordinate = Union[float, np.ndarray]
 
@@ -21,13 +22,16 @@ def xy(x: Coordinate, y: Coordinate) -> np.ndarray:
     return np.stack(np.broadcast_arrays(np.asarray(x, np.float64), np.asarray(y, np.float64)), 1)
 
 
+def _own(pick: Union[slice, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """A part's per-image parameter `x` (N,) for the images it is drawn in, as float32 (n, 1, 1)."""
+    return x[pick].astype(np.float32)[:, None, None]
+
+
 class Canvas:
     """A batch of planar float32 images (N, 3, H, W) plus the canonical (u, v) of every pixel.
 
     The pose is the similarity z_out = m * z_canonical + t (complex, (N,)); parts are given in the
-    canonical frame and rasterised in output pixels, whose centres sit at integer coordinates. A mask
-    is (images, rows, cols, alpha): `images` is None for all images or the indices of the images the
-    part appears in (a beard, glasses, an occluder), so rare parts cost only where they are drawn.
+    canonical frame and rasterised in output pixels, whose centres sit at integer coordinates.
     """
 
     def __init__(self, m: np.ndarray, t: np.ndarray, size: int, background: np.ndarray) -> None:
@@ -66,15 +70,15 @@ class Canvas:
 
     def _local(self, where, centre: np.ndarray, angle: Optional[np.ndarray]):
         """Scratch planes (a, b, s1, s2): a, b are the pixels' canonical offsets from `centre`
-        (n, 2), rotated by `angle` (n,) degrees into the part's frame; s1, s2 are free."""
+        (N, 2), rotated by `angle` (N,) degrees into the part's frame; s1, s2 are free."""
         images, rows, cols = where
         pick = slice(None) if images is None else images
         u, v = self.u[pick, rows, cols], self.v[pick, rows, cols]
         a, b, s1, s2 = self._planes(u.shape)
-        np.subtract(u, centre[:, 0, None, None].astype(np.float32), out=a)
-        np.subtract(v, centre[:, 1, None, None].astype(np.float32), out=b)
+        np.subtract(u, _own(pick, centre[:, 0]), out=a)
+        np.subtract(v, _own(pick, centre[:, 1]), out=b)
         if angle is not None:
-            cos, sin = (f(np.deg2rad(angle)).astype(np.float32)[:, None, None] for f in (np.cos, np.sin))
+            cos, sin = (f(np.deg2rad(angle[pick])).astype(np.float32)[:, None, None] for f in (np.cos, np.sin))
             np.multiply(a, sin, out=s1)
             np.multiply(b, sin, out=s2)
             a *= cos
@@ -101,14 +105,9 @@ class Canvas:
         where = self._select(active, half, centre)
         if where is None:
             return None
-        images = where[0]
-
-        def own(x):  # this part's per-image parameter as float32 (n, 1, 1)
-            x = x if images is None else x[images]
-            return x.astype(np.float32)[:, None, None]
-
-        a, b, s1, _ = self._local(where, centre if images is None else centre[images],
-                                  None if angle is None else angle if images is None else angle[images])
+        pick = slice(None) if where[0] is None else where[0]
+        own = partial(_own, pick)
+        a, b, s1, _ = self._local(where, centre, angle)
         inv_rx, inv_ry = own(1 / np.maximum(rx, 1e-3)), own(1 / np.maximum(ry, 1e-3))
         if bend is not None:
             np.multiply(a, a, out=s1)
@@ -133,8 +132,7 @@ class Canvas:
             q *= sharp
             alpha *= np.clip(q, 0, 1, out=q)
         if cut_y is not None:
-            rows_v = self.v[slice(None) if images is None else images, where[1], where[2]]
-            np.subtract(own(cut_y), rows_v, out=s1)
+            np.subtract(own(cut_y), self.v[pick, where[1], where[2]], out=s1)
             s1 *= own(self.scale)
             alpha *= np.clip(s1, 0, 1, out=s1)
         if opacity is not None:
@@ -150,15 +148,13 @@ class Canvas:
         if where is None:
             return None
         pick = slice(None) if where[0] is None else where[0]
-        du, dv, _, _ = self._local(where, centre[pick], None)
-        px = self.scale[pick].astype(np.float32)[:, None, None]
-        for d, h in ((du, half[pick, 0]), (dv, half[pick, 1])):  # (half - |d|) * px, clipped to [0, 1]
+        du, dv, _, _ = self._local(where, centre, None)
+        for d, h in ((du, half[:, 0]), (dv, half[:, 1])):  # (half - |d|) * px, clipped to [0, 1]
             np.abs(d, out=d)
-            np.subtract(h.astype(np.float32)[:, None, None], d, out=d)
-            d *= px
+            np.subtract(_own(pick, h), d, out=d)
+            d *= _own(pick, self.scale)
             np.clip(d, 0, 1, out=d)
-        alpha = du * dv
-        return (*where, alpha * opacity[pick].astype(np.float32)[:, None, None])
+        return (*where, du * dv * _own(pick, opacity))
 
     def paint(self, mask: Mask, colour: np.ndarray) -> None:
         """Blend `colour` (N, 3) over the canvas through `mask` (from `ellipse`/`rectangle`)."""

@@ -1,10 +1,9 @@
 """What a synthetic identity and a synthetic image are: traits and nuisances drawn from seeds.
 
-An identity is a vector of stable traits: the geometry of eyes, brows, nose, mouth, face outline, ears
-and hairline, the skin, hair, iris and lip colours, moles, a beard and glasses. Identities come in
-families of `family_size` siblings whose trait latents are correlated by `trait_similarity`, so
-near-duplicates exist and a classifier cannot separate classes by one coarse cue. Every image adds
-nuisances: yaw and pitch, expression, lighting, background, blur, noise, occluders and detector jitter.
+An identity is a vector of stable traits (geometry, colours, moles, beard, glasses); siblings in a
+family of `family_size` share part of their trait latents (`trait_similarity`), so near-duplicates
+exist and no single coarse cue separates classes. Every image adds nuisances: pose, expression,
+lighting, background, blur, noise, occluders and detector jitter.
 
 Every number is a pure function of (seed, identity id, image seed) through SplitMix64
 (`data.hashing`), so a face is the same whatever batch it is drawn in, and nothing touches a global

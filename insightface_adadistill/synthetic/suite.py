@@ -1,21 +1,8 @@
 """Write a synthetic face population as the files real data comes in (a fixture generator).
 
-- `write_training_rec`: aligned 112x112 JPEGs in an InsightFace `train.rec` / `train.idx` /
-  `property` through `data.rec_tools.write_insightface_rec`, so training reads it with the same
-  `RecordDataset` as MS1M.
-- `write_verification_bin`: held-out identities as an LFW-style `.bin` of (2P JPEGs, P issame)
-  through `data.bins.write_bin`. Genuine and impostor pairs are shuffled together because the
-  10-fold protocol cuts the pair list into consecutive folds; a quarter of the impostors are
-  siblings (same family).
-- `write_ijb_folder`: held-out identities as an IJB-B/C folder: unaligned `loose_crop/` JPEGs plus
-  the meta files (`evaluation.ijb_meta.write_meta`) with template and media ids, the exact 5-point
-  landmarks of each render and a faceness score, and template pairs (genuine = two templates of
-  one identity).
-- `build_synthetic_suite`: all three plus `manifest.json`; held-out identities start at a family
-  boundary, so no sibling of a training identity is ever tested. `adadistill make-synthetic`
-  runs it from the command line.
-
-See docs/synthetic.md.
+Every writer goes through the project's own writers (`.rec`, `.bin`, IJB meta), so training and
+evaluation read synthetic data with the same code as MS1M, LFW and IJB-C. Held-out identities start
+at a family boundary, so no sibling of a training identity is ever tested. See docs/synthetic.md.
 """
 from __future__ import annotations
 
@@ -28,6 +15,7 @@ from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
+from tqdm import tqdm
 
 from insightface_adadistill.data.bins import write_bin
 from insightface_adadistill.data.decode import encode_jpeg
@@ -43,17 +31,11 @@ _HARD_IMPOSTOR_FRACTION = 0.25
 
 def _batches(total: int, what: str) -> Iterator[slice]:
     """Slices of `_RENDER_BATCH` items over range(total); a tqdm bar when stderr is a terminal."""
-    bar = None
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-        bar = tqdm(total=total, desc=what, unit="img")
-    for start in range(0, total, _RENDER_BATCH):
-        batch = slice(start, min(start + _RENDER_BATCH, total))
-        yield batch
-        if bar is not None:
+    with tqdm(total=total, desc=what, unit="img", disable=not sys.stderr.isatty()) as bar:
+        for start in range(0, total, _RENDER_BATCH):
+            batch = slice(start, min(start + _RENDER_BATCH, total))
+            yield batch
             bar.update(batch.stop - batch.start)
-    if bar is not None:
-        bar.close()
 
 
 def _render_jpegs(faces: SyntheticFaces, ids: np.ndarray, seeds: np.ndarray, quality: int,
@@ -228,18 +210,15 @@ def build_synthetic_suite(out_dir: str | os.PathLike, num_train_ids: int = 200, 
     Returns:
         Paths by name: rec (the folder), train_rec, synth_val, ijb (the IJB root) and manifest.
     """
-    config = config if config is not None else SyntheticFaceConfig()
+    config = config or SyntheticFaceConfig()
     faces = SyntheticFaces(config, seed)
-    out_dir = Path(out_dir)
     where = suite_paths(out_dir, ijb_target)
-    train_dir, ijb_dir = where["rec"], where["ijb"]
     start = heldout_start(num_train_ids, config.family_size)
-    train_ids, heldout_ids = range(num_train_ids), range(start, start + num_heldout_ids)
+    heldout_ids = range(start, start + num_heldout_ids)
     written = {
-        "train": write_training_rec(train_dir, faces, train_ids, images_per_id, seed),
-        "synth_val": write_verification_bin(where["synth_val"], faces, heldout_ids, num_val_pairs,
-                                            seed),
-        ijb_target: write_ijb_folder(ijb_dir, faces, heldout_ids, target=ijb_target, seed=seed,
+        "train": write_training_rec(where["rec"], faces, range(num_train_ids), images_per_id, seed),
+        "synth_val": write_verification_bin(where["synth_val"], faces, heldout_ids, num_val_pairs, seed),
+        ijb_target: write_ijb_folder(where["ijb"], faces, heldout_ids, target=ijb_target, seed=seed,
                                      templates_per_identity=ijb_templates_per_identity,
                                      media_per_template=ijb_media_per_template,
                                      images_per_media=ijb_images_per_media),

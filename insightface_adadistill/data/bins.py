@@ -24,6 +24,7 @@ from PIL import Image
 
 from insightface_adadistill.data.decode import decode_image
 from insightface_adadistill.errors import DataError, InputNotFoundError
+from insightface_adadistill.outputs import atomic_write
 
 
 class BinFormatError(DataError):
@@ -120,10 +121,7 @@ def write_bin(path: str | os.PathLike, images: Sequence[bytes], issame: Sequence
     path = Path(path)
     flags = [bool(x) if isinstance(x, np.bool_) else x for x in issame]  # numpy masks are welcome
     images, issame = _validate(path, (list(images), flags))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        pickle.dump((images, issame), fh, protocol=4)
-    return path
+    return atomic_write(path, lambda fh: pickle.dump((images, issame), fh, protocol=4))
 
 
 def decode_bin(images: Sequence[bytes], image_size: int = 112, source: str = "bin") -> torch.Tensor:

@@ -1,12 +1,10 @@
 """Training datasets: InsightFace / im2rec / Glint RecordIO, image folders and a synthetic set.
 
 Every dataset returns a `Sample` whose image is a float32 (3, 112, 112) RGB tensor normalised as
-(x - 127.5) / 127.5, which equals arcface_torch's ToTensor + Normalize(0.5, 0.5); with `uint8=True`
-(the trainer) it is the (3, 112, 112) uint8 pixels instead, 4x fewer bytes for the DataLoader
-workers to hand over, pin and copy, and the loader normalises the batch on the device with
-`normalise_pixels`, to the same bits. The only
-augmentation is a horizontal flip with p = 0.5 that is a pure function of (seed, epoch, index), so a
-resumed run sees the same flips without saving any worker RNG state.
+(x - 127.5) / 127.5 (arcface_torch's ToTensor + Normalize(0.5, 0.5)); with `uint8=True` (the trainer)
+it is the uint8 pixels, 4x fewer bytes for the workers to hand over, which the loader normalises on
+the device to the same bits. The only augmentation is a horizontal flip with p = 0.5, a pure function
+of (seed, epoch, index), so a resumed run sees the same flips without saving any worker RNG state.
 
 `build_dataset` dispatches like arcface_torch's `get_dataloader`: "synthetic", a folder holding
 `train.rec` (+ `train.idx`), else an image folder with one sub-folder per identity.
@@ -26,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from insightface_adadistill.errors import DataError, InputNotFoundError
+from insightface_adadistill.outputs import atomic_write
 from .decode import decode_image
 from .hashing import MASK64, splitmix64
 from .recordio import IRHeader, RecordIOError, RecordIOReader, unpack
@@ -106,17 +105,14 @@ def check_image_size(rgb: np.ndarray, where: str) -> None:
             "norm_crop) and rebuild the dataset with `adadistill make-rec`")
 
 
-def check_labels(labels: np.ndarray, where: str, name_of: Callable[[int], str]) -> int:
-    """Check that `labels` are the contiguous ids 0..C-1 and return C.
-
-    `name_of(i)` names sample i (its record key or file) in the error message.
-    """
+def check_labels(labels: np.ndarray, where: str, keys: Sequence[int]) -> int:
+    """Check that `labels` (of the records `keys`) are the contiguous ids 0..C-1 and return C."""
     if labels.size == 0:
         raise LabelError(f"{where}: the dataset holds no images")
     negative = np.flatnonzero(labels < 0)
     if negative.size:
         i = int(negative[0])
-        raise LabelError(f"{where}: {name_of(i)} has label {int(labels[i])}; identity labels must be "
+        raise LabelError(f"{where}: key {int(keys[i])} has label {int(labels[i])}; identity labels must be "
                          "0..C-1 - rebuild the dataset with `adadistill make-rec`")
     counts = np.bincount(labels)
     missing = np.flatnonzero(counts == 0)
@@ -140,6 +136,7 @@ class FaceDataset(Dataset):
     num_classes_found: int
     num_classes_source: str
     description: str
+    labels: np.ndarray  # (N,) int64 class id of every sample, in dataset order
 
     def __init__(self, seed: int, flip: bool, uint8: bool = False) -> None:
         self.seed = int(seed)
@@ -150,11 +147,6 @@ class FaceDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose flips plain integer indexing uses."""
         self.epoch = int(epoch)
-
-    @property
-    def labels(self) -> np.ndarray:
-        """(N,) int64 class id of every sample, in dataset order."""
-        raise NotImplementedError
 
     def _load(self, index: int) -> tuple[bytes | np.ndarray, int, str]:
         """(encoded bytes or RGB uint8 (H, W, 3), label, where) of sample `index`; `where` names
@@ -255,20 +247,16 @@ class ImageFolderDataset(FaceDataset):
         super().__init__(seed, flip)
         self.root = Path(root)
         self.description = f"image folder {self.root}"
-        self.classes, self.paths, self._labels = scan_image_folder(self.root)
+        self.classes, self.paths, self.labels = scan_image_folder(self.root)
         self.num_classes_found = len(self.classes)
         self.num_classes_source = "sub-folders"
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    @property
-    def labels(self) -> np.ndarray:
-        return self._labels
-
     def _load(self, index: int) -> tuple[bytes, int, str]:
         path = self.paths[index]
-        return path.read_bytes(), int(self._labels[index]), str(path)
+        return path.read_bytes(), int(self.labels[index]), str(path)
 
 
 def scan_image_folder(root: Path) -> tuple[list[str], list[Path], np.ndarray]:
@@ -326,18 +314,13 @@ def class_of(header: IRHeader) -> int:
     return int(header.label) if header.flag == 0 else int(header.label[0])
 
 
-def _is_header_record(reader: RecordIOReader, key: int) -> bool:
-    """A header / identity record: at least 2 labels and no image bytes."""
+def _is_record(reader: RecordIOReader, key: int, image: bool) -> bool:
+    """Whether `key` holds an image record, or (image=False) a header / identity record: at least 2
+    labels and no image bytes."""
     if key not in reader:
         return False
     header, payload = unpack(reader.read(key), f"{reader.rec_path} key {key}")
-    return header.flag >= 2 and not payload
-
-
-def _is_image_record(reader: RecordIOReader, key: int) -> bool:
-    if key not in reader:
-        return False
-    return len(unpack(reader.read(key), f"{reader.rec_path} key {key}")[1]) > 0
+    return len(payload) > 0 if image else header.flag >= 2 and not payload
 
 
 def exact_boundary(approx: float, inside: Callable[[int], bool], what: str) -> int:
@@ -365,20 +348,19 @@ def detect_layout(reader: RecordIOReader) -> RecordLayout:
     image is not misread). Its labels [A, B] are float32, so above 2**24 they are recovered from the
     records themselves (see `exact_boundary`).
     """
-    if not _is_header_record(reader, 0):
+    if not _is_record(reader, 0, image=False):
         return RecordLayout("header-less", reader.keys, None)
     approx_a, approx_b = (float(v) for v in reader.read_header(0).label[:2])
-    first_identity = exact_boundary(approx_a, lambda k: k == 0 or _is_image_record(reader, k),
+    first_identity = exact_boundary(approx_a, lambda k: k == 0 or _is_record(reader, k, image=True),
                                     "the first identity record")
     end = first_identity if approx_b <= approx_a else exact_boundary(
-        approx_b, lambda k: k < first_identity or _is_header_record(reader, k),
+        approx_b, lambda k: k < first_identity or _is_record(reader, k, image=False),
         "the end of the identity records")
     image_keys = range(1, first_identity)
     missing = reader.missing_keys(np.asarray([1, first_identity - 1, end - 1]))
     if first_identity < 2 or missing.size:
-        raise RecordIOError(f"{reader.rec_path}: header record 0 says images are keys "
-                            f"1..{first_identity - 1} and identities {first_identity}..{end - 1}, but keys "
-                            f"{missing.tolist()} are "
+        raise RecordIOError(f"{reader.rec_path}: header record 0 says images are keys 1..{first_identity - 1} "
+                            f"and identities {first_identity}..{end - 1}, but keys {missing.tolist()} are "
                             "not in the index; rebuild the index or the dataset")
     kind = "glint" if reader.read_header(1).flag > 0 else "insightface"
     return RecordLayout(kind, image_keys, (first_identity, end))
@@ -401,12 +383,6 @@ def label_cache_path(rec_path: Path) -> Path:
     return cache_home / "insightface_adadistill" / f"labels-{digest[:16]}.npz"
 
 
-def _stamp(reader: RecordIOReader) -> np.ndarray:
-    """Identifies the data a label cache belongs to: size and mtime of the .rec and the .idx."""
-    rec, idx = reader.rec_path.stat(), reader.idx_path.stat()
-    return np.asarray([rec.st_size, rec.st_mtime_ns, idx.st_size, idx.st_mtime_ns], dtype=np.int64)
-
-
 def _load_cached_labels(cache: Path, stamp: np.ndarray, count: int) -> np.ndarray | None:
     """The cached labels if the cache belongs to this data; None means scan (and rewrite) them.
 
@@ -426,18 +402,13 @@ def _load_cached_labels(cache: Path, stamp: np.ndarray, count: int) -> np.ndarra
         _log.warning("label cache %s holds %s labels of shape %s, not integer ids; rebuilding it from "
                      "the .rec", cache, labels.dtype, labels.shape)
         return None
-    if np.array_equal(saved_stamp, stamp) and len(labels) == count:
-        return labels.astype(np.int64)
-    return None
+    return labels.astype(np.int64) if np.array_equal(saved_stamp, stamp) and len(labels) == count else None
 
 
 def _store_cached_labels(cache: Path, stamp: np.ndarray, labels: np.ndarray) -> None:
     """Write atomically (ranks may scan at the same time); a failed write only costs a rescan."""
-    tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, labels=labels.astype(np.int32), stamp=stamp)
-        os.replace(tmp, cache)
+        atomic_write(cache, lambda fh: np.savez(fh, labels=labels.astype(np.int32), stamp=stamp))
     except OSError as exc:
         _log.warning("could not cache labels in %s (%s); they will be scanned again next time", cache, exc)
 
@@ -446,7 +417,8 @@ def scan_labels(reader: RecordIOReader, keys: Sequence[int]) -> np.ndarray:
     """Class id of every record in `keys` (int64, same order), reading only record headers in file
     order, cached in `label_cache_path` and reused while the `.rec` is unchanged."""
     cache = label_cache_path(reader.rec_path)
-    stamp = _stamp(reader)
+    rec, idx = reader.rec_path.stat(), reader.idx_path.stat()  # the stamp: which data the cache belongs to
+    stamp = np.asarray([rec.st_size, rec.st_mtime_ns, idx.st_size, idx.st_mtime_ns], dtype=np.int64)
     labels = _load_cached_labels(cache, stamp, len(keys))
     if labels is not None:
         return labels
@@ -489,14 +461,11 @@ class RecordDataset(FaceDataset):
     def __len__(self) -> int:
         return len(self.layout.image_keys)
 
-    def _name_of(self, index: int) -> str:
-        return f"key {int(self.layout.image_keys[index])}"
-
     @property
     def labels(self) -> np.ndarray:
         if self._labels is None:
             labels = scan_labels(self.reader, self.layout.image_keys)
-            found = check_labels(labels, self.description, self._name_of)
+            found = check_labels(labels, self.description, self.layout.image_keys)
             if self._header_classes is not None and found != self._header_classes:
                 raise LabelError(f"{self.description}: header record 0 promises {self._header_classes} "
                                  f"identities but the image labels are 0..{found - 1}; the .rec is "

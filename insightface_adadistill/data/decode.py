@@ -13,7 +13,7 @@ from PIL import Image
 
 from insightface_adadistill.errors import DataError
 
-_JPEG_SOI = b"\xff\xd8"
+JPEG_SOI = b"\xff\xd8"  # the first bytes of every JPEG file
 
 
 class ImageDecodeError(DataError):
@@ -23,7 +23,7 @@ class ImageDecodeError(DataError):
 def decode_image(buf: bytes, where: str = "image") -> np.ndarray:
     """Decode JPEG/PNG bytes to an RGB uint8 array of shape (H, W, 3)."""
     try:
-        if buf[:2] == _JPEG_SOI:
+        if buf[:2] == JPEG_SOI:
             return simplejpeg.decode_jpeg(buf, colorspace="RGB")
         with Image.open(io.BytesIO(buf)) as img:
             return np.asarray(img.convert("RGB"))

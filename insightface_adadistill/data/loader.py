@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import random
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -76,16 +76,16 @@ def seed_worker(worker_id: int, base_seed: int) -> None:
     torch.manual_seed(worker_seed)
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
-    """Copy every tensor of a (nested) batch to `device` without blocking the host."""
+def _map_tensors(batch: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    """`fn` applied to every tensor of a (nested) batch, in a batch of the same structure."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        return fn(batch)
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(_to_device(item, device) for item in batch))
+        return type(batch)(*(_map_tensors(item, fn) for item in batch))
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(item, device) for item in batch)
+        return type(batch)(_map_tensors(item, fn) for item in batch)
     if isinstance(batch, dict):
-        return {name: _to_device(item, device) for name, item in batch.items()}
+        return {name: _map_tensors(item, fn) for name, item in batch.items()}
     return batch
 
 
@@ -99,51 +99,6 @@ def normalise_batch(batch: Any) -> Any:
     if isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
         return batch._replace(image=normalise_pixels(image))
     return batch
-
-
-def _record_stream(batch: Any, stream: torch.cuda.Stream) -> None:
-    """Tell the caching allocator the batch is used on `stream`, so memory allocated on the copy
-    stream is not reused while the compute stream still reads it."""
-    if isinstance(batch, torch.Tensor):
-        batch.record_stream(stream)
-    elif isinstance(batch, (list, tuple)):
-        for item in batch:
-            _record_stream(item, stream)
-    elif isinstance(batch, dict):
-        for item in batch.values():
-            _record_stream(item, stream)
-
-
-class CudaPrefetcher:
-    """Copies the next batch to the GPU on a side stream while the current one is used
-    (arcface_torch's DataLoaderX without the extra thread: the DataLoader workers already run
-    ahead)."""
-
-    def __init__(self, loader: DataLoader, device: torch.device) -> None:
-        self.loader = loader
-        self.device = device
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[Any]:
-        stream = torch.cuda.Stream(self.device)
-        batches = iter(self.loader)
-        upcoming = self._preload(batches, stream)
-        while upcoming is not None:
-            current_stream = torch.cuda.current_stream(self.device)
-            current_stream.wait_stream(stream)  # the copy must finish before compute reads it
-            _record_stream(upcoming, current_stream)
-            batch, upcoming = upcoming, self._preload(batches, stream)
-            yield batch
-
-    def _preload(self, batches: Iterator[Any], stream: torch.cuda.Stream) -> Any:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return None
-        with torch.cuda.stream(stream):  # copy and normalise on the side stream, ahead of compute
-            return normalise_batch(_to_device(batch, self.device))
 
 
 class FaceLoader:
@@ -161,7 +116,6 @@ class FaceLoader:
         self.loader = loader
         self.device = device
         self.batch_size: int = loader.batch_size
-        self._batches = CudaPrefetcher(loader, device) if device.type == "cuda" else loader
 
     @property
     def batches_per_epoch(self) -> int:
@@ -185,9 +139,29 @@ class FaceLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Any]:
-        if self.device.type == "cuda":
-            return iter(self._batches)  # the prefetcher normalises on its stream
-        return map(normalise_batch, self._batches)
+        return self._prefetch() if self.device.type == "cuda" else map(normalise_batch, self.loader)
+
+    def _prefetch(self) -> Iterator[Any]:
+        """Copy and normalise the next batch on a side stream while the current one is used
+        (arcface_torch's DataLoaderX without the extra thread: the DataLoader workers already run ahead)."""
+        stream = torch.cuda.Stream(self.device)
+        batches = iter(self.loader)
+
+        def preload() -> Any:
+            batch = next(batches, None)
+            if batch is None:
+                return None
+            with torch.cuda.stream(stream):  # copy and normalise on the side stream, ahead of compute
+                return normalise_batch(_map_tensors(batch, lambda t: t.to(self.device, non_blocking=True)))
+
+        upcoming = preload()
+        while upcoming is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(stream)  # the copy must finish before compute reads it
+            # Memory allocated on the copy stream must not be reused while compute still reads it.
+            _map_tensors(upcoming, lambda t: t.record_stream(current))
+            batch, upcoming = upcoming, preload()
+            yield batch
 
 
 def build_dataloader(dataset: Dataset, batch_size: int, rank: int, world_size: int, seed: int,

@@ -16,10 +16,9 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional
 import numpy as np
 
 from .datasets import IMAGE_SIZE, LabelError, check_image_size, detect_layout, scan_labels
-from .decode import ImageDecodeError, decode_image, encode_jpeg
+from .decode import JPEG_SOI, ImageDecodeError, decode_image, encode_jpeg
 from .recordio import IRHeader, RecordIOReader, RecordIOWriter, pack, unpack
 
-_JPEG_SOI = b"\xff\xd8"
 _MAX_LISTED_ERRORS = 10
 Progress = Callable[[Iterable[Any], int], Iterable[Any]]
 """Wraps a stream of `total` items, e.g. in a progress bar: (items, total) -> the same items."""
@@ -65,13 +64,11 @@ def write_insightface_rec(out_dir: str | os.PathLike, samples: Iterable[tuple[in
         if len(first_keys) != num_classes:
             raise LabelError(f"make-rec: the samples hold {len(first_keys)} identities but num_classes is "
                              f"{num_classes}; pass num_classes={len(first_keys)}")
-        end_keys = first_keys[1:] + [key]
         first_identity = key
-        for label, (first, end) in enumerate(zip(first_keys, end_keys)):
-            identity_key = first_identity + label
-            writer.write(identity_key, pack(IRHeader(0, [float(first), float(end)], identity_key, 0), b""))
+        for identity_key, span in enumerate(zip(first_keys, first_keys[1:] + [key]), start=first_identity):
+            writer.write(identity_key, pack(IRHeader(0, list(span), identity_key, 0), b""))
         header = (first_identity, first_identity + num_classes)
-        writer.overwrite(0, pack(IRHeader(0, [float(header[0]), float(header[1])], 0, 1), b""))
+        writer.overwrite(0, pack(IRHeader(0, list(header), 0, 1), b""))
     (out_dir / "property").write_text(f"{num_classes},{IMAGE_SIZE},{IMAGE_SIZE}\n")
     return RecSummary(first_identity - 1, num_classes, header)
 
@@ -87,7 +84,7 @@ def read_face(path: Path, quality: int) -> tuple[bytes, str | None]:
         check_image_size(rgb, str(path))
     except (OSError, ImageDecodeError, ValueError) as exc:
         return b"", str(exc)
-    return (buf if buf[:2] == _JPEG_SOI else encode_jpeg(rgb, quality)), None
+    return (buf if buf[:2] == JPEG_SOI else encode_jpeg(rgb, quality)), None
 
 
 def validated_samples(paths: list[Path], labels: np.ndarray, workers: int, quality: int,
@@ -133,10 +130,8 @@ def _describe_labels(labels: np.ndarray) -> str:
 
 def _record_row(reader: RecordIOReader, key: int) -> str:
     header, payload = unpack(reader.read(key), f"{reader.rec_path} key {key}")
-    if header.flag == 0:
-        labels = f"{header.label:g}"
-    else:
-        labels = "[" + ", ".join(f"{value:g}" for value in header.label.tolist()) + "]"
+    labels = (f"{header.label:g}" if header.flag == 0
+              else "[" + ", ".join(f"{value:g}" for value in header.label.tolist()) + "]")
     size = "-"
     if payload:
         try:

@@ -23,24 +23,21 @@ import os
 import struct
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Iterator, NamedTuple, Sequence, TextIO, Union
+from typing import BinaryIO, Iterator, NamedTuple, Sequence, TextIO
 
 import numpy as np
 
 from insightface_adadistill.errors import DataError, InputNotFoundError
+from insightface_adadistill.outputs import atomic_write
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
 _CHUNK_HEAD = struct.Struct("<II")  # magic, lrec
 _IR_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2: 24 bytes, same layout as native 'IfQQ'
-_LENGTH_MASK = (1 << 29) - 1
-MAX_CHUNK_LENGTH = _LENGTH_MASK
-# cflag values of a physical chunk.
-WHOLE, FIRST, MIDDLE, LAST = 0, 1, 2, 3
+_LENGTH_MASK = (1 << 29) - 1  # also the largest record a chunk can hold
+WHOLE, FIRST, MIDDLE, LAST = 0, 1, 2, 3  # cflag values of a physical chunk
 # Bytes read on the first try by `read_header`: chunk head + IRHeader + up to 8 float labels.
 _HEADER_PEEK = _CHUNK_HEAD.size + _IR_HEADER.size + 32
-
-Label = Union[float, np.ndarray]
 
 
 class RecordIOError(DataError):
@@ -51,7 +48,7 @@ class IRHeader(NamedTuple):
     """`mx.recordio.IRHeader`: `label` is a float (flag 0) or a float32 array of length `flag`."""
 
     flag: int
-    label: Label
+    label: float | np.ndarray
     id: int
     id2: int
 
@@ -71,11 +68,9 @@ def pack(header: IRHeader, payload: bytes) -> bytes:
     list/array label sets flag = number of labels and appends them as float32 after the header.
     """
     if isinstance(header.label, (int, float, np.integer, np.floating)):
-        head = _IR_HEADER.pack(0, float(header.label), header.id, header.id2)
-        return head + bytes(payload)
+        return _IR_HEADER.pack(0, float(header.label), header.id, header.id2) + bytes(payload)
     labels = np.asarray(header.label, dtype="<f4").reshape(-1)
-    head = _IR_HEADER.pack(labels.size, 0.0, header.id, header.id2)
-    return head + labels.tobytes() + bytes(payload)
+    return _IR_HEADER.pack(labels.size, 0.0, header.id, header.id2) + labels.tobytes() + bytes(payload)
 
 
 def unpack(record: bytes, where: str = "record") -> tuple[IRHeader, bytes]:
@@ -113,30 +108,20 @@ def split_record(record: bytes) -> list[bytes]:
         if pos % 4 == 0:
             bodies.append(record[start:pos])
             start = pos + 4
-            pos = record.find(MAGIC_BYTES, start)
-        else:
-            pos = record.find(MAGIC_BYTES, pos + 1)
+        pos = record.find(MAGIC_BYTES, pos + 1)  # the magic word cannot overlap itself
     bodies.append(record[start:])
     return bodies
 
 
-def _chunk_cflags(count: int) -> list[int]:
-    if count == 1:
-        return [WHOLE]
-    return [FIRST] + [MIDDLE] * (count - 2) + [LAST]
-
-
 def encode_chunks(record: bytes) -> bytes:
     """The exact bytes the writer puts on disk for one record (chunks plus final zero padding)."""
-    if len(record) > MAX_CHUNK_LENGTH:
+    if len(record) > _LENGTH_MASK:
         raise RecordIOError(f"a record of {len(record)} bytes exceeds the RecordIO limit of 2**29 - 1 "
                             "bytes; store a smaller (re-encoded) image")
     bodies = split_record(record)
-    out = bytearray()
-    for cflag, body in zip(_chunk_cflags(len(bodies)), bodies):
-        out += _CHUNK_HEAD.pack(MAGIC, cflag << 29 | len(body)) + body
-    out += b"\0" * (-len(out) % 4)  # only the last chunk can be unaligned
-    return bytes(out)
+    cflags = [WHOLE] if len(bodies) == 1 else [FIRST] + [MIDDLE] * (len(bodies) - 2) + [LAST]
+    out = b"".join(_CHUNK_HEAD.pack(MAGIC, cflag << 29 | len(body)) + body for cflag, body in zip(cflags, bodies))
+    return out + b"\0" * (-len(out) % 4)  # only the last chunk can be unaligned
 
 
 def read_index(idx_path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -153,13 +138,6 @@ def read_index(idx_path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise RecordIOError(f"{idx_path}: expected 2 columns (key, offset), found {table.shape[1]}; "
                             f"rebuild it with `adadistill inspect-rec {idx_path.parent} --rebuild-index`")
     return table[:, 0].copy(), table[:, 1].copy()
-
-
-def _holds_ir_header(body: bytes) -> bool:
-    """Whether `body` contains a complete IRHeader including its float32 labels."""
-    if len(body) < _IR_HEADER.size:
-        return False
-    return len(body) >= _IR_HEADER.size + 4 * _IR_HEADER.unpack_from(body)[0]
 
 
 class RecordIOReader:
@@ -180,15 +158,12 @@ class RecordIOReader:
                 f"RecordIO index {self.idx_path} does not exist (needed for random access into "
                 f"{self.rec_path}); rebuild it with `adadistill inspect-rec {self.rec_path.parent} "
                 "--rebuild-index` or RecordIOReader.rebuild_index(rec_path, idx_path)")
-        self.keys, self._offsets = read_index(self.idx_path)
+        keys, self._offsets = read_index(self.idx_path)
+        self.keys = keys
         self.file_size = os.path.getsize(self.rec_path)
-        self._build_lookup()
         self._fd: int | None = None
         self._pid: int | None = None
-
-    def _build_lookup(self) -> None:
-        """Key -> row in the index: arithmetic when keys are consecutive, else a sorted search."""
-        keys = self.keys
+        # Key -> row in the index: arithmetic when keys are consecutive, else a sorted search.
         self._first_key = int(keys[0]) if len(keys) else 0
         self._consecutive = bool(len(keys) == 0 or np.array_equal(keys, np.arange(len(keys)) + keys[0]))
         if self._consecutive:
@@ -228,11 +203,9 @@ class RecordIOReader:
         self._fd, self._pid = None, None
 
     def _row(self, key: int) -> int | None:
-        if self._consecutive:  # the common case (InsightFace, RecBuilder): no search per read
-            row = key - self._first_key
-            return row if 0 <= row < len(self.keys) else None
-        row = int(self._rows(np.asarray([key]))[0])
-        return row if row >= 0 else None
+        # Consecutive keys are the common case (InsightFace, RecBuilder): no search per read.
+        row = key - self._first_key if self._consecutive else int(self._rows(np.asarray([key]))[0])
+        return row if 0 <= row < len(self.keys) else None
 
     def _rows(self, keys: np.ndarray) -> np.ndarray:
         """Vectorised `_row`: index rows of `keys`, -1 where a key is absent."""
@@ -309,7 +282,8 @@ class RecordIOReader:
             self._pread(8, offset, key)  # raises the truncation error
         cflag, length = self._chunk_head(peek, offset, key)
         body = peek[8:8 + length]
-        if cflag != WHOLE or not _holds_ir_header(body):
+        if (cflag != WHOLE or len(body) < _IR_HEADER.size
+                or len(body) < _IR_HEADER.size + 4 * _IR_HEADER.unpack_from(body)[0]):
             body = self.read(key)  # split, short or long-labelled record: take the full path
         return unpack_header(body, f"{self.rec_path} key {key}")
 
@@ -336,12 +310,8 @@ class RecordIOReader:
             warnings.warn(f"{rec_path}: IRHeader ids are not unique, so the rebuilt index numbers the "
                           "records 0..N-1 in file order", stacklevel=2)
             ids = list(range(len(offsets)))
-        tmp_path = idx_path.with_name(idx_path.name + f".tmp{os.getpid()}")
-        with open(tmp_path, "w") as idx_file:
-            idx_file.writelines(f"{key}\t{offset}\n" for key, offset in zip(ids, offsets))
-            idx_file.flush()
-            os.fsync(idx_file.fileno())
-        os.replace(tmp_path, idx_path)
+        lines = "".join(f"{key}\t{offset}\n" for key, offset in zip(ids, offsets))
+        atomic_write(idx_path, lambda fh: fh.write(lines.encode()))
         return len(offsets)
 
 
@@ -377,14 +347,12 @@ def scan_records(rec_path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
     with open(rec_path, "rb") as rec_file:
         start, parts = None, []
         for chunk in scan_chunks(rec_path):
-            continuing = start is not None
-            if (chunk.cflag in (MIDDLE, LAST)) != continuing:
+            if (chunk.cflag in (MIDDLE, LAST)) != (start is not None):
                 raise RecordIOError(f"{rec_path}: chunk at byte offset {chunk.offset} has cflag "
                                     f"{chunk.cflag} out of sequence; the file is corrupt there")
             rec_file.seek(chunk.offset + 8)
             parts.append(rec_file.read(chunk.length))
-            if start is None:
-                start = chunk.offset
+            start = chunk.offset if start is None else start
             if chunk.cflag in (WHOLE, LAST):
                 yield start, MAGIC_BYTES.join(parts)
                 start, parts = None, []

@@ -1,10 +1,9 @@
 """Training log, TensorBoard scalars and the progress bar (arcface_torch's `utils/utils_logging.py` and
-`utils/utils_callbacks.py` formats; docs/training.md).
+`utils/utils_callbacks.py` formats; docs/training.md#monitoring).
 
-Rank 0 reports; the other ranks only sum the loss, which the trainer's stop check reads
-(`window_loss`). Losses and statistics arrive as 0-dim device tensors every step and are summed on
-the device; they are read back (`.item()`, a host-device sync) only every `frequent` steps, when
-the log line is written.
+Rank 0 reports; the other ranks only sum the loss for the trainer's stop check (`window_loss`). Values
+arrive as 0-dim device tensors and are summed there; `.item()` (a host-device sync) runs only every
+`frequent` steps, when the log line is written.
 """
 from __future__ import annotations
 
@@ -111,38 +110,26 @@ def errors_logged() -> Iterator[None]:
 def resolve_progress_bar(setting: Union[str, bool], stream: Optional[TextIO] = None) -> bool:
     """Config `progress_bar`: 'auto' shows a bar only on a terminal (`stream`, default the current
     sys.stdout, read at call time: a default bound at import would outlive a replaced stdout)."""
-    stream = sys.stdout if stream is None else stream
-    if setting in (True, "true"):
-        return True
-    if setting in (False, "false"):
-        return False
     if setting == "auto":
-        return bool(getattr(stream, "isatty", lambda: False)())
-    raise ValueError(f"progress_bar={setting!r}; use 'auto', true or false")
+        return bool(getattr(sys.stdout if stream is None else stream, "isatty", lambda: False)())
+    if setting not in (True, False, "true", "false"):
+        raise ValueError(f"progress_bar={setting!r}; use 'auto', true or false")
+    return setting in (True, "true")
 
 
 class TrainingMonitor:
-    """Every `frequent` global steps on rank 0: one log line and the TensorBoard scalars.
+    """Every `frequent` global steps on rank 0: one log line (host format, then our statistics) and the
+    TensorBoard tags of docs/training.md#monitoring.
 
-    The host's first qualifying call only started its timer, so its first line came at
-    2 * frequent and averaged 2 * frequent losses. We start the timer at construction and print
-    from step `frequent` on; each line averages exactly the steps since the previous one, and the
-    first speed includes start-up (data workers, cudnn autotuning).
-
-    Log line (host format, then our extra statistics):
-        Speed 5516.93 samples/sec   Loss 46.4909   LearningRate 0.100000   Epoch: 0   Global Step: 20
-        [Fp16 Grad Scale: 16384   ]Required: 18 hours[   alpha=0.7512 ...]
-    After a resume (`start_step` > 0) the events of steps after `start_step` that an earlier run
-    wrote are purged from TensorBoard's view. TensorBoard tags: `loss`, `learning_rate`,
-    `time_for_end` (hours), `throughput` (samples/s),
-    `grad_scale` (fp16 only), `grad_norm` (when given), one tag per verification set, and every
-    extra scalar or histogram under the tag it is passed with (e.g. `distill/alpha`).
+    The host's first qualifying call only started its timer, so its first line came at 2 * frequent
+    and averaged 2 * frequent losses. Our timer starts at construction and lines start at step
+    `frequent`; each averages exactly the steps since the previous one, and the first speed includes
+    start-up (data workers, cudnn autotuning).
     """
 
     def __init__(self, *, output: str | os.PathLike, rank: int, frequent: int, total_step: int,
                  batch_size: int, world_size: int, start_step: int = 0, grad_scaler: object = None,
                  progress_bar: Union[str, bool] = "auto", tensorboard: bool = True,
-                 logger: Optional[logging.Logger] = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         if frequent < 1:
             raise ValueError(f"frequent={frequent} must be >= 1 (log every N global steps)")
@@ -152,7 +139,6 @@ class TrainingMonitor:
         self.samples_per_step = batch_size * world_size  # total over ranks, as the host prints
         self.start_step = start_step
         self.grad_scaler = grad_scaler
-        self.logger = logger or module_logger
         self.clock = clock
         self._start_time = self._last_time = clock()
         self._last_step = start_step
@@ -165,11 +151,8 @@ class TrainingMonitor:
         self.last_verification: Optional[tuple] = None  # (global step, {set name: accuracy})
         if not self.active:
             return
-        if tensorboard:
-            # Imported here: tensorboard is slow to import and only rank 0 needs it. A resumed run
-            # hides what a stopped run logged after its last save (TensorBoard's purge marker), so
-            # each step shows once, from this run.
-            from torch.utils.tensorboard import SummaryWriter
+        if tensorboard:  # imported here: slow to import, and only rank 0 needs it
+            from torch.utils.tensorboard import SummaryWriter  # purge_step: each step shows once after a resume
             self.writer = SummaryWriter(log_dir=str(Path(output) / TENSORBOARD_DIR),
                                         purge_step=start_step + 1 if start_step > 0 else None)
         if resolve_progress_bar(progress_bar):
@@ -181,14 +164,10 @@ class TrainingMonitor:
                histograms: Optional[Mapping[str, torch.Tensor]] = None) -> Optional[str]:
         """Record one iteration; on log steps write the line and TensorBoard, and return the line.
 
-        Args:
-            loss: the step's loss, a 0-dim tensor (left on the device) or a number.
-            lr: the LR used, e.g. `lr_scheduler.get_last_lr()[0]` (a Python float, no sync).
-            grad_norm: the clipped backbone's total norm (0-dim tensor), averaged like the loss.
-            scalars: extra statistics by TensorBoard tag, e.g. {'distill/alpha': mean alpha};
-                averaged over the window and appended to the log line by their last tag part.
-            histograms: tensors by tag (e.g. per-sample alpha, shape (B,)); only the latest
-                values are written, on log steps.
+        `loss` and `grad_norm` (the clipped backbone's norm) are 0-dim device tensors or numbers; `lr` a
+        float (no sync). `scalars` by TensorBoard tag (e.g. 'distill/alpha') are averaged over the window
+        and appended to the line by their last tag part; of `histograms` (e.g. per-sample alpha, (B,))
+        only the latest values are written, on log steps.
         """
         if self._window_ended:
             self._sums, self._count = {}, 0
@@ -251,7 +230,7 @@ class TrainingMonitor:
         speed = (global_step - self._last_step) * self.samples_per_step / max(now - self._last_time, 1e-9)
         seconds_per_step = (now - self._start_time) / (global_step - self.start_step + 1)
         eta_hours = max(seconds_per_step * (self.total_step - global_step - 1) / 3600, 0.0)
-        scale = self.grad_scaler.get_scale() if self._scaler_enabled() else None
+        scale = self.grad_scaler.get_scale() if self.grad_scaler is not None and self.grad_scaler.is_enabled() else None
 
         line = "Speed %.2f samples/sec   Loss %.4f   LearningRate %.6f   Epoch: %d   Global Step: %d   " % (
             speed, means["loss"], lr, epoch, global_step)
@@ -260,26 +239,15 @@ class TrainingMonitor:
         line += "Required: %1.f hours" % eta_hours
         extras = {tag: v for tag, v in means.items() if tag not in ("loss", "grad_norm")}
         line += "".join("   %s=%.4f" % (tag.rsplit("/", 1)[-1], v) for tag, v in extras.items())
-        self.logger.info(line)
-        self._write_tensorboard(global_step, means, lr, speed, eta_hours, scale)
+        module_logger.info(line)
+        if self.writer is not None:
+            fixed = {"time_for_end": eta_hours, "learning_rate": lr, "throughput": speed}
+            for tag, value in {**fixed, **({} if scale is None else {"grad_scale": scale}), **means}.items():
+                self.writer.add_scalar(tag, value, global_step)
+            for tag, values in self._histograms.items():
+                self.writer.add_histogram(tag, values.detach().float().cpu(), global_step)
+            self._histograms = {}
         if self.bar is not None:
             self.bar.set_postfix(loss="%.4f" % means["loss"], lr="%.6f" % lr, refresh=False)
-
         self._last_step, self._last_time = global_step, now
         return line
-
-    def _scaler_enabled(self) -> bool:
-        return self.grad_scaler is not None and self.grad_scaler.is_enabled()
-
-    def _write_tensorboard(self, global_step: int, means: Mapping[str, float], lr: float, speed: float,
-                           eta_hours: float, scale: Optional[float]) -> None:
-        if self.writer is None:
-            return
-        fixed = {"time_for_end": eta_hours, "learning_rate": lr, "throughput": speed}
-        if scale is not None:
-            fixed["grad_scale"] = scale
-        for tag, value in {**fixed, **means}.items():
-            self.writer.add_scalar(tag, value, global_step)
-        for tag, values in self._histograms.items():
-            self.writer.add_histogram(tag, values.detach().float().cpu(), global_step)
-        self._histograms = {}

@@ -17,23 +17,16 @@ from insightface_adadistill.errors import SettingError
 
 
 def poly_warmup_factor(k: int, warmup_steps: int, total_steps: int, power: float) -> float:
-    """LR multiplier of the host's `PolynomialLRWarmup` at scheduler counter `k`.
-
-    - k = 0: 1.0. The host runs the first iteration at the full base LR even with warm-up; we keep
-      that for parity.
-    - 1 <= k <= w: k / w (linear warm-up).
-    - w < k <= T: (1 - (k - w) / (T - w)) ** power, i.e. 0 at k = T.
-    - k > T: 0 (the host leaves the LR at its k = T value, which is 0).
-    A negative `warmup_steps` means no warm-up, as in the host (its 3millions config uses -1).
-    """
+    """LR multiplier of the host's `PolynomialLRWarmup` at scheduler counter `k`: 1 at k = 0 (the host
+    runs the first iteration at the full base LR even with warm-up), k / w up to w, then
+    (1 - (k - w) / (T - w)) ** power down to 0 at T, and 0 after. A negative `warmup_steps` means no
+    warm-up, as in the host (its 3millions config uses -1)."""
     warmup = max(warmup_steps, 0)
     if k == 0:
         return 1.0
     if k <= warmup:
         return k / warmup
-    if k <= total_steps:
-        return (1.0 - (k - warmup) / (total_steps - warmup)) ** power
-    return 0.0
+    return max(1.0 - (k - warmup) / (total_steps - warmup), 0.0) ** power
 
 
 class PolynomialWarmupLR(LRScheduler):
@@ -47,10 +40,8 @@ class PolynomialWarmupLR(LRScheduler):
     def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int,
                  power: float = 1.0) -> None:
         if total_steps <= max(warmup_steps, 0):
-            raise SettingError(
-                f"total_steps={total_steps} must exceed warmup_steps={warmup_steps}: the decay "
-                "phase would be empty. Lower warmup_epoch or raise num_epoch in the config"
-            )
+            raise SettingError(f"total_steps={total_steps} must exceed warmup_steps={warmup_steps}: the decay "
+                               "phase would be empty. Lower warmup_epoch or raise num_epoch in the config")
         if power <= 0:
             raise SettingError(f"lr_power={power} must be > 0 (1 = arcface_torch, 2 = model-zoo runs)")
         self.warmup_steps = int(warmup_steps)
@@ -61,16 +52,6 @@ class PolynomialWarmupLR(LRScheduler):
     def get_lr(self) -> List[float]:
         factor = poly_warmup_factor(self.last_epoch, self.warmup_steps, self.total_steps, self.power)
         return [base * factor for base in self.base_lrs]
-
-
-def step_decay_factor(k: int, steps_per_epoch: int, drop_epochs: Sequence[int], gamma: float) -> float:
-    """LR multiplier at counter `k`: gamma ** (number of drop epochs reached).
-
-    Counter k is the LR for global iteration k + 1, which lies in 1-based epoch
-    k // steps_per_epoch + 1; a drop epoch d applies from the first iteration of epoch d on.
-    """
-    epoch_1based = k // steps_per_epoch + 1
-    return gamma ** sum(1 for d in drop_epochs if d <= epoch_1based)
 
 
 class EpochStepLR(LRScheduler):
@@ -95,8 +76,9 @@ class EpochStepLR(LRScheduler):
         super().__init__(optimizer)
 
     def get_lr(self) -> List[float]:
-        factor = step_decay_factor(self.last_epoch, self.steps_per_epoch, self.drop_epochs, self.gamma)
-        return [base * factor for base in self.base_lrs]
+        """Counter k is the LR of global iteration k + 1, in 1-based epoch k // steps_per_epoch + 1."""
+        epoch = self.last_epoch // self.steps_per_epoch + 1
+        return [base * self.gamma ** sum(d <= epoch for d in self.drop_epochs) for base in self.base_lrs]
 
 
 def build_scheduler(optimizer: Optimizer, kind: str, *, warmup_steps: int = 0, total_steps: int = 0,

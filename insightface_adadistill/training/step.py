@@ -16,14 +16,10 @@ from torch import nn
 class DistillStep:
     """Holds the student, the optional frozen teacher and the head; returns a dict of tensors.
 
-    Not an `nn.Module`: it owns no parameters or buffers, only calls three modules, so the teacher
-    is an ordinary attribute that no `state_dict`, `parameters()`, optimizer or DDP wrapper can
-    reach through it (the student and the head are saved and optimised on their own).
-
-    Returned keys: `loss` (0-dim, global-batch mean, identical on all ranks) plus the head's stats
-    under their TensorBoard tags (detached tensors on the device, e.g. `distill/alpha`,
-    `train/target_prob`), so the loop logs them as they are every `frequent` steps without a host
-    sync on the other steps.
+    Not an `nn.Module`, so no `state_dict`, `parameters()`, optimizer or DDP wrapper reaches the
+    teacher through it (the student and the head are saved and optimised on their own). Returned
+    keys: `loss` (0-dim, global-batch mean, identical on all ranks) and the head's statistics under
+    their TensorBoard tags (detached device tensors, e.g. `distill/alpha`: no host sync).
     """
 
     marks_cudagraph_steps = False  # set by `compile_step` for CUDA graphs (compile_mode='reduce-overhead')

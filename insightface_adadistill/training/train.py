@@ -1,11 +1,9 @@
 """arcface_torch's training loop, plus distillation (what `adadistill train CONFIG` runs).
 
-One process on CPU (gloo) or one GPU (nccl) with `adadistill train`, or many with
-`torchrun --nproc_per_node=N -m insightface_adadistill train CONFIG`: the same code runs in both.
-Read `train()` and `_run()` top to bottom: output folder (lock, resume decision), seed and
-logging -> data -> models -> optimizer and schedule -> resume -> loop -> save. The training state
-and its checkpoint sets are `training/checkpoint/`; everything else is a named helper
-below. What survives which fault, and what resume checks: docs/safety.md.
+The same code runs in one process (`adadistill train`: gloo on CPU, nccl on one GPU) and in many
+(`torchrun --nproc_per_node=N -m insightface_adadistill train CONFIG`). `train()` and `_run()` read top
+to bottom; the state and its checkpoint sets are `training/checkpoint/`; what survives which fault and
+what resume checks: docs/safety.md.
 """
 from __future__ import annotations
 
@@ -50,14 +48,9 @@ class NonFiniteLossError(UserError, RuntimeError):
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a finished `train()` call did.
-
-    Attributes:
-        output: the output folder.
-        global_step: the last global step trained (and saved, when stopped by a signal).
-        stopped_by_signal: SIGTERM or Ctrl-C stopped the run early; its `model.pt` is not the
-            trained model, and `resume=True` continues it.
-    """
+    """What a finished `train()` did: `global_step` is the last step trained (and saved, when
+    `stopped_by_signal`: SIGTERM or Ctrl-C stopped the run, its `model.pt` is not the trained model, and
+    `resume=True` continues it)."""
 
     output: Path
     global_step: int
@@ -167,15 +160,12 @@ def _output_claimed(cfg: RunConfig, dist: distributed.DistInfo,
     """
     output = Path(cfg.output)
     with contextlib.ExitStack() as held:
-        decided: List[Optional[Path]] = []
-
-        def decide(folder: Path) -> None:
-            decided.append(checkpoint.resume_point(output, fingerprint, cfg.resume, cfg.resume_allow_changes,
-                                                   content=lambda: _content_identity(cfg)))
-
         def claim() -> Optional[Path]:
+            decided: List[Optional[Path]] = []
             held.enter_context(claim_output(output, "train", resume=cfg.resume, overwrite=cfg.overwrite,
-                                            check=decide))
+                                            check=lambda _: decided.append(checkpoint.resume_point(
+                                                output, fingerprint, cfg.resume, cfg.resume_allow_changes,
+                                                content=lambda: _content_identity(cfg)))))
             return decided[0]
 
         with held_log_records() as records:
@@ -193,27 +183,22 @@ def _seed_everything(seed: int) -> None:
     os.environ["PYTHONHASHSEED"] = str(seed)
 
 
-def _with_teacher_cache(cfg: RunConfig, dataset: Any) -> CachedTeacherDataset:
-    """The dataset with each sample's cached teacher row, once the cache is checked against this
-    run's teacher weights (sha256), data and embedding size."""
-    spec = TeacherSpec(cfg.teacher_network, cfg.teacher_weights, cfg.embedding_size)
-    cache = open_teacher_cache(cfg.teacher_cache, run_identity(spec, dataset, cfg.rec))
-    teacher = cache.manifest["teacher"]
-    logger.info("teacher embeddings read from %s (%s rows, %s teacher, stored %s); the teacher is not loaded",
-                cache.folder, cache.manifest["rows_written"], teacher["precision"], cache.manifest["dtype"])
-    return CachedTeacherDataset(dataset, cache)
-
-
 def _build_loader(cfg: RunConfig, dist: distributed.DistInfo, fingerprint: Dict[str, Any]) -> Any:
-    """This rank's `FaceLoader` over `rec` (with the teacher cache's rows when `teacher_cache` is set);
-    the data, the teacher weights and the cache go into the run's `fingerprint` by content (sha256)."""
+    """This rank's `FaceLoader` over `rec`, with each sample's teacher row when `teacher_cache` is set (the
+    cache checked against this run's teacher weights, data and embedding size); the data, the teacher
+    weights and the cache go into the run's `fingerprint` by content (sha256)."""
     dataset = build_dataset(cfg.rec, cfg.num_classes, cfg.seed, uint8=True)  # the loader normalises
     mismatch = dataset.check_num_image(cfg.num_image, cfg.num_image_mismatch)  # stops unless 'warn'
     if mismatch and dist.is_main:
         logger.warning(mismatch)
     fingerprint.update(distributed.on_main(lambda: _content_identity(cfg, dataset)))
     if cfg.teacher_cache is not None:
-        dataset = _with_teacher_cache(cfg, dataset)
+        spec = TeacherSpec(cfg.teacher_network, cfg.teacher_weights, cfg.embedding_size)
+        cache = open_teacher_cache(cfg.teacher_cache, run_identity(spec, dataset, cfg.rec))
+        logger.info("teacher embeddings read from %s (%s rows, %s teacher, stored %s); the teacher is not loaded",
+                    cache.folder, cache.manifest["rows_written"], cache.manifest["teacher"]["precision"],
+                    cache.manifest["dtype"])
+        dataset = CachedTeacherDataset(dataset, cache)
     if cfg.dali and dist.is_main:
         logger.info("dali = True: DALI is not used; our DataLoader reads %s in its place", cfg.rec)
     return build_dataloader(dataset, cfg.batch_size, dist.rank, dist.world_size, cfg.seed,
@@ -253,7 +238,7 @@ def _train_step(cfg: RunConfig, step: DistillStep, state: checkpoint.TrainState,
     None when `nonfinite_loss = 'skip'` dropped the batch.
     """
     sync_grads = global_step % cfg.gradient_acc == 0
-    with _maybe_no_sync(step.student, sync_grads):
+    with contextlib.nullcontext() if sync_grads else step.student.no_sync():  # DDP: sum locally until the step
         out = step(batch.image, batch.label, getattr(batch, "teacher", None))
         loss = out["loss"]
         if cfg.nonfinite_loss == "skip" and not torch.isfinite(loss).item():  # opt-in host sync
@@ -266,21 +251,6 @@ def _train_step(cfg: RunConfig, step: DistillStep, state: checkpoint.TrainState,
     grad_norm = optimizer_step(state.optimizer, state.scaler, state.student, cfg.clip_grad_norm)
     state.scheduler.step()
     return out, grad_norm
-
-
-class _maybe_no_sync:
-    """DDP's `no_sync` on accumulation steps that do not end in an optimizer step."""
-
-    def __init__(self, ddp: torch.nn.Module, sync: bool) -> None:
-        self.context = None if sync else ddp.no_sync()
-
-    def __enter__(self) -> None:
-        if self.context is not None:
-            self.context.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.context is not None:
-            self.context.__exit__(*exc)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

@@ -21,44 +21,26 @@ LR_BATCH = 512  # the paper: lr 0.1 at a global batch of 512, scaled linearly to
 
 @dataclasses.dataclass(frozen=True)
 class DemoPreset:
-    """Sizes and budgets of one demo run.
-
-    Attributes:
-        name: preset name (quick, cpu, gpu).
-        teacher_network, student_network: registered backbone names.
-        embedding_size: E of both networks (teacher and student must match).
-        train_ids, images_per_id: training identities and images per identity.
-        heldout_ids: unseen identities for synth_val.bin and the IJB folder.
-        val_pairs: pairs in synth_val.bin.
-        ijb_templates_per_id, ijb_images_per_template: IJB templates of each held-out identity
-            and loose crops per template (one media each).
-        difficulty: SyntheticFaceConfig preset (easy, medium, hard).
-        batch_size: per-step batch of every run.
-        teacher_epochs, student_epochs: epochs of the teacher and of every student.
-        lr: SGD learning rate per 512 samples, scaled linearly to `batch_size` (the paper: 0.1).
-        teacher_fp16: autocast the teacher's training (the paper's students train in fp32).
-        num_workers: DataLoader workers of the training runs.
-        frequent: log / TensorBoard interval in steps (the alpha curves' resolution).
-    """
+    """Sizes and budgets of one demo run (the preset `name`: quick, cpu, gpu)."""
 
     name: str
-    teacher_network: str
+    teacher_network: str  # registered backbone names
     student_network: str
-    embedding_size: int
+    embedding_size: int  # E of both networks (teacher and student must match)
     train_ids: int
     images_per_id: int
-    heldout_ids: int
-    val_pairs: int
-    ijb_templates_per_id: int
-    ijb_images_per_template: int
-    difficulty: str
-    batch_size: int
+    heldout_ids: int  # unseen identities for synth_val.bin and the IJB folder
+    val_pairs: int  # pairs in synth_val.bin
+    ijb_templates_per_id: int  # IJB templates of each held-out identity
+    ijb_images_per_template: int  # loose crops per template (one media each)
+    difficulty: str  # SyntheticFaceConfig preset (easy, medium, hard)
+    batch_size: int  # per-step batch of every run
     teacher_epochs: int
-    student_epochs: int
-    lr: float
-    teacher_fp16: bool
-    num_workers: int
-    frequent: int
+    student_epochs: int  # of every student
+    lr: float  # SGD learning rate per 512 samples, scaled linearly to `batch_size` (the paper: 0.1)
+    teacher_fp16: bool  # autocast the teacher's training (the paper's students train in fp32)
+    num_workers: int  # DataLoader workers of the training runs
+    frequent: int  # log / TensorBoard interval in steps (the alpha curves' resolution)
 
     @property
     def num_images(self) -> int:

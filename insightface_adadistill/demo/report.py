@@ -9,7 +9,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -133,5 +133,6 @@ def final_means(curves: Mapping[str, Curve], tail: int = 5) -> Dict[str, float]:
     return {tag: float(np.mean(values[-tail:])) for tag, (_, values) in curves.items() if len(values)}
 
 
-def summary_lines(items: Mapping[str, str]) -> List[str]:
-    return [f"- {name}: {text}" for name, text in items.items()]
+def summary_lines(items: Mapping[str, str]) -> str:
+    """A markdown bullet list, one `- name: text` line per item."""
+    return "\n".join(f"- {name}: {text}" for name, text in items.items())

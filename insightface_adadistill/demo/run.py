@@ -83,10 +83,6 @@ def run_pipeline(preset: DemoPreset, out: Path, dist: distributed.DistInfo, *, s
     return {"data": data, "configs": configs, "results": results, "seconds": seconds}
 
 
-def row_label(name: str) -> str:
-    return "teacher" if name == TEACHER else METHODS[name].label
-
-
 def write_outputs(preset: DemoPreset, out: Path, outcome: Dict[str, Any],
                   meta: Dict[str, Any]) -> Dict[str, Path]:
     """report.md, report.json, alpha_curves.png and roc.png in `out`; returns their paths."""
@@ -94,7 +90,7 @@ def write_outputs(preset: DemoPreset, out: Path, outcome: Dict[str, Any],
     num_impostor = results[TEACHER]["num_impostor"]
     fars = sorted(results[TEACHER]["tar_at_far"])
     lowest_far = min(fars, default=1.0)
-    rows = [{"label": row_label(name), **res} for name, res in results.items()]
+    rows = [{"label": "teacher" if name == TEACHER else METHODS[name].label, **res} for name, res in results.items()]
     names = {"report": "report.md", "json": "report.json", "alpha_curves": "alpha_curves.png", "roc": "roc.png"}
     tensorboard_dir = Path(results["adadistill"]["output"]) / "tensorboard"
     curves = report.read_scalars(tensorboard_dir, [*report.DISTILL_CURVES, report.LR_TAG])
@@ -118,26 +114,23 @@ def write_outputs(preset: DemoPreset, out: Path, outcome: Dict[str, Any],
 
 def render_markdown(preset: DemoPreset, out: Path, outcome: Dict[str, Any], table: str,
                     final: Dict[str, float], meta: Dict[str, Any]) -> str:
-    """The text of report.md."""
+    """The text of report.md: blocks separated by a blank line."""
     results = outcome["results"]
     teacher, student = results[TEACHER], results["standalone"]
     steps_note = (f"every student: {student['steps']} steps of batch {preset.batch_size} "
                   f"({preset.student_epochs} epochs), the same lr schedule and seed; the teacher: "
                   f"{teacher['steps']} steps")
     finals = ", ".join(f"{tag.split('/')[-1]} {value:.3f}" for tag, value in final.items())
-    lines: List[str] = [
+    blocks: List[str] = [
         f"# AdaDistill demo: preset `{preset.name}`, device {meta['device']}",
-        "",
-        table,
+        table.rstrip("\n"),
         f"Verification accuracy: 10-fold protocol on `synth_val.bin` ({preset.val_pairs} pairs of held-out "
         f"identities, mean ± std over folds). TAR on the {IJB_NAME}-style folder ({teacher['num_genuine']} "
         f"genuine and {teacher['num_impostor']} impostor template pairs) is shown only at FARs where at "
         f"least {MIN_FALSE_ACCEPTS} impostor pairs are accepted; at lower FARs a handful of pairs would "
         "decide the number.",
-        "",
         "## What ran",
-        "",
-        *report.summary_lines({
+        report.summary_lines({
             "data": f"{preset.train_ids} training identities x {preset.images_per_id} images "
                     f"(`{preset.difficulty}` synthetic faces, seed {meta['seed']}); held-out identities "
                     f"{preset.heldout_ids} (never trained on)",
@@ -153,33 +146,23 @@ def render_markdown(preset: DemoPreset, out: Path, outcome: Dict[str, Any], tabl
             "time": ", ".join(f"{k} {v:.0f} s" for k, v in outcome["seconds"].items())
                     + f", total {meta['total_seconds']:.0f} s",
         }),
-        "",
     ]
     if preset.name != "gpu":
-        lines += [f"This preset uses the registered demo backbones `{preset.teacher_network}` and "
-                  f"`{preset.student_network}` instead of the paper's `r50` and `mfn`: on 2 CPU cores "
-                  "those need tens of seconds per training batch, hours for a meaningful run. On a GPU "
-                  "(`--preset gpu`, the default when CUDA is available) the demo trains `r50` -> `mfn` "
-                  "on a larger synthetic set.", ""]
-    lines += [
-        "## Adaptive centre momentum",
-        "",
-        "![alpha curves](alpha_curves.png)",
-        "",
+        blocks.append(f"This preset uses the registered demo backbones `{preset.teacher_network}` and "
+                      f"`{preset.student_network}` instead of the paper's `r50` and `mfn`: on 2 CPU cores "
+                      "those need tens of seconds per training batch, hours for a meaningful run. On a GPU "
+                      "(`--preset gpu`, the default when CUDA is available) the demo trains `r50` -> `mfn` "
+                      "on a larger synthetic set.")
+    blocks += [
+        "## Adaptive centre momentum", "![alpha curves](alpha_curves.png)",
         f"End of training (mean of the last logged values): {finals}.",
-        "",
-        "## ROC",
-        "",
-        "![roc](roc.png)",
-        "",
+        "## ROC", "![roc](roc.png)",
         "## Files",
-        "",
-        *report.summary_lines({
+        report.summary_lines({
             "configs (rerun with `adadistill train <file> --set output=<new folder>`)": f"`{out / 'configs'}`",
             "runs (model.pt, training.log, tensorboard/)": f"`{out / 'runs'}`",
             "TensorBoard": f"`tensorboard --logdir {out / 'runs'}`",
             "data": f"`{out / 'data'}`",
         }),
-        "",
     ]
-    return "\n".join(lines)
+    return "\n\n".join(blocks) + "\n"

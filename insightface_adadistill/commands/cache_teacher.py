@@ -1,8 +1,6 @@
-"""`adadistill cache-teacher CONFIG [--set k=v ...] [--out DIR] [--dtype fp32|fp16|bf16] [--batch-size N]`.
+"""`adadistill cache-teacher CONFIG`: the cache of teacher embeddings `teacher_cache = DIR` trains from.
 
-Embeds every training image of the config's `rec`, plain and mirrored, with the config's teacher
-and writes the cache that `teacher_cache = DIR` trains from (docs/teacher-cache.md). Runs on one
-process or under `torchrun`; rerunning the same command resumes an interrupted build.
+Runs on one process or under `torchrun`; rerunning the same command resumes an interrupted build.
 """
 from __future__ import annotations
 
@@ -18,12 +16,6 @@ from insightface_adadistill.commands.common import add_config_arguments, command
 
 SUMMARY = "embed every training image (plain and mirrored) with the teacher, once"
 DTYPES = ("fp32", "fp16", "bf16")
-
-
-def default_folder(teacher_cache: Optional[str], output: str) -> Path:
-    """The config's `teacher_cache` when set (so the same config then trains from it), else
-    `<output>_teacher_cache` beside the run's output folder."""
-    return Path(teacher_cache if teacher_cache is not None else f"{str(output).rstrip('/')}_teacher_cache")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +49,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not cfg.teacher_weights:
         raise CacheError(f"{args.config}: cache-teacher needs the teacher: set teacher_network and "
                          "teacher_weights (e.g. --set teacher_network=r50 teacher_weights=model.pt)")
-    folder = args.out or default_folder(cfg.teacher_cache, cfg.output)
+    # the config's teacher_cache (so that the same config then trains from it), else beside the run's output
+    folder = args.out or Path(cfg.teacher_cache if cfg.teacher_cache is not None
+                              else f"{str(cfg.output).rstrip('/')}_teacher_cache")
     spec = TeacherSpec(cfg.teacher_network, cfg.teacher_weights, cfg.embedding_size,
                        cfg.teacher_dtype, cfg.teacher_channels_last)
     with contextlib.ExitStack() as held:

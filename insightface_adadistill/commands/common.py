@@ -1,5 +1,5 @@
 """What every command shares: its parser (help that shows defaults), the `CONFIG [--set KEY=VALUE ...]`
-arguments, `--device` and the error line."""
+arguments, `--embedding-size`, `--device` and the error line."""
 from __future__ import annotations
 
 import argparse
@@ -58,6 +58,13 @@ def parse_config_args(parser: argparse.ArgumentParser, argv: Optional[List[str]]
         args.config = paths[0]
         args.overrides.remove(paths[0])
     return args
+
+
+def add_embedding_size(parser: argparse.ArgumentParser) -> None:
+    """`--embedding-size E` of the commands that load backbone weights: a check, not a setting."""
+    parser.add_argument("--embedding-size", type=int, metavar="E",
+                        help="num_features the model was trained with (default: read from the weights; "
+                             "a value the weights do not have is an error)")
 
 
 def print_error(command: str, message: object) -> None:

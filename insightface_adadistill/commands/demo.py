@@ -1,9 +1,5 @@
-"""`adadistill demo [--out DIR] [--device auto|cpu|cuda] [--preset auto|quick|cpu|gpu]`.
-
-One command from nothing to a results table: synthetic identities -> a teacher, a standalone
-student and an AdaDistill (alpha') student with identical budgets -> verification accuracy and
-IJB-style TAR@FAR of all three -> DIR/report.md with plots, and the TensorBoard logs.
-"""
+"""`adadistill demo [--out DIR] [--device auto|cpu|cuda] [--preset auto|quick|cpu|gpu]`: one command from
+nothing to a results table (the stages are in `demo/`)."""
 from __future__ import annotations
 
 import argparse

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from insightface_adadistill.commands.common import command_parser
+from insightface_adadistill.commands.common import add_embedding_size, command_parser, pick_device
 from insightface_adadistill.errors import InputNotFoundError
 from insightface_adadistill.outputs import OutputFolderError
 
@@ -22,9 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-prefix", help="backbone weights (model.pt / backbone.pth / "
                                                "checkpoint_gpu_0.pt); needs --network")
     parser.add_argument("--network", help="backbone name, e.g. r50, r100, mbf")
-    parser.add_argument("--embedding-size", type=int, metavar="E",
-                        help="num_features the model was trained with (default: read from the weights; "
-                             "a value the weights do not have is an error)")
+    add_embedding_size(parser)
     parser.add_argument("--onnx", metavar="PATH", help="evaluate this ONNX model instead of "
                                                        "--model-prefix/--network")
     parser.add_argument("--image-path", required=True, metavar="DIR", help="IJB root holding meta/ and loose_crop/")
@@ -87,7 +85,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _parse_args(argv)
     from insightface_adadistill.backbones.loading import load_backbone
     from insightface_adadistill.cache.manifest import file_sha256
-    from insightface_adadistill.commands.common import pick_device
     from insightface_adadistill.evaluation.ijb import backbone_embedder, evaluate_ijb, onnx_embedder, write_results
     from insightface_adadistill.outputs import claim_output, staged
 

@@ -1,8 +1,5 @@
-"""`adadistill export-onnx OUT.onnx --network N --model M`: a trained backbone as an ONNX file.
-
-The export is checked against PyTorch with onnxruntime before the command succeeds; an unfaithful
-file is removed.
-"""
+"""`adadistill export-onnx OUT.onnx --network N --model M`: a trained backbone as an ONNX file, checked
+against PyTorch with onnxruntime before the command succeeds (an unfaithful file is removed)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +7,7 @@ import os
 from pathlib import Path
 from typing import List, Optional
 
-from insightface_adadistill.commands.common import command_parser, print_error
+from insightface_adadistill.commands.common import add_embedding_size, command_parser, print_error
 
 SUMMARY = "export a backbone to ONNX for the insightface runtime"
 COMMAND = "export-onnx"
@@ -26,9 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, type=Path,
                         help="weights: model.pt, backbone.pth or checkpoint_gpu_*.pt")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N", help="ONNX opset")
-    parser.add_argument("--embedding-size", type=int, metavar="E",
-                        help="num_features the model was trained with (default: read from the weights; "
-                             "a value the weights do not have is an error)")
+    add_embedding_size(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT.onnx")
     return parser
 

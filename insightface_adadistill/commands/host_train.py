@@ -1,9 +1,5 @@
 """`adadistill host-train ARCFACE_TORCH_DIR CONFIG [--set key=value ...]`: distil inside your own
-arcface_torch checkout, running its unchanged train_v2.py (see docs/host-train.md).
-
-Launch several processes as the host does: `torchrun --nproc_per_node=8 -m insightface_adadistill
-host-train ARCFACE_TORCH_DIR CONFIG`.
-"""
+arcface_torch checkout, running its unchanged train_v2.py, also under torchrun (docs/host-train.md)."""
 from __future__ import annotations
 
 import argparse

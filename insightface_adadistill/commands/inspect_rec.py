@@ -25,7 +25,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from insightface_adadistill.data.rec_tools import describe_rec
     from insightface_adadistill.data.recordio import RecordIOReader
-
     from insightface_adadistill.outputs import claim_file
 
     rec_path = args.dir if args.dir.suffix == ".rec" else args.dir / "train.rec"

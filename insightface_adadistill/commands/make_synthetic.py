@@ -40,8 +40,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from insightface_adadistill.synthetic.suite import build_synthetic_suite, suite_paths
 
     started = time.monotonic()
-    replaces = [path.name for name, path in suite_paths(args.out_dir, args.target).items()
-                if name in ("rec", "ijb", "manifest")]
+    paths = suite_paths(args.out_dir, args.target)
+    replaces = [path.name for name, path in paths.items() if name in ("rec", "ijb", "manifest")]
     with claim_output(args.out_dir, "make-synthetic", overwrite=args.overwrite, replaces=replaces):
         try:
             with staged(args.out_dir) as stage:  # a failed build leaves OUT_DIR as it was
@@ -53,7 +53,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (OSError, ValueError) as exc:
             print_error("make-synthetic", exc)
             return 1
-    paths = suite_paths(args.out_dir, args.target)
     print(f"wrote {args.out_dir} in {time.monotonic() - started:.1f} s")
     for name, counts in written.items():
         print(f"  {name}: " + ", ".join(f"{key} {value}" for key, value in counts.items()))

@@ -1,8 +1,5 @@
-"""`adadistill train CONFIG [--set key=value ...]`: arcface_torch's training loop, plus distillation.
-
-One process on CPU (gloo) or one GPU (nccl) with `adadistill train`, or many with
-`torchrun --nproc_per_node=N -m insightface_adadistill train CONFIG`: the same code runs in both.
-"""
+"""`adadistill train CONFIG [--set key=value ...]`: arcface_torch's training loop, plus distillation;
+one process or many under torchrun run the same code."""
 from __future__ import annotations
 
 import argparse

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from insightface_adadistill.commands.common import command_parser
+from insightface_adadistill.commands.common import add_embedding_size, command_parser, pick_device
 
 SUMMARY = "10-fold accuracy on .bin verification sets"
 
@@ -17,9 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--network", required=True, help="backbone name, e.g. r50 or mbf")
     parser.add_argument("--model", required=True,
                         help="model.pt / backbone.pth / checkpoint_gpu_0.pt with the backbone weights")
-    parser.add_argument("--embedding-size", type=int, metavar="E",
-                        help="num_features the model was trained with (default: read from the weights; "
-                             "a value the weights do not have is an error)")
+    add_embedding_size(parser)
     parser.add_argument("--batch-size", type=int, default=64, metavar="N",
                         help="images per forward pass (their mirror images take a second pass)")
     parser.add_argument("--json", metavar="OUT", type=Path, help="also write the results as JSON here")
@@ -32,7 +30,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Print `name: accuracy ± std, XNorm` per set; optionally write JSON."""
     args = build_parser().parse_args(argv)
     from insightface_adadistill.backbones.loading import load_backbone
-    from insightface_adadistill.commands.common import pick_device
     from insightface_adadistill.evaluation.verification import VerificationSet, evaluate_backbone
     from insightface_adadistill.outputs import claim_file
     from insightface_adadistill.serialization import write_json_atomic

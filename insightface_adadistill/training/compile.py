@@ -1,11 +1,9 @@
 """`compile = True`: torch.compile of the student and the frozen teacher's forward (docs/speed.md).
 
-Both are compiled IN PLACE (`nn.Module.compile`), not wrapped by `torch.compile(module)`: the
-module object, its parameters and its `state_dict` keys stay exactly as they are, so checkpoints,
-`model.pt`, resume and ONNX export never see an `_orig_mod.` prefix, and DDP keeps wrapping the
-same student. Compilation itself is lazy (the first step), so a platform that cannot compile (no
-C++ compiler for the CPU backend, no Triton for the GPU one, an unsupported Python) fails there;
-`explain_compile_failure` turns that failure into one `CompileError` naming the cause and the fix.
+Both are compiled IN PLACE (`nn.Module.compile`), not wrapped by `torch.compile(module)`, so their
+`state_dict` keys never get an `_orig_mod.` prefix (checkpoints, `model.pt`, ONNX) and DDP wraps the
+same student. Compilation is lazy: a platform that cannot compile (no C++ compiler, no Triton, an
+unsupported Python) fails at the first step, which `explain_compile_failure` turns into a `CompileError`.
 """
 from __future__ import annotations
 
@@ -25,12 +23,9 @@ class CompileError(UserError, RuntimeError):
 
 
 def compile_step(step: DistillStep, mode: Optional[str] = None) -> DistillStep:
-    """Compile `step`'s student and teacher in place with `torch.compile(mode=mode)`; returns `step`.
-
-    The teacher runs under no_grad and autocast inside its own forward, which the compiled graph
-    keeps. With mode 'reduce-overhead' (CUDA graphs) the step marks each new iteration for the
-    graph pool, so outputs of the previous step are never overwritten while still referenced.
-    """
+    """Compile `step`'s student and teacher in place with `torch.compile(mode=mode)`; returns `step`. The
+    teacher's no_grad and autocast are inside its forward, so the graph keeps them. With 'reduce-overhead'
+    (CUDA graphs) the step marks each iteration, so the previous step's outputs are never overwritten."""
     unwrap(step.student).compile(mode=mode)
     if step.teacher is not None:
         step.teacher.compile(mode=mode)
@@ -51,10 +46,8 @@ def _compiler_failure(exc: BaseException) -> Optional[BaseException]:
 
 @contextlib.contextmanager
 def explain_compile_failure(enabled: bool) -> Iterator[None]:
-    """Re-raise a torch.compile failure inside the block as `CompileError` (when `enabled`).
-
-    Everything else passes through unchanged, so a genuine training error is never relabelled.
-    """
+    """Re-raise a torch.compile failure inside the block as `CompileError` (when `enabled`); anything
+    else passes unchanged, so a genuine training error is never relabelled."""
     try:
         yield
     except Exception as exc:

@@ -26,13 +26,8 @@ _DDP_ARGS = inspect.signature(DistributedDataParallel.__init__).parameters
 
 
 class Models(NamedTuple):
-    """What `assemble` built.
-
-    Attributes:
-        student: the bare student (optimizer, checkpoints, `model.pt`, verification).
-        head: the head on the device (checkpointed as `state_dict_softmax_fc`).
-        step: what the loop calls: the DDP-wrapped student, the frozen teacher (or None) and the head.
-    """
+    """What `assemble` built: the bare `student` (optimizer, checkpoints, `model.pt`, verification), the
+    `head` on the device (`state_dict_softmax_fc`) and the `step` the loop calls (DDP student, teacher)."""
 
     student: nn.Module
     head: nn.Module

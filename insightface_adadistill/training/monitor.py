@@ -43,12 +43,9 @@ class _TqdmStreamHandler(logging.StreamHandler):
 
 def setup_logging(output: str | os.PathLike, rank: int,
                   replay: Sequence[logging.LogRecord] = ()) -> logging.Logger:
-    """The host's logging: rank 0 logs INFO to `<output>/training.log` (appending) and stdout.
-
-    Other ranks get no handlers, so their info messages vanish as in the host (warnings still
-    reach stderr through Python's last-resort handler). Calling it again replaces our handlers.
-    `replay`: records logged before the log could be opened (see `held_log_records`).
-    """
+    """The host's logging: rank 0 logs INFO to `<output>/training.log` (appending) and stdout; other ranks
+    get no handlers, so their info messages vanish as in the host (warnings still reach stderr through
+    Python's last-resort handler). Calling it again replaces our handlers; `replay`: see `held_log_records`."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "_adadistill", False)]:
         root.removeHandler(handler)
@@ -131,8 +128,6 @@ class TrainingMonitor:
                  batch_size: int, world_size: int, start_step: int = 0, grad_scaler: object = None,
                  progress_bar: Union[str, bool] = "auto", tensorboard: bool = True,
                  clock: Callable[[], float] = time.perf_counter) -> None:
-        if frequent < 1:
-            raise ValueError(f"frequent={frequent} must be >= 1 (log every N global steps)")
         self.active = rank == 0
         self.frequent = frequent
         self.total_step = total_step

@@ -1,9 +1,8 @@
 """The optimizer, with arcface_torch's two parameter groups: [backbone, head] (as `train_v2.py`).
 
-The layout is fixed at two groups, even when the head owns no parameters (AdaDistill's class
-centres are buffers, so its group is empty): the group index then always means the same thing, and
-the scheduler, the checkpoint re-sharding (group 1 = per-class head state) and an optimizer
-`state_dict` saved by a standalone run all agree. torch accepts an empty group.
+Two groups even when the head owns no parameters (AdaDistill's class centres are buffers; torch accepts
+an empty group), so group 1 always means the per-class head state (re-sharding reads it) and standalone
+and distillation runs' optimizer `state_dict`s agree.
 """
 from __future__ import annotations
 

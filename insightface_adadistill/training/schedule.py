@@ -1,9 +1,8 @@
 """Learning-rate schedules, stepped once per optimizer step (docs/training.md).
 
-Both schedules are closed-form functions of the scheduler counter `k` (= `last_epoch`, the number of
-`step()` calls so far), so a scheduler restored from a `state_dict` continues exactly where it left
-off, and neither passes the `verbose=` keyword that torch 2.7 removed (the host's construction
-fails on current torch).
+Both are closed-form functions of the scheduler counter `k` (`last_epoch`, the `step()` calls so far),
+so a restored scheduler continues exactly; neither passes the `verbose=` that torch 2.7 removed (the
+host's construction fails on current torch).
 """
 from __future__ import annotations
 
@@ -42,8 +41,6 @@ class PolynomialWarmupLR(LRScheduler):
         if total_steps <= max(warmup_steps, 0):
             raise SettingError(f"total_steps={total_steps} must exceed warmup_steps={warmup_steps}: the decay "
                                "phase would be empty. Lower warmup_epoch or raise num_epoch in the config")
-        if power <= 0:
-            raise SettingError(f"lr_power={power} must be > 0 (1 = arcface_torch, 2 = model-zoo runs)")
         self.warmup_steps = int(warmup_steps)
         self.total_steps = int(total_steps)
         self.power = float(power)
@@ -55,11 +52,8 @@ class PolynomialWarmupLR(LRScheduler):
 
 
 class EpochStepLR(LRScheduler):
-    """Multiply the LR by `gamma` at the start of each 1-based epoch in `drop_epochs`.
-
-    Stepped per optimizer step like `PolynomialWarmupLR`, so both schedules share the loop code.
-    The AdaDistill recipe drops at epochs 8, 14, 20, 25 of 26 (the AdaDistill paper's setup).
-    """
+    """Multiply the LR by `gamma` at the start of each 1-based epoch in `drop_epochs` (stepped per optimizer
+    step like `PolynomialWarmupLR`); the AdaDistill paper drops at epochs 8, 14, 20, 25 of 26."""
 
     def __init__(self, optimizer: Optimizer, steps_per_epoch: int, drop_epochs: Sequence[int],
                  gamma: float = 0.1) -> None:
@@ -93,11 +87,8 @@ def build_scheduler(optimizer: Optimizer, kind: str, *, warmup_steps: int = 0, t
 
 
 def scaled_lr(lr: float, total_batch_size: int, lr_scale_batch: int | None) -> float:
-    """Linear LR scaling: lr * total_batch_size / lr_scale_batch, or `lr` when not configured.
-
-    arcface_torch never scales the LR by world size; AdaDistill states lr 0.1 for a global batch of
-    512, so its recipe sets lr_scale_batch=512.
-    """
+    """Linear LR scaling: lr * total_batch_size / lr_scale_batch, or `lr` when not configured (arcface_torch
+    never scales; AdaDistill states lr 0.1 for a global batch of 512, so its recipe sets 512)."""
     if lr_scale_batch is None:
         return float(lr)
     if lr_scale_batch <= 0 or total_batch_size <= 0:

@@ -1,9 +1,8 @@
 """One forward of a training step: student (+ frozen teacher) -> head -> loss and statistics.
 
-`DistillStep` is the single branch point between standalone training and distillation: with
-`teacher=None` it is arcface_torch's `loss = pfc(backbone(img), labels)`; with a teacher, the
-same (flipped, normalised) images go through the frozen teacher and the head receives both
-embeddings. Benchmarks time this same object, so what they measure is what training runs.
+`DistillStep` is the single branch point between standalone training (`teacher=None`: arcface_torch's
+`loss = pfc(backbone(img), labels)`) and distillation (the same images also go through the frozen
+teacher and the head receives both embeddings). Benchmarks time this same object.
 """
 from __future__ import annotations
 

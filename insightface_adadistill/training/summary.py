@@ -1,8 +1,5 @@
-"""The lines a `train` run ends with: what it did, what it wrote, and the commands to run next.
-
-A finished run is judged from its log; "finished: model.pt" alone does not say how long it took,
-how far the loss got or what to do with the model. The commands use the run's real paths and
-network, so they can be pasted as they are.
+"""The lines a `train` run ends with: how long it took, how far the loss got, what it wrote, and the
+commands to run next (with the run's real paths and network, so they can be pasted as they are).
 """
 from __future__ import annotations
 

@@ -111,7 +111,8 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
                 continue
             out, grad_norm = stepped
             monitor.update(global_step, epoch=epoch, loss=out["loss"].detach(), lr=state.scheduler.get_last_lr()[0],
-                           grad_norm=grad_norm, **_stats_for_monitor(out))
+                           grad_norm=grad_norm, scalars={k: v for k, v in out.items() if k != "loss" and v.dim() == 0},
+                           histograms={k: v for k, v in out.items() if v.dim() == 1})  # the head's statistics
             if global_step % cfg.frequent == 0 or global_step == last_step:
                 stop.check(monitor.window_loss, global_step, dist.device)  # one small collective per window
             if cfg.verbose > 0 and global_step % cfg.verbose == 0:
@@ -257,20 +258,11 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
                     student: torch.nn.Module, max_norm: float) -> Optional[torch.Tensor]:
     """Unscale, clip the backbone only (host behaviour), step, update the scale, clear grads."""
     scaler.unscale_(optimizer)
-    grad_norm = None
-    if max_norm > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), max_norm)
+    grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), max_norm) if max_norm > 0 else None
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
-
-
-def _stats_for_monitor(out: Dict[str, torch.Tensor]) -> Dict[str, Dict[str, torch.Tensor]]:
-    """Head statistics (keyed by their TensorBoard tag): 0-dim ones as scalars, per-sample ones as histograms."""
-    scalars = {k: v for k, v in out.items() if k != "loss" and v.dim() == 0}
-    histograms = {k: v for k, v in out.items() if v.dim() == 1}
-    return {"scalars": scalars, "histograms": histograms}
 
 
 def _load_val_sets(cfg: RunConfig, dist: distributed.DistInfo) -> List[VerificationSet]:

@@ -167,11 +167,6 @@ def pair_scores(unique_templates: np.ndarray, template_features: np.ndarray, pai
     return scores
 
 
-def mode_name(flip: bool, norm_score: bool, detector_score: bool) -> str:
-    """The paper-style test-mode name, e.g. 'N1D1F1' for the host's setting."""
-    return f"N{int(norm_score)}D{int(detector_score)}F{int(flip)}"
-
-
 def evaluate_ijb(embed_fn: EmbedFn, image_root: str | os.PathLike, target: str = "IJBC", *,
                  batch_size: int = 128, workers: int = 4, flip: bool = True,
                  norm_score: bool = True, detector_score: bool = True,
@@ -179,8 +174,8 @@ def evaluate_ijb(embed_fn: EmbedFn, image_root: str | os.PathLike, target: str =
     """Run the whole IJB 1:1 protocol with `embed_fn` and return scores, ROC and TAR@FAR.
 
     Returns:
-        dict with target, mode, counts, scores (M,), labels (M,), fpr, tpr, auc and
-        tar_at_far {far: tar fraction} at `REPORT_FARS`.
+        dict with target, mode (the paper's test-mode name, 'N1D1F1' for the host's setting),
+        counts, scores (M,), labels (M,), fpr, tpr, auc and tar_at_far {far: tar fraction} at `REPORT_FARS`.
     """
     start = time.perf_counter()
     meta = read_meta(image_root, target)
@@ -191,7 +186,7 @@ def evaluate_ijb(embed_fn: EmbedFn, image_root: str | os.PathLike, target: str =
     scores = pair_scores(unique_templates, template_feats, meta.pairs)
     fpr, tpr, _ = roc_curve(meta.labels, scores)
     genuine = int(meta.labels.sum())
-    return {"target": target, "mode": mode_name(flip, norm_score, detector_score),
+    return {"target": target, "mode": f"N{int(norm_score)}D{int(detector_score)}F{int(flip)}",
             "counts": {"images": len(meta.image_names), "templates": len(unique_templates),
                        "pairs": len(scores), "genuine": genuine, "impostor": len(scores) - genuine,
                        "embedding_size": int(orig.shape[1])},
@@ -256,8 +251,7 @@ def onnx_embedder(path: str | os.PathLike, device: torch.device) -> EmbedFn:
         raise WeightsError(f"{path}: expected one (N, 3, 112, 112) input and one output, got inputs "
                          f"{[(i.name, i.shape) for i in inputs]} and {len(outputs)} outputs")
     name, (batch, _, height, width) = inputs[0].name, inputs[0].shape
-    if (isinstance(height, int) and height != ALIGNED_SIZE) or (isinstance(width, int)
-                                                               and width != ALIGNED_SIZE):
+    if any(isinstance(size, int) and size != ALIGNED_SIZE for size in (height, width)):
         raise WeightsError(f"{path}: input is {height}x{width}, the IJB protocol needs 112x112 faces")
     fixed = batch if isinstance(batch, int) and batch > 0 else None
 
@@ -265,12 +259,8 @@ def onnx_embedder(path: str | os.PathLike, device: torch.device) -> EmbedFn:
         arr = x.numpy().astype(np.float32, copy=False)
         if fixed is None:
             return session.run(None, {name: arr})[0]
-        parts = []
-        for start in range(0, len(arr), fixed):
-            chunk = arr[start:start + fixed]
-            padded = np.concatenate([chunk, np.zeros((fixed - len(chunk), *chunk.shape[1:]),
-                                                     dtype=np.float32)])
-            parts.append(session.run(None, {name: padded})[0][: len(chunk)])
-        return np.concatenate(parts)
+        padded = np.concatenate([arr, np.zeros((-len(arr) % fixed, *arr.shape[1:]), dtype=np.float32)])
+        return np.concatenate([session.run(None, {name: padded[start:start + fixed]})[0]
+                               for start in range(0, len(arr), fixed)])[: len(arr)]
 
     return embed

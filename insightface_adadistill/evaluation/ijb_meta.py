@@ -59,50 +59,36 @@ class IJBMeta:
 
 def meta_files(image_root: Path, target: str) -> Dict[str, Path]:
     """The three meta files of `target` ('IJBC' or 'IJBB') under `image_root`."""
+    if target not in TARGETS:
+        raise IJBDataError(f"target {target!r} is not one of {TARGETS}")
     meta = Path(image_root) / "meta"
     return {kind: meta / f"{target.lower()}_{suffix}.txt" for kind, (suffix, _) in _FILES.items()}
 
 
-def _text_rows(path: Path, layout: str, n_fields: int) -> List[List[str]]:
-    """Whitespace-split lines; every line must have `n_fields` fields (row i = line i+1)."""
-    rows = path.read_text().strip().splitlines()
-    fields = [line.split() for line in rows]
+def _read_table(path: Path, kind: str, first: int, dtype: type) -> Tuple[List[str], np.ndarray]:
+    """Column 0 of every line, and columns `first:` as `dtype` (row i = line i+1).
+
+    Every line is first checked for the field count of its layout, then for its values; the first
+    bad line is reported with its number and the layout.
+    """
+    layout = _FILES[kind][1]
+    lines = path.read_text().strip().splitlines()
+    fields = [line.split() for line in lines]
     for lineno, row in enumerate(fields, start=1):
-        if len(row) != n_fields:
-            raise IJBDataError(f"{path}:{lineno}: expected {n_fields} fields '{layout}', got "
-                               f"{rows[lineno - 1]!r}")
-    return fields
-
-
-def _numbers(path: Path, layout: str, fields: List[List[str]], columns: slice, dtype: type
-             ) -> np.ndarray:
-    """The given columns of parsed rows as an array; a bad value is reported with its line."""
+        if len(row) != len(layout.split()):
+            raise IJBDataError(f"{path}:{lineno}: expected {len(layout.split())} fields '{layout}', got "
+                               f"{lines[lineno - 1]!r}")
     values = []
     for lineno, row in enumerate(fields, start=1):
         try:
-            values.append([dtype(v) for v in row[columns]])
+            values.append([dtype(v) for v in row[first:]])
         except ValueError as exc:
             raise IJBDataError(f"{path}:{lineno}: {exc}; the line must read '{layout}'") from exc
-    return np.array(values)
-
-
-def _read_tid_mid(path: Path) -> Tuple[List[str], np.ndarray, np.ndarray]:
-    layout = _FILES["tid_mid"][1]
-    fields = _text_rows(path, layout, 3)
-    ids = _numbers(path, layout, fields, slice(1, 3), int).reshape(-1, 2)
-    return [row[0] for row in fields], ids[:, 0].astype(np.int64), ids[:, 1].astype(np.int64)
-
-
-def _read_landmarks(path: Path) -> Tuple[List[str], np.ndarray, np.ndarray]:
-    layout = _FILES["landmarks"][1]
-    fields = _text_rows(path, layout, 12)
-    values = _numbers(path, layout, fields, slice(1, 12), float).reshape(-1, 11).astype(np.float32)
-    return [row[0] for row in fields], values[:, :10].reshape(-1, 5, 2), values[:, 10]
+    return [row[0] for row in fields], np.array(values)
 
 
 def _read_pairs(path: Path) -> np.ndarray:
     """(M, 3) int64 rows `tid1 tid2 label`; numpy parses the ~16M lines, Python locates errors."""
-    layout = _FILES["pairs"][1]
     body = path.read_text().strip()
     n_lines = body.count("\n") + 1 if body else 0
     try:
@@ -110,13 +96,12 @@ def _read_pairs(path: Path) -> np.ndarray:
     except ValueError:
         values = None
     if values is None or values.size != 3 * n_lines:
-        fields = _text_rows(path, layout, 3)  # raises on the first malformed line
-        values = _numbers(path, layout, fields, slice(0, 3), int)
+        values = _read_table(path, "pairs", 0, int)[1]  # raises on the first malformed line
     rows = values.reshape(-1, 3)  # (M, 3)
     bad = np.flatnonzero(~np.isin(rows[:, 2], (0, 1)))
     if bad.size:
         raise IJBDataError(f"{path}:{bad[0] + 1}: label {rows[bad[0], 2]} is not 0 (impostor) or "
-                           f"1 (genuine); the line must read '{layout}'")
+                           f"1 (genuine); the line must read '{_FILES['pairs'][1]}'")
     return rows
 
 
@@ -165,16 +150,16 @@ def _check_images(image_dir: Path, names: List[str], listing_file: Path) -> None
 
 def read_meta(image_root: str | os.PathLike, target: str) -> IJBMeta:
     """Read and cross-check the meta files of `target` under `image_root`."""
-    if target not in TARGETS:
-        raise IJBDataError(f"target {target!r} is not one of {TARGETS}")
     files = meta_files(Path(image_root), target)
     image_dir = Path(image_root) / "loose_crop"
     _require_files(files, image_dir)
-    names, templates, medias = _read_tid_mid(files["tid_mid"])
+    names, ids = _read_table(files["tid_mid"], "tid_mid", 1, int)
     if not names:
         raise IJBDataError(f"{files['tid_mid']} lists no images")
-    lmk_names, landmarks, faceness = _read_landmarks(files["landmarks"])
+    templates, medias = ids[:, 0].astype(np.int64), ids[:, 1].astype(np.int64)
+    lmk_names, values = _read_table(files["landmarks"], "landmarks", 1, float)
     _check_rows_match(files, names, lmk_names)
+    landmarks, faceness = values[:, :10].reshape(-1, 5, 2).astype(np.float32), values[:, 10].astype(np.float32)
     rows = _read_pairs(files["pairs"])
     if not len(rows):
         raise IJBDataError(f"{files['pairs']} lists no template pairs")
@@ -194,10 +179,8 @@ def write_meta(image_root: str | os.PathLike, target: str, *, image_names: Seque
         landmarks: (N, 5, 2) pixel (x, y) and faceness: (N,), written with 3 decimals.
         pairs: (M, 2) template ids; labels: (M,) 1 genuine, 0 impostor.
     """
-    if target not in TARGETS:
-        raise IJBDataError(f"target {target!r} is not one of {TARGETS}")
-    landmarks = np.asarray(landmarks).reshape(len(image_names), 10)  # (N, 10) x1 y1 ... x5 y5
     files = meta_files(Path(image_root), target)
+    landmarks = np.asarray(landmarks).reshape(len(image_names), 10)  # (N, 10) x1 y1 ... x5 y5
     files["tid_mid"].parent.mkdir(parents=True, exist_ok=True)
     files["tid_mid"].write_text("".join(
         f"{name} {tid} {mid}\n" for name, tid, mid in zip(image_names, templates, medias)))

@@ -82,11 +82,6 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
         module.train(was_training)
 
 
-def _device_of(module: nn.Module) -> torch.device:
-    param = next(module.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
 def embed_images(backbone: nn.Module, images: Tensor, batch_size: int = 64,
                  device: Optional[torch.device] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Raw embeddings of the original and the flipped faces.
@@ -100,7 +95,8 @@ def embed_images(backbone: nn.Module, images: Tensor, batch_size: int = 64,
         (orig, flip), each (N, D) float64 and not normalised.
     """
     model = unwrap(backbone)
-    device = torch.device(device) if device is not None else _device_of(model)
+    if device is None:  # the parameters' device; a parameterless model runs on the CPU
+        device = next(model.parameters(), torch.empty(0)).device
     orig, flip = [], []
     with eval_mode(model):
         for start in range(0, images.shape[0], batch_size):
@@ -113,17 +109,13 @@ def embed_images(backbone: nn.Module, images: Tensor, batch_size: int = 64,
 def kfold_splits(n: int, n_folds: int = N_FOLDS) -> List[Tuple[np.ndarray, np.ndarray]]:
     """(train, test) index pairs of `n` items in contiguous folds, as sklearn `KFold(n_folds)`.
 
-    The first `n % n_folds` folds hold one extra item.
+    The first `n % n_folds` folds hold one extra item (as `np.array_split`).
     """
     if n < n_folds:
         raise DataError(f"{n} pairs cannot be split into {n_folds} folds; use a set with at least "
                          f"{n_folds} pairs")
-    sizes = np.full(n_folds, n // n_folds)
-    sizes[: n % n_folds] += 1
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
     indices = np.arange(n)
-    return [(np.concatenate([indices[:lo], indices[hi:]]), indices[lo:hi])
-            for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return [(np.setdiff1d(indices, test), test) for test in np.array_split(indices, n_folds)]
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -139,23 +131,17 @@ def pair_distances(embeddings: np.ndarray) -> np.ndarray:
     return np.sum(diff * diff, axis=1)
 
 
-def threshold_accuracy(distances: np.ndarray, issame: np.ndarray,
-                       thresholds: np.ndarray = THRESHOLDS) -> np.ndarray:
-    """(T,) accuracy of "same iff distance < threshold" for every threshold."""
-    predicted = distances[None, :] < thresholds[:, None]  # (T, P)
-    return np.mean(predicted == issame[None, :], axis=1)
-
-
 def kfold_accuracy(distances: np.ndarray, issame: np.ndarray, n_folds: int = N_FOLDS,
                    thresholds: np.ndarray = THRESHOLDS) -> Tuple[np.ndarray, np.ndarray]:
     """Test accuracy and chosen threshold per fold: (n_folds,), (n_folds,).
 
-    Each fold's threshold is the first one maximising the train-fold accuracy.
+    Each fold's threshold is the first one maximising the train-fold accuracy of "same iff
+    distance < threshold".
     """
     accuracies, chosen = [], []
     for train, test in kfold_splits(len(distances), n_folds):
-        best = thresholds[int(np.argmax(threshold_accuracy(distances[train], issame[train],
-                                                           thresholds)))]
+        predicted = distances[train][None, :] < thresholds[:, None]  # (T, P_train)
+        best = thresholds[int(np.argmax(np.mean(predicted == issame[train][None, :], axis=1)))]
         chosen.append(best)
         accuracies.append(np.mean((distances[test] < best) == issame[test]))
     return np.asarray(accuracies), np.asarray(chosen)

@@ -8,18 +8,12 @@ Names resolve lazily so that `check-onnx` does not import torch.
 from importlib import import_module
 from typing import Any
 
-_PUBLIC = {
-    "export_onnx": ("insightface_adadistill.export.onnx", "export_onnx"),
-    "verify_onnx": ("insightface_adadistill.export.onnx", "verify_onnx"),
-    "check_exportable": ("insightface_adadistill.export.onnx", "check_exportable"),
-    "check_onnx": ("insightface_adadistill.export.mfr_check", "check_onnx"),
-}
+_PUBLIC = {"export_onnx": "onnx", "verify_onnx": "onnx", "check_exportable": "onnx", "check_onnx": "mfr_check"}
 
 __all__ = sorted(_PUBLIC)
 
 
 def __getattr__(name: str) -> Any:
     if name not in _PUBLIC:
-        raise AttributeError(f"module 'insightface_adadistill.export' has no attribute {name!r}")
-    module, attribute = _PUBLIC[name]
-    return getattr(import_module(module), attribute)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_PUBLIC[name]}"), name)

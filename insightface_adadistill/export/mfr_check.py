@@ -174,6 +174,11 @@ def _graph_inputs(graph: onnx.GraphProto) -> List[onnx.ValueInfoProto]:
     return [i for i in graph.input if i.name not in weights]
 
 
+def _error_row(rule: str, limit: str, exc: Exception) -> RuleResult:
+    """A failed row for an exception of onnx or onnxruntime (their own types): its type and first line."""
+    return RuleResult(rule, type(exc).__name__, limit, FAIL, str(exc).splitlines()[0])
+
+
 def _session(model: onnx.ModelProto, provider: str) -> ort.InferenceSession:
     """'cpu', or every available provider in onnxruntime's priority order except the remote Azure one."""
     providers = ([CPU_PROVIDER] if provider == "cpu"
@@ -222,8 +227,8 @@ def _runtime_rules(model: onnx.ModelProto, provider: str, limits: TrackLimits, *
     """Load in onnxruntime, time single images, run a batch of 32; returns (provider used, rows)."""
     try:
         session = _session(model, provider)
-    except Exception as exc:  # onnxruntime raises its own exception types for a broken graph
-        return provider, [RuleResult("onnxruntime_load", type(exc).__name__, "loads", FAIL, str(exc).splitlines()[0])]
+    except Exception as exc:  # a broken graph
+        return provider, [_error_row("onnxruntime_load", "loads", exc)]
     used = session.get_providers()[0]
     rows = [RuleResult("onnxruntime_load", used, "loads", PASS)]
     input_name = session.get_inputs()[0].name
@@ -236,9 +241,8 @@ def _runtime_rules(model: onnx.ModelProto, provider: str, limits: TrackLimits, *
             start = time.perf_counter()
             session.run(None, {input_name: one})
             times_ms.append(1000.0 * (time.perf_counter() - start))
-    except Exception as exc:  # onnxruntime's own exception types
-        return used, rows + [RuleResult("latency_ms", type(exc).__name__, "runs on one image", FAIL,
-                                        str(exc).splitlines()[0])]
+    except Exception as exc:
+        return used, rows + [_error_row("latency_ms", "runs on one image", exc)]
     latency = sorted(times_ms)[min(LATENCY_RANK, runs) - 1]
     on_cpu = used == CPU_PROVIDER
     latency_ok = latency <= limits.max_latency_ms
@@ -250,8 +254,7 @@ def _runtime_rules(model: onnx.ModelProto, provider: str, limits: TrackLimits, *
     try:
         output = session.run(None, {input_name: batch})[0]
     except Exception as exc:  # e.g. a graph that reshapes to a fixed batch of 1
-        return used, rows + [RuleResult("batch32_finite", type(exc).__name__, "runs on 32 images", FAIL,
-                                        str(exc).splitlines()[0])]
+        return used, rows + [_error_row("batch32_finite", "runs on 32 images", exc)]
     finite = bool(np.isfinite(output).all())
     rows.append(RuleResult("batch32_finite", "yes" if finite else "NaN/Inf", "no NaN/Inf", PASS if finite else FAIL))
     rows.append(RuleResult("output_rank", str(output.ndim), "2", PASS if output.ndim == 2 else FAIL))
@@ -264,8 +267,7 @@ def _runtime_rules(model: onnx.ModelProto, provider: str, limits: TrackLimits, *
 def _make_batch_symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy whose first input has dim_param 'None' for the batch, like the host's rewrite."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    first = next(i for i in model.graph.input if i.name == _graph_inputs(model.graph)[0].name)
-    first.type.tensor_type.shape.dim[0].dim_param = "None"
+    _graph_inputs(model.graph)[0].type.tensor_type.shape.dim[0].dim_param = "None"
     return model
 
 
@@ -288,8 +290,7 @@ def check_onnx(path: str | Path, track: str = "cfat", *, provider: str = "defaul
     try:
         model = onnx.load(str(model_file))
     except Exception as exc:  # protobuf raises DecodeError, onnx raises its own types
-        row = RuleResult("onnx_parse", type(exc).__name__, "valid ONNX", FAIL, str(exc).splitlines()[0])
-        return CheckReport(model_file, track, provider, (row,))
+        return CheckReport(model_file, track, provider, (_error_row("onnx_parse", "valid ONNX", exc),))
 
     rules = _static_rules(model, model_file, limits)
     statuses = {r.rule: r.status for r in rules}

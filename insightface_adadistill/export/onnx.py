@@ -1,25 +1,19 @@
-"""A trained backbone as an ONNX file for insightface and the MFR checker.
+"""A trained backbone as an ONNX file for insightface and the MFR checker (docs/deployment.md).
 
-The file keeps the host's deployment contract (docs/deployment.md): fp32 weights, one input `data` of
-shape (batch, 3, 112, 112) holding RGB pixels normalised as (p - 127.5) / 127.5, and exactly one
-output `embedding` of shape (batch, E), not L2-normalised. The graph contains no normalisation, so
-insightface's `ArcFaceONNX` and the MFR checker both pick mean = std = 127.5 (the normalisation rule
-of arcface_torch's `onnx_helper.py`).
+The contract (arcface_torch's `torch2onnx.py` / `onnx_helper.py`): fp32 weights, one input `data` of
+shape (batch, 3, 112, 112) holding RGB pixels as (p - 127.5) / 127.5, exactly one output `embedding`
+(batch, E), not L2-normalised, and no normalisation in the graph, so insightface's `ArcFaceONNX` and
+the MFR checker both pick mean = std = 127.5.
 
-Where we differ from arcface_torch's `torch2onnx.py` (opset 11, TorchScript exporter):
-- opset 18 by default, written by torch's default `torch.export`-based ("dynamo") exporter, which
-  folds BatchNorm into the convolutions. 18 is the lowest opset it emits natively: it reaches
-  lower ones through onnx's version converter, which fails on our backbones below 17 and then
-  silently keeps 18. The file drops the exporter's per-node debug metadata (Python stack traces
-  with local paths) and gets the lowest IR version its opset allows (8 for opset 18, where the
-  exporter writes 10), so onnxruntime >= 1.14 and insightface 2.x load it. Opsets above 18
-  (up to the installed onnx's) are converted upwards, which works.
-- `--opset` 17 and below use torch's TorchScript exporter instead (deprecated in torch 2.13, but the
-  only way to old runtimes): `--opset 13` gives IR version 7, which the MFR server's
-  onnxruntime-gpu 1.8 (opset <= 14, IR <= 7) can load.
-- whichever exporter runs, the written file's opset is checked against the one asked for.
-- the batch dim is made symbolic by the exporter, not by editing the graph afterwards.
-- the written file is checked with onnxruntime against PyTorch before the command succeeds.
+Where we differ from `torch2onnx.py` (opset 11, TorchScript exporter): opset 18 by default, from
+torch's `torch.export`-based exporter, which folds BatchNorm. 18 is the lowest opset it writes
+natively (below, onnx's version converter fails on our backbones and silently keeps 18; higher ones
+convert fine), so the written file's opset is checked against the one asked for. The file drops the
+exporter's per-node debug metadata (stack traces with local paths) and gets its opset's lowest IR
+version (8 for 18, where the exporter writes 10), for onnxruntime >= 1.14 and insightface 2.x.
+Opsets <= 17 use the TorchScript exporter (deprecated, but the only way to old runtimes: `--opset 13`
+gives IR 7, which the MFR server's onnxruntime-gpu 1.8 loads). The exporter makes the batch dim
+symbolic, and the written file is checked with onnxruntime against PyTorch before success.
 """
 from __future__ import annotations
 
@@ -99,10 +93,7 @@ def _check_graph(model: onnx.ModelProto, opset: int) -> None:
 def _make_portable(model: onnx.ModelProto) -> None:
     """Drop the exporter's debug metadata and lower the IR version to the opset's minimum, in place.
 
-    The dynamo exporter annotates every node with its Python stack trace (local file paths) in
-    `metadata_props`, a field of IR version 10; without it the graph is valid at the lowest IR
-    version its opset allows (8 for opset 18), which more onnxruntime releases load.
-    """
+    The metadata (`metadata_props`, each node's stack trace) is what needs IR version 10."""
     graph = model.graph
     for item in [graph, *graph.node, *graph.input, *graph.output, *graph.value_info, *graph.initializer]:
         del item.metadata_props[:]
@@ -110,28 +101,24 @@ def _make_portable(model: onnx.ModelProto) -> None:
         model.ir_version = min(model.ir_version, onnx.helper.find_min_ir_version_for(list(model.opset_import), True))
 
 
-class _DropTorchvisionNotices(logging.Filter):
-    """torch's exporter logs "torchvision is not installed. Skipping torchvision::nms" (and three more)
-    while building its operator table; our backbones use no torchvision operator, so the lines say nothing."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("torchvision is not installed")
+def _not_torchvision_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("torchvision is not installed")
 
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """Silence only the exporter's notices that do not concern the user: the torchvision lines, and the
-    FutureWarning that torch's exporter raises about torch's own `LeafSpec` class."""
+    """Silence only the exporter's notices that do not concern the user: the FutureWarning about torch's
+    own `LeafSpec` class, and "torchvision is not installed. Skipping torchvision::nms" (and three more),
+    logged while it builds its operator table (our backbones use no torchvision operator)."""
     logger = logging.getLogger("torch.onnx._internal.exporter._registration")
-    notices = _DropTorchvisionNotices()
-    logger.addFilter(notices)
+    logger.addFilter(_not_torchvision_notice)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                                     category=FutureWarning)
             yield
     finally:
-        logger.removeFilter(notices)
+        logger.removeFilter(_not_torchvision_notice)
 
 
 def _export_proto(backbone: nn.Module, dummy: torch.Tensor, *, opset: int,

@@ -46,11 +46,6 @@ class MissingExtrasError(UserError, ImportError):
     """An ONNX teacher was asked for, but the optional packages that run it are not installed."""
 
 
-def insightface_home() -> Path:
-    """insightface's model root: `$INSIGHTFACE_HOME` if set, else `~/.insightface`."""
-    return Path(os.environ.get("INSIGHTFACE_HOME") or "~/.insightface").expanduser()
-
-
 def is_onnx_teacher(weights: str | os.PathLike) -> bool:
     """True for an `.onnx` path or a bare pack name (see `teacher.kind`)."""
     return not needs_network(str(weights))
@@ -99,11 +94,11 @@ def _check_graph(path: Path) -> None:
                          "the (batch, E) embedding")
 
 
-def load_recognition_model(path: str | os.PathLike, providers: Sequence[str]) -> Any:
-    """insightface's `ArcFaceONNX` for `path`, after checking it is a 112x112 single-output recogniser.
+def load_recognition_model(path: Path, providers: Sequence[str]) -> Any:
+    """insightface's `ArcFaceONNX` for the existing file `path`, after checking it is a 112x112
+    single-output recogniser.
 
     Raises:
-        InputNotFoundError: no such file.
         WeightsError: several outputs, a detector, another model kind, or an input size other than 112x112.
         MissingExtrasError: onnx, onnxruntime or insightface is not installed.
     """
@@ -112,9 +107,6 @@ def load_recognition_model(path: str | os.PathLike, providers: Sequence[str]) ->
         from insightface.model_zoo.arcface_onnx import ArcFaceONNX
     except ImportError as exc:
         raise MissingExtrasError(EXTRAS_HINT) from exc
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise InputNotFoundError(f"ONNX teacher {path} not found; check teacher_weights")
     _check_graph(path)
     model = get_model(str(path), providers=list(providers), sess_options=_session_options(list(providers)))
     if not isinstance(model, ArcFaceONNX):
@@ -129,10 +121,8 @@ def load_recognition_model(path: str | os.PathLike, providers: Sequence[str]) ->
 
 
 def _recognition_models_in(folder: Path) -> List[Path]:
-    """The single-output `.onnx` files of a pack that insightface's router loads as recognition models.
-
-    Multi-output graphs (the detector) cannot be teachers, so they are skipped without being loaded.
-    """
+    """The `.onnx` files of a pack that insightface's router loads as recognition models (multi-output
+    graphs, the detector, are skipped without being loaded)."""
     from insightface.model_zoo import get_model
     from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 
@@ -153,7 +143,7 @@ def resolve_onnx_teacher(weights: str | os.PathLike) -> Path:
         if not path.is_file():
             raise InputNotFoundError(f"ONNX teacher {path} not found; check teacher_weights")
         return path
-    folder = insightface_home() / "models" / text
+    folder = Path(os.environ.get("INSIGHTFACE_HOME") or "~/.insightface").expanduser() / "models" / text
     if not folder.is_dir():
         raise InputNotFoundError(
             f"insightface model pack {text!r} not found at {folder}; models are never downloaded here: get the "

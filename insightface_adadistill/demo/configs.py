@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable
 
 from insightface_adadistill.demo.presets import LR_BATCH, METHODS, TEACHER, DemoPreset, lr_drop_epochs
+from insightface_adadistill.heads import head_spec
 
 _HEADER = """\
 # Written by `adadistill demo` (preset {preset}): {what}.
@@ -67,13 +68,14 @@ def student_keys(preset: DemoPreset, place: RunPlace, method: str) -> Dict[str, 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     spec = METHODS[method]
+    head = head_spec(spec.keys["distill"])  # what the row needs from the teacher run
     keys = _shared_keys(preset, place, preset.student_epochs)
     keys.update(network=preset.student_network, margin_list=(1.0, 0.45, 0.0), fp16=False,
                 output=place.output(method), **spec.keys)
-    if spec.head.teacher_embeddings:
+    if head.teacher_embeddings:
         keys.update(teacher_network=preset.teacher_network,
                     teacher_weights=os.path.join(place.output(TEACHER), "model.pt"))
-    if spec.head.teacher_classifier:
+    if head.teacher_classifier:
         keys.update(teacher_classifier=os.path.join(place.output(TEACHER), "checkpoint_gpu_*.pt"))
     return keys
 

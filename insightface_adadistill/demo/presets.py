@@ -11,8 +11,6 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
-from insightface_adadistill.heads import HeadSpec, head_spec
-
 # lr / 10 after half and after three quarters of the run. The paper's drops (epochs 8, 14, 20, 25
 # of 26) assume 26 epochs; scaled to a few epochs they would leave most of a short run at lr <= 1e-3.
 DROP_FRACTIONS = (0.5, 0.75)
@@ -81,11 +79,6 @@ class Method:
 
     label: str
     keys: Dict[str, Any]
-
-    @property
-    def head(self) -> HeadSpec:
-        """What the row's head needs from the teacher run (its weights, its classifier)."""
-        return head_spec(self.keys["distill"])
 
 
 # The student rows share the paper's student settings (ArcFace m 0.45, exact margin gradient).

@@ -87,9 +87,7 @@ def write_outputs(preset: DemoPreset, out: Path, outcome: Dict[str, Any],
                   meta: Dict[str, Any]) -> Dict[str, Path]:
     """report.md, report.json, alpha_curves.png and roc.png in `out`; returns their paths."""
     results = outcome["results"]
-    num_impostor = results[TEACHER]["num_impostor"]
     fars = sorted(results[TEACHER]["tar_at_far"])
-    lowest_far = min(fars, default=1.0)
     rows = [{"label": "teacher" if name == TEACHER else METHODS[name].label, **res} for name, res in results.items()]
     names = {"report": "report.md", "json": "report.json", "alpha_curves": "alpha_curves.png", "roc": "roc.png"}
     tensorboard_dir = Path(results["adadistill"]["output"]) / "tensorboard"
@@ -99,7 +97,8 @@ def write_outputs(preset: DemoPreset, out: Path, outcome: Dict[str, Any],
         report.plot_distill_curves(curves, files["alpha_curves"],
                                    f"AdaDistill α′ student ({preset.student_network}): centre momentum")
         report.plot_roc_curves({row["label"]: (row["fpr"], row["tpr"]) for row in rows}, files["roc"],
-                               num_impostor, lowest_far, f"{IJB_NAME}-style 1:1 verification (held-out ids)")
+                               results[TEACHER]["num_impostor"], min(fars, default=1.0),
+                               f"{IJB_NAME}-style 1:1 verification (held-out ids)")
         table = report.results_table(rows, fars, IJB_NAME)
         final = {tag: value for tag, value in report.final_means(curves).items() if tag != report.LR_TAG}
         files["report"].write_text(render_markdown(preset, out, outcome, table, final, meta))

@@ -23,41 +23,23 @@ Traits = Dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class SyntheticFaceConfig:
-    """How hard the synthetic faces are. Amplitudes are the values at `nuisance=1`.
+    """How hard the synthetic faces are. Amplitudes are the values at `nuisance=1`."""
 
-    Attributes:
-        family_size: identities per family; siblings share part of their traits (near-duplicates).
-        trait_similarity: correlation of sibling trait latents in [0, 1) (0 unrelated, ->1 twins).
-        trait_spread: scale of identity deviations from the mean face (smaller = more alike).
-        nuisance: multiplies every per-image nuisance below (0 = clean, canonical renders).
-        yaw_max: largest |yaw|; 1 moves eyes/mouth 7 px and the nose 9 px against the outline.
-        pitch_max: largest |pitch|; 1 moves the interior 4 px vertically and squashes it by 10 %.
-        expression: strength of smile, open mouth, blinks, brow raise and gaze.
-        lighting: largest brightness gradient across the image (fraction), also drives gain/cast.
-        blur_max: largest blur, in passes of a 3x3 box filter (half the images stay sharp).
-        noise_max: largest Gaussian noise sigma, in grey levels.
-        occlusion_prob: chance of an occluder (patch, sunglasses or face mask) per image.
-        align_jitter: detector error of aligned crops; 1 = up to 4 deg, 5 % scale, 2.5 px shift.
-        unaligned_size: side of the square IJB-style loose crop in pixels.
-        unaligned_rotation: largest in-plane rotation of a loose crop, in degrees.
-        unaligned_scale: (min, max) face scale of a loose crop relative to the aligned crop.
-    """
-
-    family_size: int = 4
-    trait_similarity: float = 0.6
-    trait_spread: float = 1.0
-    nuisance: float = 1.0
-    yaw_max: float = 0.8
-    pitch_max: float = 0.5
-    expression: float = 1.0
-    lighting: float = 0.45
-    blur_max: float = 1.5
-    noise_max: float = 8.0
-    occlusion_prob: float = 0.25
-    align_jitter: float = 1.0
-    unaligned_size: int = 176
-    unaligned_rotation: float = 20.0
-    unaligned_scale: Tuple[float, float] = (0.85, 1.2)
+    family_size: int = 4  # identities per family; siblings share part of their traits (near-duplicates)
+    trait_similarity: float = 0.6  # correlation of sibling trait latents in [0, 1) (0 unrelated, ->1 twins)
+    trait_spread: float = 1.0  # scale of identity deviations from the mean face (smaller = more alike)
+    nuisance: float = 1.0  # multiplies every per-image nuisance below (0 = clean, canonical renders)
+    yaw_max: float = 0.8  # largest |yaw|; 1 moves eyes/mouth 7 px and the nose 9 px against the outline
+    pitch_max: float = 0.5  # largest |pitch|; 1 moves the interior 4 px vertically and squashes it by 10 %
+    expression: float = 1.0  # strength of smile, open mouth, blinks, brow raise and gaze
+    lighting: float = 0.45  # largest brightness gradient across the image (fraction), also drives gain/cast
+    blur_max: float = 1.5  # largest blur, in passes of a 3x3 box filter (half the images stay sharp)
+    noise_max: float = 8.0  # largest Gaussian noise sigma, in grey levels
+    occlusion_prob: float = 0.25  # chance of an occluder (patch, sunglasses or face mask) per image
+    align_jitter: float = 1.0  # detector error of aligned crops; 1 = up to 4 deg, 5 % scale, 2.5 px shift
+    unaligned_size: int = 176  # side of the square IJB-style loose crop in pixels
+    unaligned_rotation: float = 20.0  # largest in-plane rotation of a loose crop, in degrees
+    unaligned_scale: Tuple[float, float] = (0.85, 1.2)  # (min, max) loose-crop face scale vs the aligned crop
 
     def __post_init__(self) -> None:
         for f in fields(self):

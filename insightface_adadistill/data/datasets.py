@@ -138,10 +138,10 @@ class FaceDataset(Dataset):
     description: str
     labels: np.ndarray  # (N,) int64 class id of every sample, in dataset order
 
-    def __init__(self, seed: int, flip: bool, uint8: bool = False) -> None:
+    def __init__(self, seed: int, flip: bool) -> None:
         self.seed = int(seed)
         self.flip = bool(flip)
-        self.uint8 = bool(uint8)  # items carry uint8 pixels; the loader normalises them
+        self.uint8 = False  # build_dataset(uint8=True): items carry uint8 pixels; the loader normalises them
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -442,10 +442,9 @@ class RecordDataset(FaceDataset):
     first access.
     """
 
-    def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None,
-                 seed: int = 0, flip: bool = True) -> None:
+    def __init__(self, rec_path: str | os.PathLike, seed: int = 0, flip: bool = True) -> None:
         super().__init__(seed, flip)
-        self.reader = RecordIOReader(rec_path, idx_path)
+        self.reader = RecordIOReader(rec_path)
         self.description = f"RecordIO dataset {self.reader.rec_path}"
         self.layout = detect_layout(self.reader)
         self._labels: np.ndarray | None = None
@@ -484,18 +483,11 @@ def build_dataset(rec: str, num_classes: int | None, seed: int, flip: bool = Tru
                   uint8: bool = False) -> FaceDataset:
     """The training dataset named by config `rec`, dispatched like arcface_torch 4.1.
 
-    Args:
-        rec: "synthetic"; a folder with `train.rec` (its `train.idx` is required); otherwise an
-            image folder with one sub-folder per identity.
-        num_classes: config.num_classes, checked against the data (None: no check; required for
-            "synthetic", whose labels cycle through it).
-        seed: config.seed; with the epoch and sample index it decides each flip.
-        flip: False disables the random horizontal flip (evaluation).
-        uint8: items carry (3, 112, 112) uint8 pixels, normalised later by the loader (the trainer).
-
-    Returns:
-        A `FaceDataset` whose items are `Sample(image (3, 112, 112) float32, label int64, index,
-        flipped)`; `num_classes_found` and `labels` ((N,) int64) describe its identities.
+    `rec` is "synthetic", a folder with `train.rec` (its `train.idx` is required) or an image folder
+    with one sub-folder per identity. `num_classes` (config.num_classes) is checked against the data
+    (None: no check; "synthetic" requires it, its labels cycle through it). `seed` with the epoch and
+    sample index decides each flip; `flip=False` disables the flip (evaluation); `uint8=True` items
+    carry uint8 pixels for the loader to normalise (the trainer). See `Sample` for the items.
     """
     if rec == "synthetic":
         if num_classes is None:

@@ -168,21 +168,13 @@ def build_dataloader(dataset: Dataset, batch_size: int, rank: int, world_size: i
                      num_workers: int, device: torch.device | str) -> FaceLoader:
     """The training loader with arcface_torch semantics (`train_v2.py`, `dataset.py`; docs/data.md).
 
-    Args:
-        dataset: indexed with `(epoch, index)` pairs (`FaceDataset` accepts them; a custom
-            dataset must too).
-        batch_size: per-rank batch size B; drop_last=True, so an epoch has floor(ceil(N/W) / B)
-            batches.
-        rank, world_size: this process's place in the job (W = world_size).
-        seed: config.seed, identical on all ranks: it seeds the permutation (seed + epoch) and the
-            workers (num_workers * rank + worker_id + seed).
-        num_workers: DataLoader worker processes, kept alive across epochs.
-        device: "cpu", or a CUDA device, for which batches are pinned and copied one batch ahead on
-            a side stream.
-
-    Returns:
-        A `FaceLoader`; call `set_epoch(epoch, start_batch)` before iterating each epoch. The
-        DataLoader has its own generator, so creating an iterator never consumes the global torch RNG.
+    `dataset` is indexed with `(epoch, index)` pairs (`FaceDataset` accepts them; a custom dataset
+    must too). `batch_size` is per rank, with drop_last: an epoch has floor(ceil(N/W) / B) batches.
+    `seed` (config.seed, identical on all ranks) seeds the permutation (seed + epoch) and the workers
+    (num_workers * rank + worker_id + seed); the workers are kept alive across epochs. On a CUDA
+    `device` batches are pinned and copied one batch ahead on a side stream. Call
+    `set_epoch(epoch, start_batch)` before each epoch; the DataLoader has its own generator, so
+    creating an iterator never consumes the global torch RNG.
     """
     device = torch.device(device)
     sampler = DistributedSampler(len(dataset), world_size, rank, seed)

@@ -128,15 +128,13 @@ def read_index(idx_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Parse a `.idx` file into (keys, offsets) int64 arrays in file order."""
     if os.path.getsize(idx_path) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rebuild = f"rebuild it with `adadistill inspect-rec {idx_path.parent} --rebuild-index`"
     try:
         table = np.loadtxt(idx_path, dtype=np.int64, ndmin=2)
     except ValueError as exc:
-        raise RecordIOError(f"{idx_path}: not a RecordIO index of 'key<TAB>offset' lines ({exc}); "
-                            f"rebuild it with `adadistill inspect-rec {idx_path.parent} --rebuild-index`"
-                            ) from exc
+        raise RecordIOError(f"{idx_path}: not a RecordIO index of 'key<TAB>offset' lines ({exc}); {rebuild}") from exc
     if table.shape[1] != 2:
-        raise RecordIOError(f"{idx_path}: expected 2 columns (key, offset), found {table.shape[1]}; "
-                            f"rebuild it with `adadistill inspect-rec {idx_path.parent} --rebuild-index`")
+        raise RecordIOError(f"{idx_path}: expected 2 columns (key, offset), found {table.shape[1]}; {rebuild}")
     return table[:, 0].copy(), table[:, 1].copy()
 
 
@@ -369,9 +367,9 @@ class RecordIOWriter:
     temporary files are removed.
     """
 
-    def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None) -> None:
+    def __init__(self, rec_path: str | os.PathLike) -> None:
         self.rec_path = Path(rec_path)
-        self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
+        self.idx_path = self.rec_path.with_suffix(".idx")
         self._tmp_rec = self.rec_path.with_name(self.rec_path.name + ".partial")
         self._tmp_idx = self.idx_path.with_name(self.idx_path.name + ".partial")
         self._rec: BinaryIO | None = open(self._tmp_rec, "wb")

@@ -28,10 +28,8 @@ def command_parser(command: str, description: str) -> argparse.ArgumentParser:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `CONFIG [--set KEY=VALUE ...]` arguments every command that reads a config takes.
-
-    Parse them with `parse_config_args`, which also accepts CONFIG after the --set items.
-    """
+    """The `CONFIG [--set KEY=VALUE ...]` arguments of every command that reads a config; parse them
+    with `parse_config_args`, which also accepts CONFIG after the --set items."""
     parser.usage = f"{parser.prog} CONFIG [--set KEY=VALUE ...] [options]"
     parser.add_argument("config", nargs="?", metavar="CONFIG",
                         help="arcface_torch config file (any path) or a recipe name "
@@ -43,11 +41,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_config_args(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> argparse.Namespace:
-    """`parser.parse_args`, taking CONFIG back from --set when it was written after the items.
-
-    `--set lr=0.1 my_config` makes argparse read `my_config` as one more --set item; every real item
-    holds '=', so the one that does not is the CONFIG.
-    """
+    """`parser.parse_args`, taking CONFIG back from --set when it was written after the items
+    (argparse reads it as one more item; every real item holds '=', so the one that does not is it)."""
     args = parser.parse_args(argv)
     if args.config is None:
         paths = [item for item in args.overrides if "=" not in item]
@@ -73,12 +68,8 @@ def print_error(command: str, message: object) -> None:
 
 
 def pick_device(requested: Optional[str]) -> Any:
-    """The torch.device of a `--device` flag (None or 'auto': cuda when available, else cpu).
-
-    Raises:
-        LaunchError: CUDA asked for on a machine where torch sees none (one line, not torch's text).
-        SettingError: not a device name.
-    """
+    """The torch.device of a `--device` flag (None or 'auto': cuda when available, else cpu); a
+    `SettingError` for a name that is no device, a `LaunchError` (not torch's text) for CUDA without one."""
     import torch
 
     if requested in (None, "auto"):

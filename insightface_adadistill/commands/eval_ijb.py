@@ -46,16 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.onnx is None and (args.model_prefix is None or args.network is None):
-        parser.error("give --model-prefix and --network, or --onnx")
-    if args.onnx is not None and args.model_prefix is not None:
-        parser.error("--onnx and --model-prefix are exclusive: evaluate one model per run")
-    return args
-
-
 def default_job(model: str | os.PathLike) -> str:
     """One results folder per model file: `<its folder>_<its name>` (runs/student/model.pt ->
     student_model), so that evaluating two runs' model.pt never writes into one folder."""
@@ -82,7 +72,12 @@ def _only_this_model(folder: Path, target: str, model: Dict[str, str]) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Evaluate one model on IJB-B or IJB-C, write the results and print the TAR@FAR table."""
-    args = _parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.onnx is None and (args.model_prefix is None or args.network is None):
+        parser.error("give --model-prefix and --network, or --onnx")
+    if args.onnx is not None and args.model_prefix is not None:
+        parser.error("--onnx and --model-prefix are exclusive: evaluate one model per run")
     from insightface_adadistill.backbones.loading import load_backbone
     from insightface_adadistill.cache.manifest import file_sha256
     from insightface_adadistill.evaluation.ijb import backbone_embedder, evaluate_ijb, onnx_embedder, write_results

@@ -1,7 +1,7 @@
-"""The checks a config key can declare: each returns the whole problem line for a value, or None.
+"""The checks a config key can declare: `check(key, value)` returns the whole problem line, or None.
 
 A check sees only values of an accepted type (never `None` where the key accepts None);
-`describe()` is the phrase of the generated key table (docs/configs.md). Choices the library defines
+`check.describe()` is the phrase of the generated key table (docs/configs.md). Choices the library defines
 (registries, optimizer kinds, precisions) are its own objects, read when the check runs, so a name
 registered later is accepted and the two can never disagree.
 """
@@ -9,17 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol, Sequence, Union
-
-
-class Check(Protocol):
-    """What every declared check provides."""
-
-    def __call__(self, key: str, value: Any) -> Optional[str]:
-        """The problem line for `key = value`, or None when the value is fine."""
-
-    def describe(self) -> str:
-        """The accepted values, as the key table writes them."""
+from typing import Any, Callable, Optional, Sequence, Union
 
 
 @dataclass(frozen=True)
@@ -103,6 +93,9 @@ class Refused:
 
     def describe(self) -> str:
         return "False (True is refused)"
+
+
+Check = Union[Rule, Phrased, OneOf, Registered, Refused]
 
 
 def at_least(low: float) -> Rule:

@@ -75,11 +75,8 @@ _CHECKPOINT_SET = "checkpoint_gpu_*.pt"
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """A merged, validated arcface_torch config with its derived keys; read by attribute.
-
-    Built by `load_config` (or `build_run_config` from a mapping). Frozen: what the trainer reads
-    is what was validated and logged. `as_dict()` gives the host's key order for logs and files.
-    """
+    """A merged, validated arcface_torch config with its derived keys, read by attribute; frozen, so
+    what the trainer reads is what was validated and logged. Built by `load_config`."""
 
     # ---- arcface_torch configs/base.py ---------------------------------------------------------
     margin_list: Sequence[float] = host(

@@ -1,11 +1,6 @@
-"""The key tables of docs/configs.md, generated from the declarations in `defaults.RunConfig`.
-
-The page holds the tables between two marker lines; `render_docs_page` replaces what lies between
-them, a test checks the page equals its rendering, and
-
-    python -m insightface_adadistill.config.table [docs/configs.md]
-
-rewrites the page after a key is added or changed.
+"""The key tables of docs/configs.md, generated from the declarations in `defaults.RunConfig`: a test
+checks the page equals its rendering, and `python -m insightface_adadistill.config.table [PAGE]`
+rewrites what lies between its two marker lines after a key is added or changed.
 """
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
 """Checks a merged config and reports every problem at once, each with its fix.
 
-nanoGPT's rule: an unknown key or a wrong type stops the run before anything is built. Beyond
-types we refuse values arcface_torch would accept and then fail on (or silently ignore) hours
-later: a non-positive lr, a margin_list that is neither ArcFace nor CosFace, an unknown network,
-wandb switched on, a distillation run without a teacher. Each key's own check is declared
-with the key (`defaults.RunConfig`); only the rules that join several keys live here.
+nanoGPT's rule: an unknown key or a wrong type stops the run before anything is built; beyond types
+we refuse values arcface_torch would accept and then fail on (or silently ignore) hours later. Each
+key's own check is declared with the key (`defaults.RunConfig`); the rules joining keys live here.
 """
 from __future__ import annotations
 
@@ -58,11 +56,8 @@ def _has_type(value: Any, types: Tuple[type, ...]) -> bool:
     tuple counts as list."""
     if isinstance(value, bool):
         return bool in types
-    if isinstance(value, int) and float in types:
-        return True
-    if isinstance(value, tuple) and list in types:
-        return True
-    return isinstance(value, tuple(t for t in types if t is not bool))
+    widened = (isinstance(value, int) and float in types) or (isinstance(value, tuple) and list in types)
+    return widened or isinstance(value, tuple(t for t in types if t is not bool))
 
 
 def _choices(names: Sequence[str]) -> str:

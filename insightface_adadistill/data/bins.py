@@ -92,12 +92,8 @@ def _validate(path: Path, obj: Any) -> Tuple[List[bytes], List[bool]]:
 
 
 def load_bin(path: str | os.PathLike) -> Tuple[List[bytes], List[bool]]:
-    """Read a `.bin` safely: (2P encoded images, P issame flags).
-
-    Raises:
-        FileNotFoundError: `path` does not exist.
-        BinFormatError: the file is not a pickle of the expected layout, or references globals.
-    """
+    """Read a `.bin` safely: (2P encoded images, P issame flags). Raises `InputNotFoundError` (a
+    FileNotFoundError) for a missing path, `BinFormatError` for a wrong layout or any global."""
     path = Path(path)
     if path.is_dir():
         raise InputNotFoundError(f"{path} is a folder, not a verification set; name the .bin file inside it "

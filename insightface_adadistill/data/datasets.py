@@ -5,9 +5,6 @@ Every dataset returns a `Sample` whose image is a float32 (3, 112, 112) RGB tens
 it is the uint8 pixels, 4x fewer bytes for the workers to hand over, which the loader normalises on
 the device to the same bits. The only augmentation is a horizontal flip with p = 0.5, a pure function
 of (seed, epoch, index), so a resumed run sees the same flips without saving any worker RNG state.
-
-`build_dataset` dispatches like arcface_torch's `get_dataloader`: "synthetic", a folder holding
-`train.rec` (+ `train.idx`), else an image folder with one sub-folder per identity.
 """
 from __future__ import annotations
 
@@ -57,10 +54,7 @@ class Sample(NamedTuple):
 
 
 def flip_decision(seed: int, epoch: int, index: int) -> bool:
-    """Whether sample `index` is flipped in `epoch`: a SplitMix64 hash chain, p = 0.5.
-
-    Pure, so any process (worker, rank, resumed run) computes the same answer.
-    """
+    """Whether sample `index` is flipped in `epoch`: a SplitMix64 hash chain, p = 0.5, the same in every process."""
     state = splitmix64(seed & MASK64)
     state = splitmix64(state ^ (epoch & MASK64))
     state = splitmix64(state ^ (index & MASK64))
@@ -162,11 +156,8 @@ class FaceDataset(Dataset):
         return Sample(image, torch.tensor(label, dtype=torch.int64), index, flipped)
 
     def load_image(self, index: int, flipped: bool) -> tuple[torch.Tensor, int]:
-        """(image (3, 112, 112) float32, label) of sample `index`, mirrored when `flipped`.
-
-        What training feeds the networks (a `uint8=True` item normalised by the loader is the
-        same tensor), so the teacher cache embeds exactly these.
-        """
+        """(image (3, 112, 112) float32, label) of sample `index`, mirrored when `flipped`: the tensor
+        training feeds the networks (also from `uint8=True` items), so the teacher cache embeds these."""
         rgb, label = self.load_rgb(index)
         return to_tensor(rgb, flipped), label
 
@@ -437,9 +428,8 @@ def scan_labels(reader: RecordIOReader, keys: Sequence[int]) -> np.ndarray:
 class RecordDataset(FaceDataset):
     """A `train.rec`/`train.idx` pair in the insightface, glint or header-less layout.
 
-    The identity count comes from the header (B - A) when it has identity records; otherwise
-    from one scan of the labels (cached, see `scan_labels`). The `labels` array is scanned on
-    first access.
+    The identity count is the header's B - A when it has identity records, else it comes from the
+    `labels`, which are scanned (and cached, see `scan_labels`) on first access.
     """
 
     def __init__(self, rec_path: str | os.PathLike, seed: int = 0, flip: bool = True) -> None:

@@ -51,9 +51,7 @@ class DistributedSampler(Sampler):
 
     def rank_indices(self) -> torch.Tensor:
         """This rank's full index list for the current epoch (before `start` is applied), (ceil(N/W),)."""
-        generator = torch.Generator()
-        generator.manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.dataset_len, generator=generator)
+        order = torch.randperm(self.dataset_len, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         total = self.num_samples * self.world_size
         padded = order.repeat(math.ceil(total / self.dataset_len))[:total]  # repeat from the start
         return padded[self.rank::self.world_size]

@@ -34,16 +34,13 @@ class RecSummary(NamedTuple):
 
 def write_insightface_rec(out_dir: str | os.PathLike, samples: Iterable[tuple[int, bytes]],
                           num_classes: int) -> RecSummary:
-    """Write `train.rec`, `train.idx` and `property` in the InsightFace layout.
+    """Write `train.rec`, `train.idx` and `property` in the InsightFace layout into `out_dir`
+    (created if needed; existing files are replaced).
 
-    Args:
-        out_dir: folder to write to (created if needed; existing files are replaced).
-        samples: (label, jpeg_bytes) pairs grouped by label in increasing order 0, 0, 1, 2, 2, ...
-            with every label 0..num_classes-1 present (identity records need contiguous groups).
-        num_classes: number of identities C.
-
-    The header record is written first with placeholder counts and rewritten in place at the end,
-    so the samples are streamed, never held in memory.
+    `samples` are (label, jpeg_bytes) pairs grouped by label in increasing order 0, 0, 1, 2, 2, ...
+    with every label 0..num_classes-1 present (identity records need contiguous groups). They are
+    streamed, never held in memory: the header record is written first with placeholder counts and
+    rewritten in place at the end.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,6 @@ maps `key<TAB>offset` (offset of the record's first magic word), in write order.
 
 The logical payload of `mx.recordio.pack` is a 24-byte `IRHeader` (struct `'IfQQ'`: flag, float32
 label, id, id2); when flag > 0 the float32 label array of length `flag` follows, then the image.
-
-The reader opens its file lazily and reopens it after a fork (DataLoader workers), reads with
-`os.pread` (no whole-file loads), and pickles as paths only.
 """
 from __future__ import annotations
 
@@ -74,10 +71,8 @@ def pack(header: IRHeader, payload: bytes) -> bytes:
 
 
 def unpack(record: bytes, where: str = "record") -> tuple[IRHeader, bytes]:
-    """Split a record into its `IRHeader` and payload (the image bytes), like `mx.recordio.unpack`.
-
-    `where` names the record in the error raised for a record too short for its own header.
-    """
+    """Split a record into its `IRHeader` and payload (the image bytes), like `mx.recordio.unpack`;
+    `where` names the record in the error raised for a record too short for its own header."""
     header = unpack_header(record, where)
     return header, bytes(record[_IR_HEADER.size + 4 * header.flag:])
 
@@ -99,10 +94,8 @@ def unpack_header(record: bytes, where: str = "record") -> IRHeader:
 
 
 def split_record(record: bytes) -> list[bytes]:
-    """Cut a record at every 4-byte aligned magic word (which is dropped), as dmlc-core does.
-
-    Returns the chunk bodies; one body means the record is written whole (cflag 0).
-    """
+    """The chunk bodies of a record: cut at every 4-byte aligned magic word (which is dropped), as
+    dmlc-core does; one body means the record is written whole (cflag 0)."""
     bodies, start, pos = [], 0, record.find(MAGIC_BYTES)
     while pos >= 0:
         if pos % 4 == 0:
@@ -142,8 +135,9 @@ class RecordIOReader:
     """Random access to the records of a `.rec` file by key, through its `.idx`.
 
     `keys` is an int64 array in `.idx` order (like `MXIndexedRecordIO.keys`, which keeps file order;
-    im2rec writes shuffled keys). The file descriptor is opened on first use in each process, so an
-    instance made in the main process is safe to use in forked or spawned DataLoader workers.
+    im2rec writes shuffled keys). Reads use `os.pread` on a descriptor opened on first use in each
+    process, and the reader pickles as paths only, so an instance made in the main process is safe to
+    use in forked or spawned DataLoader workers.
     """
 
     def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None) -> None:
@@ -294,9 +288,8 @@ class RecordIOReader:
     def rebuild_index(rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None) -> int:
         """Scan a `.rec` front to back and write its `.idx`; returns the number of records.
 
-        The key of each record is its `IRHeader.id`, which im2rec, RecBuilder and the InsightFace
-        builders all set to the key. If the ids are not unique the keys become 0..N-1 in file order
-        (with a warning).
+        Each key is the record's `IRHeader.id`, which im2rec, RecBuilder and the InsightFace builders
+        all set to the key; if the ids are not unique the keys become 0..N-1 in file order (a warning).
         """
         rec_path = Path(rec_path)
         idx_path = Path(idx_path) if idx_path is not None else rec_path.with_suffix(".idx")

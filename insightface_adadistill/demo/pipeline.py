@@ -69,9 +69,9 @@ def train_run(config_path: Path, dist: DistInfo, overrides: Sequence[str] = ()) 
             "steps": result.global_step, "seconds": time.perf_counter() - started}
 
 
-def supported_fars(num_impostor: int, min_false_accepts: int = MIN_FALSE_ACCEPTS) -> List[float]:
-    """The FARs at which `num_impostor` impostor pairs give at least `min_false_accepts` accepts."""
-    return [far for far in CANDIDATE_FARS if far * num_impostor >= min_false_accepts]
+def supported_fars(num_impostor: int) -> List[float]:
+    """The FARs at which `num_impostor` impostor pairs give at least `MIN_FALSE_ACCEPTS` accepts."""
+    return [far for far in CANDIDATE_FARS if far * num_impostor >= MIN_FALSE_ACCEPTS]
 
 
 def evaluate_run(run: Mapping[str, Any], vset: VerificationSet, ijb_root: str, *,

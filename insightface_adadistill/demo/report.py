@@ -5,7 +5,6 @@ e.g. `distill/alpha`), so the plot shows exactly what `tensorboard --logdir` sho
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -41,30 +40,29 @@ def read_scalars(tensorboard_dir: Path, tags: Sequence[str]) -> Dict[str, Curve]
     return {tag: (np.array([p.step for p in ps]), np.array([p.value for p in ps])) for tag, ps in points.items()}
 
 
-def _figure(width: float = 7.0, height: float = 4.5):
-    """A matplotlib Figure on the Agg canvas (no global backend switch, works without a display)."""
+def _axes():
+    """The axes of a Figure on the Agg canvas (no global backend switch, works without a display)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=110)
+    fig = Figure(figsize=(7.0, 4.5), dpi=110)
     FigureCanvasAgg(fig)
-    return fig
+    return fig.add_subplot()
 
 
-def _save(fig, ax, title: str, path: Path) -> None:
+def _save(ax, title: str, path: Path) -> None:
     """The finish both plots share: a [0, 1] y axis, title, grid, legend, tight layout, PNG."""
     ax.set_ylim(0.0, 1.0)
     ax.set_title(title)
     ax.grid(ls="--", lw=0.5)
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
+    ax.figure.tight_layout()
+    ax.figure.savefig(path)
 
 
 def plot_distill_curves(curves: Mapping[str, Curve], path: Path, title: str) -> None:
     """α, α′ and λ over the training steps, with the lr drops as dotted lines."""
-    fig = _figure()
-    ax = fig.add_subplot()
+    ax = _axes()
     for tag, label in DISTILL_CURVES.items():
         if tag in curves:
             ax.plot(*curves[tag], lw=1.5, label=label)
@@ -74,15 +72,14 @@ def plot_distill_curves(curves: Mapping[str, Curve], path: Path, title: str) -> 
             ax.axvline(step, color="grey", ls=":", lw=1)
     ax.set_xlabel("training step (dotted: lr / 10)")
     ax.set_ylabel("batch mean")
-    _save(fig, ax, title, path)
+    _save(ax, title, path)
 
 
 def plot_roc_curves(curves: Mapping[str, Curve], path: Path, num_impostor: int, lowest_far: float,
                     title: str) -> None:
     """TAR against FAR on a log axis from one impostor pair (1 / num_impostor) up to 1; FARs
     below `lowest_far` (too few false accepts to be trusted) are shaded."""
-    fig = _figure()
-    ax = fig.add_subplot()
+    ax = _axes()
     for label, (fpr, tpr) in curves.items():
         ax.plot(fpr, tpr, lw=1.5, label=label)
     low = 10 ** math.floor(math.log10(1.0 / max(num_impostor, 1)))
@@ -91,7 +88,7 @@ def plot_roc_curves(curves: Mapping[str, Curve], path: Path, num_impostor: int, 
     ax.set_xlim(low, 1.0)
     ax.set_xlabel(f"FAR ({num_impostor} impostor pairs; shaded: too few false accepts to report)")
     ax.set_ylabel("TAR")
-    _save(fig, ax, title, path)
+    _save(ax, title, path)
 
 
 def far_label(far: float) -> str:
@@ -122,10 +119,6 @@ def json_ready(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(json_ready(dict(payload)), indent=1) + "\n")
 
 
 def final_means(curves: Mapping[str, Curve], tail: int = 5) -> Dict[str, float]:

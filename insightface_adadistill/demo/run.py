@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import shutil
 import time
 from pathlib import Path
@@ -102,12 +103,12 @@ def write_outputs(preset: DemoPreset, out: Path, outcome: Dict[str, Any],
         table = report.results_table(rows, fars, IJB_NAME)
         final = {tag: value for tag, value in report.final_means(curves).items() if tag != report.LR_TAG}
         files["report"].write_text(render_markdown(preset, out, outcome, table, final, meta))
-        report.write_json(files["json"], {
+        files["json"].write_text(json.dumps(report.json_ready({
             **meta, "preset": dataclasses.asdict(preset), "fars": fars, "seconds": outcome["seconds"],
             "distill_final_means": final,
             "results": {name: {k: v for k, v in res.items() if k not in ("fpr", "tpr")}
                         for name, res in results.items()},
-            "configs": {name: str(path) for name, path in outcome["configs"].items()}})
+            "configs": {name: str(path) for name, path in outcome["configs"].items()}}), indent=1) + "\n")
     return {key: out / name for key, name in names.items()}
 
 

@@ -156,6 +156,12 @@ class Canvas:
             np.clip(d, 0, 1, out=d)
         return (*where, du * dv * _own(pick, opacity))
 
+    def fill(self, colour: np.ndarray, centre: np.ndarray, radii: np.ndarray, **shape) -> Mask:
+        """Paint `colour` (N, 3) through `ellipse(centre, radii, **shape)`; returns that mask."""
+        mask = self.ellipse(centre, radii, **shape)
+        self.paint(mask, colour)
+        return mask
+
     def paint(self, mask: Mask, colour: np.ndarray) -> None:
         """Blend `colour` (N, 3) over the canvas through `mask` (from `ellipse`/`rectangle`)."""
         if mask is None:

@@ -67,7 +67,6 @@ def _fit_similarity(src: np.ndarray, dst: np.ndarray) -> Tuple[np.ndarray, np.nd
     return m, zd.mean() - m * zs.mean(1)
 
 
-
 # ------------------------------------------------------------------------------------- rendering
 def _paint_head(canvas: Canvas, t: Traits, p: Dict[str, np.ndarray],
                 rgb: Dict[str, np.ndarray]) -> None:
@@ -75,25 +74,19 @@ def _paint_head(canvas: Canvas, t: Traits, p: Dict[str, np.ndarray],
     yaw, pitch = p["yaw"], p["pitch"]
     face_c = xy(56 + 2 * yaw, t["face_cy"] + 1.5 * pitch)
     face_rx = t["face_rx"] * (1 - 0.05 * yaw ** 2)
-    hair_back = canvas.ellipse(xy(56 - 2 * yaw, t["face_cy"] - 6),
-                               xy(face_rx * t["hair_volume"] + 3, t["face_ry"] + 4), cut_y=t["hair_len"])
-    canvas.paint(hair_back, rgb["hair"])
-    neck = canvas.ellipse(xy(56 + yaw, face_c[:, 1] + 0.85 * t["face_ry"]),
-                          xy(0.5 * face_rx, 0.5 * t["face_ry"]))
-    canvas.paint(neck, rgb["skin"] * 0.82)
+    canvas.fill(rgb["hair"], xy(56 - 2 * yaw, t["face_cy"] - 6),  # back hair
+                xy(face_rx * t["hair_volume"] + 3, t["face_ry"] + 4), cut_y=t["hair_len"])
+    canvas.fill(rgb["skin"] * 0.82, xy(56 + yaw, face_c[:, 1] + 0.85 * t["face_ry"]),  # neck
+                xy(0.5 * face_rx, 0.5 * t["face_ry"]))
     for side in (-1, 1):  # the ear on the side the face turns away from hides behind it
-        ear = canvas.ellipse(xy(face_c[:, 0] + side * (face_rx - 1), t["ear_y"] + 2 * pitch),
-                             xy(0.5 * t["ear_size"], t["ear_size"]),
-                             opacity=np.clip(1 - 2 * side * yaw, 0, 1))
-        canvas.paint(ear, rgb["skin"] * 0.9)
-    face = canvas.ellipse(face_c, xy(face_rx, t["face_ry"]), taper=t["chin_taper"])
-    canvas.paint(face, rgb["skin"])
+        canvas.fill(rgb["skin"] * 0.9, xy(face_c[:, 0] + side * (face_rx - 1), t["ear_y"] + 2 * pitch),
+                    xy(0.5 * t["ear_size"], t["ear_size"]), opacity=np.clip(1 - 2 * side * yaw, 0, 1))
+    face = canvas.fill(rgb["skin"], face_c, xy(face_rx, t["face_ry"]), taper=t["chin_taper"])
     beard = canvas.ellipse(xy(p["mouth"][:, 0], p["mouth"][:, 1] + 8),
                            xy(0.78 * face_rx, 0.42 * t["face_ry"]), opacity=t["beard"])
     canvas.paint(clipped(beard, face), rgb["hair"] * 0.8)
-    fringe = canvas.ellipse(xy(56 + t["hair_part"] + 3 * yaw, t["hairline_y"] - 24 + 3 * pitch),
-                            xy(1.04 * face_rx, np.full_like(yaw, 24)), angle=t["hair_tilt"])
-    canvas.paint(fringe, rgb["hair"])
+    canvas.fill(rgb["hair"], xy(56 + t["hair_part"] + 3 * yaw, t["hairline_y"] - 24 + 3 * pitch),  # fringe
+                xy(1.04 * face_rx, np.full_like(yaw, 24)), angle=t["hair_tilt"])
 
 
 def _paint_eyes(canvas: Canvas, t: Traits, p: Dict[str, np.ndarray], rgb: Dict[str, np.ndarray]) -> None:
@@ -101,18 +94,15 @@ def _paint_eyes(canvas: Canvas, t: Traits, p: Dict[str, np.ndarray], rgb: Dict[s
     yaw = p["yaw"]
     for side, eye in ((-1, p["eye_l"]), (1, p["eye_r"])):
         far = 1 - 0.3 * np.maximum(side * yaw, 0)  # foreshortening of the eye turning away
-        brow = canvas.ellipse(xy(eye[:, 0], eye[:, 1] - t["brow_gap"] - p["brow_raise"]),
-                              xy(t["brow_len"] * far, t["brow_thick"]), angle=-side * t["brow_tilt"])
-        canvas.paint(brow, rgb["hair"] * 0.75)
-        sclera = canvas.ellipse(eye, xy(t["eye_rx"] * far, t["eye_ry"] * p["eye_open"]),
-                                angle=-side * t["eye_tilt"])
-        canvas.paint(sclera, rgb["sclera"])
+        canvas.fill(rgb["hair"] * 0.75, xy(eye[:, 0], eye[:, 1] - t["brow_gap"] - p["brow_raise"]),  # brow
+                    xy(t["brow_len"] * far, t["brow_thick"]), angle=-side * t["brow_tilt"])
+        sclera = canvas.fill(rgb["sclera"], eye, xy(t["eye_rx"] * far, t["eye_ry"] * p["eye_open"]),
+                             angle=-side * t["eye_tilt"])
         iris_c = eye + p["gaze"]
         for radius, colour in ((t["iris_r"], rgb["iris"]), (0.45 * t["iris_r"], rgb["pupil"])):
             canvas.paint(clipped(canvas.ellipse(iris_c, xy(radius, radius)), sclera), colour)
-        frame = canvas.ellipse(eye, xy(t["eye_rx"] * far + 4, t["eye_ry"] + 5), hollow=0.2,
-                               opacity=p["glasses"])
-        canvas.paint(frame, rgb["frame"])
+        canvas.fill(rgb["frame"], eye, xy(t["eye_rx"] * far + 4, t["eye_ry"] + 5), hollow=0.2,  # glasses
+                    opacity=p["glasses"])
     bridge_half = xy(np.maximum(p["eye_half"] - t["eye_rx"] - 4, 0.5) + 1, 0.7)
     canvas.paint(canvas.rectangle(xy(_EYE_CX + 7 * yaw, p["eye_y"] - 1), bridge_half, p["glasses"]),
                  rgb["frame"])
@@ -122,22 +112,18 @@ def _paint_lower_face(canvas: Canvas, t: Traits, p: Dict[str, np.ndarray],
                       rgb: Dict[str, np.ndarray]) -> None:
     """Nose bridge shadow and nostrils, lips (bent by the smile), open mouth and moles."""
     nose, mouth, bend = p["nose"], p["mouth"], p["mouth_bend"]
-    bridge = canvas.ellipse(xy(nose[:, 0] - 1.5, nose[:, 1] - t["nose_len"] / 2),
-                            xy(2.2, t["nose_len"] / 2), opacity=np.full_like(bend, 0.55))
-    canvas.paint(bridge, rgb["skin"] * 0.8)
-    for side in (-1, 1):
-        nostril = canvas.ellipse(xy(nose[:, 0] + side * t["nose_half_width"], nose[:, 1] + 1.5),
-                                 xy(t["nostril_r"], 0.6 * t["nostril_r"]))
-        canvas.paint(nostril, rgb["skin"] * 0.45)
-    lips = canvas.ellipse(mouth, xy(p["mouth_half"], t["lip_thick"] + 3 * p["mouth_open"]), bend=bend)
-    canvas.paint(lips, rgb["lips"])
-    inside = canvas.ellipse(mouth, xy(0.8 * p["mouth_half"], 4.5 * p["mouth_open"]), bend=bend,
-                            opacity=np.clip((p["mouth_open"] - 0.05) * 10, 0, 1))
-    canvas.paint(inside, rgb["mouth"])
+    canvas.fill(rgb["skin"] * 0.8, xy(nose[:, 0] - 1.5, nose[:, 1] - t["nose_len"] / 2),  # bridge shadow
+                xy(2.2, t["nose_len"] / 2), opacity=np.full_like(bend, 0.55))
+    for side in (-1, 1):  # nostrils
+        canvas.fill(rgb["skin"] * 0.45, xy(nose[:, 0] + side * t["nose_half_width"], nose[:, 1] + 1.5),
+                    xy(t["nostril_r"], 0.6 * t["nostril_r"]))
+    canvas.fill(rgb["lips"], mouth, xy(p["mouth_half"], t["lip_thick"] + 3 * p["mouth_open"]), bend=bend)
+    canvas.fill(rgb["mouth"], mouth, xy(0.8 * p["mouth_half"], 4.5 * p["mouth_open"]), bend=bend,  # open mouth
+                opacity=np.clip((p["mouth_open"] - 0.05) * 10, 0, 1))
     mole_radii = xy(np.full_like(bend, 1.4), 1.4)
     for mole in ("mole1", "mole2"):
-        spot = canvas.ellipse(xy(t[mole + "_x"] + 7 * p["yaw"], t[mole + "_y"]), mole_radii, opacity=t[mole])
-        canvas.paint(spot, rgb["skin"] * 0.45)
+        canvas.fill(rgb["skin"] * 0.45, xy(t[mole + "_x"] + 7 * p["yaw"], t[mole + "_y"]), mole_radii,
+                    opacity=t[mole])
 
 
 def _occluder(config: SyntheticFaceConfig, t: Traits, p: Dict[str, np.ndarray],

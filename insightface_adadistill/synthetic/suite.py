@@ -127,24 +127,6 @@ def _template_pairs(identity_of_template: np.ndarray, max_impostor_pairs: int,
     return np.concatenate([np.concatenate(rows), np.concatenate(labels)[:, None]], 1)
 
 
-def _write_loose_crops(image_dir: Path, faces: SyntheticFaces, ids: np.ndarray, seeds: np.ndarray, *,
-                       quality: int, what: str) -> Tuple[List[str], np.ndarray, np.ndarray]:
-    """Render (ids, seeds) (N,) unaligned into `image_dir/<n>.jpg`, n = 1..N.
-
-    Returns the N names, landmarks (N, 5, 2) and faceness (N,) float32, in image order.
-    """
-    image_dir.mkdir(parents=True, exist_ok=True)
-    names, landmarks, faceness = [], [], []
-    for batch in _batches(len(ids), what):
-        images, points, scores = faces.render_unaligned(ids[batch], seeds[batch])
-        for n, image in zip(range(batch.start + 1, batch.stop + 1), images):
-            (image_dir / f"{n}.jpg").write_bytes(encode_jpeg(image, quality))
-            names.append(f"{n}.jpg")
-        landmarks.append(points)
-        faceness.append(scores)
-    return names, np.concatenate(landmarks), np.concatenate(faceness)
-
-
 def write_ijb_folder(root: str | os.PathLike, faces: SyntheticFaces, identity_ids: Iterable[int], *,
                      target: str = "IJBC", templates_per_identity: int = 2, media_per_template: int = 2,
                      images_per_media: int = 2, max_impostor_pairs: int = 100_000, seed: int = 0,
@@ -169,13 +151,20 @@ def write_ijb_folder(root: str | os.PathLike, faces: SyntheticFaces, identity_id
     media_of_image = 10000 + np.repeat(np.arange(1, n_templates * media_per_template + 1), images_per_media)
     image_ids = identity_of_template[template_of_image - 1]  # (N,)
     seeds = derive_seeds(seed, _PURPOSE_IJB, image_ids, np.arange(len(image_ids)))
-    root = Path(root)
-    names, landmarks, faceness = _write_loose_crops(root / "loose_crop", faces, image_ids, seeds,
-                                                    quality=quality, what=f"{target} loose crops")
-    rng = np.random.default_rng([seed, _PURPOSE_IJB])
-    pairs = _template_pairs(identity_of_template, max_impostor_pairs, rng)
+    image_dir = Path(root) / "loose_crop"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    names = [f"{n}.jpg" for n in range(1, len(image_ids) + 1)]
+    landmarks, faceness = [], []  # (N, 5, 2) and (N,) float32 in image order, batch by batch
+    for batch in _batches(len(image_ids), f"{target} loose crops"):
+        images, points, scores = faces.render_unaligned(image_ids[batch], seeds[batch])
+        for name, image in zip(names[batch], images):
+            (image_dir / name).write_bytes(encode_jpeg(image, quality))
+        landmarks.append(points)
+        faceness.append(scores)
+    pairs = _template_pairs(identity_of_template, max_impostor_pairs, np.random.default_rng([seed, _PURPOSE_IJB]))
     write_meta(root, target, image_names=names, templates=template_of_image, medias=media_of_image,
-               landmarks=landmarks, faceness=faceness, pairs=pairs[:, :2], labels=pairs[:, 2])
+               landmarks=np.concatenate(landmarks), faceness=np.concatenate(faceness), pairs=pairs[:, :2],
+               labels=pairs[:, 2])
     num_genuine = int(pairs[:, 2].sum())
     return {"num_images": len(image_ids), "num_templates": n_templates, "num_genuine": num_genuine,
             "num_impostor": len(pairs) - num_genuine}

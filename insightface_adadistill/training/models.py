@@ -1,9 +1,8 @@
 """The one place a run's models are assembled: student, head, frozen teacher, DDP and the step.
 
-`assemble(cfg, dist)` reads the config and the head's declaration (`heads.head_spec`): the teacher
-is loaded only for a head that takes teacher embeddings (and not when a teacher cache supplies
-them), the teacher's classifier only for a head built from it. The trainer and the benchmarks
-(`benchmarks/train_throughput.py`, `cache_epoch.py`) call it, so what they time is what trains.
+`assemble(cfg, dist)` reads the config and the head's declaration (`heads.head_spec`): the teacher is
+loaded only for a head that takes teacher embeddings, its classifier only for a head built from it. The
+trainer and the benchmarks (`train_throughput.py`, `cache_epoch.py`) call it, so what they time trains.
 """
 from __future__ import annotations
 
@@ -36,11 +35,8 @@ class Models(NamedTuple):
 
 def assemble(cfg: RunConfig, dist: distributed.DistInfo, head: Optional[nn.Module] = None) -> Models:
     """Student, head, teacher and DDP of `cfg` on `dist.device`, compiled in place when `cfg.compile`.
-
-    `head` replaces the head `cfg.distill` selects (a benchmark's emulation of another head); the
-    teacher is then loaded as for `cfg.distill`. With `teacher_cache` set the batches carry the
-    teacher's rows and no teacher is loaded.
-    """
+    `head` replaces the one `cfg.distill` selects (a benchmark's emulation; the teacher is loaded as for
+    `cfg.distill`). With `teacher_cache` set the batches carry the teacher's rows and no teacher is loaded."""
     spec = head_spec(cfg.distill)
     student = get_model(cfg.network, dropout=0.0, fp16=cfg.fp16, num_features=cfg.embedding_size,
                         amp_dtype=cfg.amp_dtype).to(dist.device)

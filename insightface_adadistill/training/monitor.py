@@ -116,13 +116,9 @@ def resolve_progress_bar(setting: Union[str, bool], stream: Optional[TextIO] = N
 
 class TrainingMonitor:
     """Every `frequent` global steps on rank 0: one log line (host format, then our statistics) and the
-    TensorBoard tags of docs/training.md#monitoring.
-
-    The host's first qualifying call only started its timer, so its first line came at 2 * frequent
-    and averaged 2 * frequent losses. Our timer starts at construction and lines start at step
-    `frequent`; each averages exactly the steps since the previous one, and the first speed includes
-    start-up (data workers, cudnn autotuning).
-    """
+    TensorBoard tags of docs/training.md#monitoring. The host's first call only started its timer (first
+    line at 2 * frequent, averaging 2 * frequent losses); ours starts at construction, lines start at step
+    `frequent`, each averages exactly the steps since the previous one (the first speed includes start-up)."""
 
     def __init__(self, *, output: str | os.PathLike, rank: int, frequent: int, total_step: int,
                  batch_size: int, world_size: int, start_step: int = 0, grad_scaler: object = None,
@@ -157,13 +153,10 @@ class TrainingMonitor:
     def update(self, global_step: int, *, epoch: int, loss: Number, lr: float,
                grad_norm: Optional[Number] = None, scalars: Optional[Mapping[str, Number]] = None,
                histograms: Optional[Mapping[str, torch.Tensor]] = None) -> Optional[str]:
-        """Record one iteration; on log steps write the line and TensorBoard, and return the line.
-
-        `loss` and `grad_norm` (the clipped backbone's norm) are 0-dim device tensors or numbers; `lr` a
-        float (no sync). `scalars` by TensorBoard tag (e.g. 'distill/alpha') are averaged over the window
-        and appended to the line by their last tag part; of `histograms` (e.g. per-sample alpha, (B,))
-        only the latest values are written, on log steps.
-        """
+        """Record one iteration; on log steps write the line and TensorBoard, and return the line. `loss`
+        and `grad_norm` (the clipped backbone's) are 0-dim device tensors or numbers, `lr` a float (no sync);
+        `scalars` by TensorBoard tag (e.g. 'distill/alpha') are averaged over the window and appended to the
+        line by their last tag part; of `histograms` (e.g. per-sample alpha) only the latest are written."""
         if self._window_ended:
             self._sums, self._count = {}, 0
         self._add("loss", loss)

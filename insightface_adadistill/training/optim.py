@@ -18,25 +18,19 @@ GROUP_NAMES = ("backbone", "head")
 
 
 def host_param_groups(backbone: nn.Module, head: nn.Module) -> List[Dict[str, object]]:
-    """Two groups in the host order holding every parameter, frozen ones included.
-
-    arcface_torch builds `SGD(params=[{"params": backbone.parameters()}, {"params":
-    pfc.parameters()}])`, so iresnet's frozen all-ones `features.weight` sits in the backbone
-    group. It never gets a gradient, so the update is unchanged; keeping it keeps our optimizer
-    `state_dict` loadable by the host's `opt.load_state_dict` (same group sizes, same indices).
-    """
+    """Two groups in the host order holding every parameter, frozen ones included: the host builds
+    `SGD(params=[{"params": backbone.parameters()}, {"params": pfc.parameters()}])`, so iresnet's frozen
+    `features.weight` (never a gradient: the update is unchanged) stays in, and our optimizer `state_dict`
+    loads into the host's `opt.load_state_dict` (same group sizes, same indices)."""
     return [{"params": list(module.parameters()), "name": name}
             for name, module in zip(GROUP_NAMES, (backbone, head))]
 
 
 def build_optimizer(kind: str, param_groups: List[Dict[str, object]], *, lr: float,
                     momentum: float = 0.9, weight_decay: float = 5e-4) -> torch.optim.Optimizer:
-    """SGD (momentum honoured, no Nesterov, no dampening) or AdamW (default betas and eps).
-
-    arcface_torch hard-codes SGD momentum 0.9 and ignores `cfg.momentum`; we use the config value
-    (whose default is 0.9, so default runs match). Weight decay applies to every parameter, BN and
-    PReLU included, as in the host. `momentum` is ignored by AdamW.
-    """
+    """SGD (no Nesterov, no dampening) or AdamW (default betas and eps; no `momentum`). arcface_torch
+    hard-codes SGD momentum 0.9; we use the config's (default 0.9). Weight decay applies to every
+    parameter, BN and PReLU included, as in the host."""
     if not any(p.requires_grad for group in param_groups for p in group["params"]):
         raise ValueError("no trainable parameters: every parameter has requires_grad=False; "
                          "unfreeze the backbone before building the optimizer")

@@ -29,12 +29,9 @@ def poly_warmup_factor(k: int, warmup_steps: int, total_steps: int, power: float
 
 
 class PolynomialWarmupLR(LRScheduler):
-    """Linear warm-up then polynomial decay to 0 at `total_steps`.
-
-    `power=1` is current arcface_torch; `power=2` is the historical `PolyScheduler` that trained every
-    published model-zoo run. The sequence for w=3, T=10, base 0.1 is
-    0.1, .0333, .0667, .1, .0857, .0714, ..., .0143, 0, 0 (verified on the host).
-    """
+    """Linear warm-up then polynomial decay to 0 at `total_steps`: `power=1` is current arcface_torch,
+    `power=2` the historical `PolyScheduler` of the published model-zoo runs. For w=3, T=10, base 0.1:
+    0.1, .0333, .0667, .1, .0857, .0714, ..., .0143, 0, 0 (verified on the host)."""
 
     def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int,
                  power: float = 1.0) -> None:

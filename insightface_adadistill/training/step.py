@@ -34,11 +34,8 @@ class DistillStep:
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor,
                 teacher_embeddings: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        """images (B, 3, 112, 112) normalised, labels (B,) int64 -> {'loss': 0-dim, **stats}.
-
-        `teacher_embeddings` (B, E), the batch's rows of a teacher cache, replace the teacher's
-        forward (they are the same numbers; see docs/teacher-cache.md).
-        """
+        """images (B, 3, 112, 112) normalised, labels (B,) int64 -> {'loss': 0-dim, **stats}; a teacher
+        cache's rows `teacher_embeddings` (B, E) replace the teacher's forward (same numbers: docs/teacher-cache.md)."""
         if self.marks_cudagraph_steps:  # a new iteration: the previous step's graph outputs may be reused
             torch.compiler.cudagraph_mark_step_begin()
         local_embeddings = self.student(images)  # (B, E)

@@ -58,11 +58,8 @@ class TrainResult:
 
 
 def train(cfg: RunConfig, dist: distributed.DistInfo) -> TrainResult:
-    """Run one training job described by a validated config.
-
-    Rank 0 holds the output folder's lock for the whole run; the SIGTERM/SIGINT handlers are
-    installed for the run and the previous ones restored on return, also after an error.
-    """
+    """Run one training job described by a validated config. Rank 0 holds the output folder's lock for the
+    whole run; SIGTERM/SIGINT handlers are installed for it, the previous ones restored also after an error."""
     output = Path(cfg.output)
     fingerprint = checkpoint.config_snapshot(cfg.as_dict())  # completed by _build_loader, saved with every set
     with (_output_claimed(cfg, dist, fingerprint) as resume_from, StopRequest() as stop,
@@ -96,8 +93,7 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
     # ---- loop ------------------------------------------------------------------------------
     monitor = TrainingMonitor(output=output, rank=dist.rank, frequent=cfg.frequent, total_step=last_step,
                               batch_size=cfg.batch_size, world_size=dist.world_size, start_step=global_step,
-                              grad_scaler=state.scaler if state.scaler.is_enabled() else None,
-                              progress_bar=cfg.progress_bar)
+                              grad_scaler=state.scaler, progress_bar=cfg.progress_bar)  # it reads is_enabled()
     val_sets = _load_val_sets(cfg, dist)
     for epoch in range(start_epoch, cfg.num_epoch):
         if global_step >= last_step:  # e.g. resumed from the set a max_steps run saved at its end
@@ -152,13 +148,10 @@ def _run(cfg: RunConfig, dist: distributed.DistInfo, output: Path, stop: "StopRe
 @contextlib.contextmanager
 def _output_claimed(cfg: RunConfig, dist: distributed.DistInfo,
                     fingerprint: Dict[str, Any]) -> Iterator[Optional[Path]]:
-    """Claim `output` and decide the resume point (rank 0, under the lock), then open training.log.
-
-    A refusal (another kind of folder, in use, "already holds a run", a resume that does not fit)
-    leaves the folder as it was and is raised on every rank; only then does the log start, with
-    the decision's messages. Every later error or interruption is written to the log as well.
-    Yields the checkpoint set to resume from, or None.
-    """
+    """Claim `output` and decide the resume point (rank 0, under the lock), then open training.log. A refusal
+    (another kind of folder, in use, "already holds a run", a resume that does not fit) leaves the folder as
+    it was and is raised on every rank; only then does the log start, with the decision's messages (every
+    later error or interruption is written to it too). Yields the checkpoint set to resume from, or None."""
     output = Path(cfg.output)
     with contextlib.ExitStack() as held:
         def claim() -> Optional[Path]:
@@ -233,11 +226,9 @@ def _build_state(cfg: RunConfig, dist: distributed.DistInfo, models: Models, ste
 
 def _train_step(cfg: RunConfig, step: DistillStep, state: checkpoint.TrainState, batch: Any,
                 global_step: int) -> Optional[Tuple[Dict[str, torch.Tensor], Optional[torch.Tensor]]]:
-    """Forward and backward of one batch, then the optimizer step when the accumulation is complete.
-
-    Returns the step's outputs and the clipped gradient norm (None between optimizer steps), or
-    None when `nonfinite_loss = 'skip'` dropped the batch.
-    """
+    """Forward and backward of one batch, then the optimizer step when the accumulation is complete: the
+    outputs and the clipped gradient norm (None between optimizer steps), or None when `nonfinite_loss =
+    'skip'` dropped the batch."""
     sync_grads = global_step % cfg.gradient_acc == 0
     with contextlib.nullcontext() if sync_grads else step.student.no_sync():  # DDP: sum locally until the step
         out = step(batch.image, batch.label, getattr(batch, "teacher", None))
@@ -294,12 +285,9 @@ def _verify(val_sets: List[VerificationSet], student: torch.nn.Module, monitor: 
 
 
 class StopRequest:
-    """SIGTERM or Ctrl-C asks for a clean stop; a second Ctrl-C aborts; a non-finite loss stops.
-
-    Ranks may receive a signal at different steps, so the decision is all-reduced once per
-    logging window: every rank then stops (and saves) at the same global step. Used as a context
-    manager, it installs its handlers and restores the previous ones on exit.
-    """
+    """SIGTERM or Ctrl-C asks for a clean stop; a second Ctrl-C aborts; a non-finite loss stops. Ranks may
+    get a signal at different steps, so the decision is all-reduced once per logging window and every rank
+    stops (and saves) at the same step. As a context manager it installs its handlers, restoring the old on exit."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

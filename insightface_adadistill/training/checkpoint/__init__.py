@@ -78,22 +78,22 @@ def resume_point(output: Path, fingerprint: Mapping[str, Any], resume: bool, all
     if not resume and (latest or found):
         raise OutputFolderError(f"{output} already holds a run ({latest.name if latest else ', '.join(found)}); "
                                 "set resume=True to continue it, or choose another output folder")
-    if latest is None and any(name.startswith("checkpoint_gpu_") for name in found):
+    if latest is not None:
+        current = {**fingerprint, **(content() if content else {})}
+        _judge(latest, compare_configs(read_marker(latest, warn=False)["fingerprint"], current), allow_changes)
+    elif any(name.startswith("checkpoint_gpu_") for name in found):
         raise ResumeError(
             f"{output} holds arcface_torch checkpoint files ({', '.join(found)}) but no checkpoint set of ours. To "
             f"continue that run here, convert them first: `adadistill convert-host-checkpoint {output}`, then resume. "
             f"To distil from it instead, start a new output folder with teacher_weights={output / MODEL_FILE}")
-    if latest is None and found:
+    elif found:
         raise ResumeError(
             f"{output} holds a finished or interrupted run ({MODEL_FILE}) but no checkpoint set to resume from "
             "(save_every_steps / save_all_states were off), so resume=True would retrain and overwrite its "
             f"{MODEL_FILE}. Choose another output folder for a new run, or move {MODEL_FILE} away if you really "
             "want to start this folder again")
-    if latest is None and resume:
+    elif resume:
         logger.warning("resume=True but %s holds no checkpoint set yet: starting from scratch", output)
-    if latest is not None:
-        current = {**fingerprint, **(content() if content else {})}
-        _judge(latest, compare_configs(read_marker(latest, warn=False)["fingerprint"], current), allow_changes)
     return latest
 
 

@@ -208,8 +208,7 @@ class SyntheticDataset(FaceDataset):
         super().__init__(seed, flip)
         if num_classes < 1:
             raise LabelError(f"synthetic data needs num_classes >= 1, got {num_classes}")
-        generator = np.random.default_rng(seed)
-        self._image = generator.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+        self._image = np.random.default_rng(seed).integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
         self._length = int(length)
         self.num_classes_found = int(num_classes)
         self.num_classes_source = "synthetic setting"
@@ -396,14 +395,6 @@ def _load_cached_labels(cache: Path, stamp: np.ndarray, count: int) -> np.ndarra
     return labels.astype(np.int64) if np.array_equal(saved_stamp, stamp) and len(labels) == count else None
 
 
-def _store_cached_labels(cache: Path, stamp: np.ndarray, labels: np.ndarray) -> None:
-    """Write atomically (ranks may scan at the same time); a failed write only costs a rescan."""
-    try:
-        atomic_write(cache, lambda fh: np.savez(fh, labels=labels.astype(np.int32), stamp=stamp))
-    except OSError as exc:
-        _log.warning("could not cache labels in %s (%s); they will be scanned again next time", cache, exc)
-
-
 def scan_labels(reader: RecordIOReader, keys: Sequence[int]) -> np.ndarray:
     """Class id of every record in `keys` (int64, same order), reading only record headers in file
     order, cached in `label_cache_path` and reused while the `.rec` is unchanged."""
@@ -414,14 +405,16 @@ def scan_labels(reader: RecordIOReader, keys: Sequence[int]) -> np.ndarray:
     if labels is not None:
         return labels
     started = time.monotonic()
-    _log.info("scanning the labels of %d records in %s once (cached in %s)",
-              len(keys), reader.rec_path, cache)
+    _log.info("scanning the labels of %d records in %s once (cached in %s)", len(keys), reader.rec_path, cache)
     key_array = np.asarray(keys, dtype=np.int64)
     labels = np.empty(len(key_array), dtype=np.int64)
     for i in np.argsort(reader.offsets_of(key_array), kind="stable"):  # file order: sequential reads
         labels[i] = class_of(reader.read_header(int(key_array[i])))
     _log.info("label scan took %.1f s", time.monotonic() - started)
-    _store_cached_labels(cache, stamp, labels)
+    try:  # atomic: ranks may scan at the same time; a failed write only costs a rescan
+        atomic_write(cache, lambda fh: np.savez(fh, labels=labels.astype(np.int32), stamp=stamp))
+    except OSError as exc:
+        _log.warning("could not cache labels in %s (%s); they will be scanned again next time", cache, exc)
     return labels
 
 

@@ -1,9 +1,8 @@
 """The training DataLoader: arcface_torch's sampler and worker seeding, plus exact mid-epoch resume.
 
-`build_dataloader` returns a `FaceLoader`. Per epoch the trainer calls
-`loader.set_epoch(epoch, start_batch)`, then iterates. The sampler yields `(epoch, index)` pairs,
-so the dataset's deterministic flips follow the epoch even inside persistent workers. Resuming
-with `start_batch = n` yields exactly the batches n, n+1, ... of the uninterrupted epoch.
+The sampler yields `(epoch, index)` pairs, so the dataset's deterministic flips follow the epoch
+even inside persistent workers; `FaceLoader.set_epoch(epoch, start_batch=n)` yields exactly the
+batches n, n+1, ... of the uninterrupted epoch.
 """
 from __future__ import annotations
 
@@ -88,11 +87,8 @@ def _map_tensors(batch: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
 
 
 def normalise_batch(batch: Any) -> Any:
-    """A batch whose `image` is uint8 pixels, with that image normalised where it lies (else unchanged).
-
-    Workers of a `uint8=True` dataset ship pixels: 4x fewer bytes through shared memory, pinning
-    and the host-to-device copy; the (x - 127.5) / 127.5 then runs on the device, to the same bits.
-    """
+    """A batch whose `image` is uint8 pixels (a `uint8=True` dataset's, 4x fewer bytes to ship, pin and
+    copy), with that image normalised where it lies, to the bits of the float items; else unchanged."""
     image = getattr(batch, "image", None)
     if isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
         return batch._replace(image=normalise_pixels(image))

@@ -7,6 +7,7 @@ formats are encoded to JPEG at the given quality.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 from functools import partial
@@ -44,10 +45,9 @@ def write_insightface_rec(out_dir: str | os.PathLike, samples: Iterable[tuple[in
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rec_path = out_dir / "train.rec"
     first_keys: list[int] = []  # first image key of each label
     key = 1
-    with RecordIOWriter(rec_path) as writer:
+    with RecordIOWriter(out_dir / "train.rec") as writer:
         writer.write(0, pack(IRHeader(0, [0.0, 0.0], 0, 1), b""))
         for label, jpeg in samples:
             if label != len(first_keys) - 1:
@@ -92,8 +92,7 @@ def validated_samples(paths: list[Path], labels: np.ndarray, workers: int, quali
     """
     errors: list[str] = []
     read = partial(read_face, quality=quality)
-    pool = multiprocessing.Pool(workers) if workers > 1 else None
-    try:
+    with multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:  # exit: terminate
         results = pool.imap(read, paths, chunksize=64) if pool else map(read, paths)
         if progress is not None:
             results = progress(results, len(paths))
@@ -102,9 +101,6 @@ def validated_samples(paths: list[Path], labels: np.ndarray, workers: int, quali
                 errors.append(error)
             elif not errors:  # after the first error nothing more is written; keep scanning to list all
                 yield label, jpeg
-    finally:
-        if pool is not None:
-            pool.terminate()
     if errors:
         listed = "\n  ".join(errors[:_MAX_LISTED_ERRORS])
         unlisted = len(errors) - _MAX_LISTED_ERRORS

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, List, Optional
 
-from insightface_adadistill.commands.common import add_config_arguments, command_parser, parse_config_args
+from insightface_adadistill.commands.common import (add_config_arguments, command_parser, parse_config_args,
+                                                    process_group)
 
 SUMMARY = "embed every training image (plain and mirrored) with the teacher, once"
 DTYPES = ("fp32", "fp16", "bf16")
@@ -26,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(parser)
     parser.usage = (f"{parser.prog} CONFIG [--set KEY=VALUE ...] [--out DIR] [--dtype {{{','.join(DTYPES)}}}] "
                     "[--batch-size N]")
-    parser.add_argument("--out", type=Path, metavar="DIR", help="cache folder (default: the config's teacher_cache, else "
-                                                 "<output>_teacher_cache)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="cache folder (default: the config's teacher_cache, else <output>_teacher_cache)")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32",
                         help="row storage: fp32 (exact), fp16 or bf16 (half the disk; deviation in "
                              "docs/teacher-cache.md)")
@@ -63,14 +64,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _build(cfg: Any, folder: Path, spec: Any, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from insightface_adadistill import distributed
     from insightface_adadistill.cache import build_teacher_cache
     from insightface_adadistill.cache.store import array_bytes
     from insightface_adadistill.data.datasets import build_dataset
     from insightface_adadistill.training.monitor import resolve_progress_bar
 
-    dist = distributed.init_distributed(cfg.device)
-    try:
+    with process_group(cfg.device) as dist:
         dataset = build_dataset(cfg.rec, cfg.num_classes, cfg.seed)
         bar = tqdm(total=0, unit="img", desc="teacher cache", file=sys.stderr,
                    disable=not (dist.is_main and resolve_progress_bar(cfg.progress_bar, sys.stderr)))
@@ -87,8 +86,6 @@ def _build(cfg: Any, folder: Path, spec: Any, args: argparse.Namespace) -> int:
                                        num_workers=cfg.num_workers, progress=progress)
         seconds = time.perf_counter() - started
         bar.close()
-    finally:
-        distributed.destroy_distributed()
     if dist.is_main:
         size = array_bytes(manifest["shape"], manifest["dtype"]) / 2 ** 30
         rate = f", {done[0] * dist.world_size / seconds:.0f} images/s" if done[0] else " (already complete)"

@@ -1,10 +1,11 @@
 """What every command shares: its parser (help that shows defaults), the `CONFIG [--set KEY=VALUE ...]`
-arguments, `--embedding-size`, `--device` and the error line."""
+arguments, `--embedding-size`, `--device`, the process group and the error line."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional
 
 from insightface_adadistill.errors import LaunchError, SettingError
 
@@ -65,6 +66,18 @@ def add_embedding_size(parser: argparse.ArgumentParser) -> None:
 def print_error(command: str, message: object) -> None:
     """The one error block every command prints: `adadistill <command>: error: <message>`."""
     print(f"adadistill {command}: error: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def process_group(device: str) -> Iterator[Any]:
+    """The `DistInfo` of `distributed.init_distributed(device)`; the group is destroyed however the block ends."""
+    from insightface_adadistill import distributed
+
+    dist = distributed.init_distributed(device)
+    try:
+        yield dist
+    finally:
+        distributed.destroy_distributed()
 
 
 def pick_device(requested: Optional[str]) -> Any:

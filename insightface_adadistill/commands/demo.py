@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from insightface_adadistill.commands.common import command_parser
+from insightface_adadistill.commands.common import command_parser, process_group
 
 SUMMARY = "synthetic identities -> teacher, student, AdaDistill student -> report"
 
@@ -27,9 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: gpu when CUDA is available and allowed by --device, else cpu; "
                              "quick: a seconds-long smoke run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of every run")
-    parser.add_argument("--max-steps", type=int, default=None,
-                        metavar="N", help="stop every run after N steps (a smoke test of a preset; default: the preset's "
-                                       "full schedule)")
+    parser.add_argument("--max-steps", type=int, default=None, metavar="N",
+                        help="stop every run after N steps (a smoke test of a preset; default: the preset's full "
+                             "schedule)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into an --out that holds other files (the demo's own names are replaced)")
     return parser
@@ -44,19 +44,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from insightface_adadistill import distributed
     from insightface_adadistill.demo.presets import pick_preset
     from insightface_adadistill.demo.run import demo_output, run_pipeline, write_outputs
 
     started = time.perf_counter()
     preset = pick_preset(args.preset, args.device)
     with demo_output(args.out, args.overwrite) as out:  # OutputFolderError for a folder the demo did not write
-        dist = distributed.init_distributed(args.device)
-        try:
+        with process_group(args.device) as dist:
             outcome = run_pipeline(preset, out, dist, seed=args.seed, device=args.device,
                                    max_steps=args.max_steps, on_stage=print_stage)
-        finally:
-            distributed.destroy_distributed()
         print_stage(4, "writing the report")
         meta = {"device": torch.cuda.get_device_name(dist.device) if dist.device.type == "cuda" else "cpu",
                 "seed": args.seed, "total_seconds": time.perf_counter() - started}

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from insightface_adadistill.commands.common import command_parser, print_error
+from insightface_adadistill.commands.common import command_parser, print_error, process_group
 
 SUMMARY = "print a teacher cache's manifest; --verify K recomputes K rows"
 
@@ -29,7 +29,6 @@ def _verify(cache: Any, count: int, seed: int, device: str) -> Dict[str, Any]:
     """Re-open the dataset and the teacher the manifest names, check both still match, compare rows."""
     import numpy as np
 
-    from insightface_adadistill import distributed
     from insightface_adadistill.cache import TeacherSpec, run_identity, verify_rows
     from insightface_adadistill.cache.manifest import check_manifest
     from insightface_adadistill.data.datasets import build_dataset
@@ -40,14 +39,11 @@ def _verify(cache: Any, count: int, seed: int, device: str) -> Dict[str, Any]:
                        teacher["precision"], teacher["channels_last"])
     dataset = build_dataset(data["rec"], data["num_classes"], data["seed"])
     check_manifest(cache.manifest, run_identity(spec, dataset, data["rec"]), cache.folder)
-    dist = distributed.init_distributed(device)
-    try:
+    with process_group(device) as dist:
         model = build_teacher(spec.network, spec.weights, spec.embedding_size, dist.device,
                               dtype=spec.precision, channels_last=spec.channels_last)
         rows = np.random.default_rng(seed).choice(len(dataset), size=min(count, len(dataset)), replace=False)
         return verify_rows(cache, dataset, model, indices=sorted(rows.tolist()), device=dist.device)
-    finally:
-        distributed.destroy_distributed()
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("make-rec", "Pack a folder of aligned 112x112 faces (one sub-folder per identity, "
                                         "sorted names give labels 0..C-1) into OUT_DIR/train.rec, train.idx "
                                         "and property.")
-    parser.add_argument("src", type=Path, metavar="SRC_FOLDER", help="folder with one sub-folder of images per identity")
+    parser.add_argument("src", type=Path, metavar="SRC_FOLDER",
+                        help="folder with one sub-folder of images per identity")
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="where train.rec, train.idx and property go")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
                         help="processes reading and checking images (default: all cores)")

@@ -6,7 +6,8 @@ import argparse
 import os
 from typing import List, Optional
 
-from insightface_adadistill.commands.common import add_config_arguments, command_parser, parse_config_args
+from insightface_adadistill.commands.common import (add_config_arguments, command_parser, parse_config_args,
+                                                    process_group)
 
 SUMMARY = "train or distil from an arcface_torch config (1 process, or under torchrun)"
 
@@ -22,15 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of `adadistill train` and `torchrun -m insightface_adadistill train`."""
     args = parse_config_args(build_parser(), argv)
-    from insightface_adadistill import distributed
     from insightface_adadistill.config import load_config
     from insightface_adadistill.training.train import train
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun; the derived keys need it
     cfg = load_config(args.config, args.overrides, world_size=world_size)
-    dist = distributed.init_distributed(cfg.device)
-    try:
+    with process_group(cfg.device) as dist:
         train(cfg, dist)
-    finally:
-        distributed.destroy_distributed()
     return 0

@@ -34,17 +34,15 @@ def resolve_config_path(path: Union[str, os.PathLike]) -> Path:
     """
     given = Path(path)
     candidates = [given, given.with_name(given.name + ".py")]
-    shipped = Path(__file__).resolve().parents[2] / "recipes"  # a source checkout or an editable install
-    shipped = shipped if shipped.is_dir() else None
-    if len(given.parts) == 1 and shipped is not None:
+    shipped = Path(__file__).resolve().parents[2] / "recipes"  # in a source checkout or an editable install
+    if len(given.parts) == 1:
         candidates += [shipped / given.name, shipped / (given.name + ".py")]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    names = sorted(p.stem for p in shipped.glob("*.py")) if shipped is not None else []
-    close = difflib.get_close_matches(given.stem, names, n=3)
+    close = difflib.get_close_matches(given.stem, sorted(p.stem for p in shipped.glob("*.py")), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    where = f"; shipped recipes are in {shipped}" if shipped is not None else ""
+    where = f"; shipped recipes are in {shipped}" if shipped.is_dir() else ""
     if given.is_dir():
         raise ConfigError(str(path), [f"is a folder, not a config file; name the .py file{where}"])
     raise ConfigError(str(path), [f"no such config file or recipe name{where}.{hint}"])

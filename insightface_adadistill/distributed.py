@@ -149,12 +149,8 @@ def barrier() -> None:
 
 
 def wait_for_main() -> None:
-    """Barrier on the long-timeout gloo side group: rank 0 may spend minutes here first.
-
-    Why a side group: the main group's timeout (and NCCL's watchdog) would kill ranks that sit in
-    a collective while rank 0 verifies. A gloo barrier runs on the CPU and only honours the side
-    group's `wait_timeout_minutes`. Without `init_distributed` it falls back to `barrier()`.
-    """
+    """Barrier on the long-timeout gloo side group (`init_distributed`): rank 0 may spend minutes
+    here first. Without `init_distributed` it falls back to `barrier()`."""
     if get_world_size() == 1:
         return
     if _wait_group is None:
@@ -201,8 +197,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
 
 
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """(B, ...) -> (W*B, ...) in rank order; backward returns W x the sum over ranks of the local
-    chunk's gradient, which DDP's average over ranks turns into the global-mean loss's gradient."""
+    """(B, ...) -> (W*B, ...) in rank order, with arcface_torch's gradient convention (module doc)."""
     if get_world_size() == 1:
         return tensor
     return _AllGatherWithGrad.apply(tensor)

@@ -1,15 +1,11 @@
 """Errors a person can fix from the message alone; the command line shows them without a traceback.
 
-Every layer may import this module (it imports nothing). Raise the subclass that says what kind of
-input was wrong, with a message that names the file or key, the value and the fix. Each subclass
-also derives from the built-in type callers already catch (`FileNotFoundError`, `ValueError`, ...),
-so `except ValueError` keeps working. Types that belong to one layer derive from `UserError` there:
-`config.ConfigError`, the data format errors (through `DataError`), `training.checkpoint.CheckpointError`,
-`training.checkpoint.ResumeError`, `training.checkpoint.CheckpointSaveError`, `outputs.OutputFolderError`,
-`training.train.NonFiniteLossError`,
-`training.compile.CompileError`. Anything that is not a `UserError` is treated as a bug and
-keeps its traceback; `adadistill --debug` (or ADADISTILL_DEBUG=1) shows it for user errors too.
-See docs/cli.md.
+Raise the subclass that says what kind of input was wrong, with a message that names the file or
+key, the value and the fix. Each subclass also derives from the built-in type callers already catch
+(`FileNotFoundError`, `ValueError`, ...), so `except ValueError` keeps working; types that belong to
+one layer (`config.ConfigError`, `outputs.OutputFolderError`, ...) derive from `UserError` there.
+Anything that is not a `UserError` is treated as a bug and keeps its traceback; `adadistill --debug`
+(or ADADISTILL_DEBUG=1) shows it for user errors too. See docs/cli.md.
 """
 from __future__ import annotations
 

@@ -1,26 +1,13 @@
 """The one output contract of every command that writes: nothing replaced, nothing mixed, unasked.
 
-`claim_output(folder, command)` claims a folder, `claim_file(path, command)` a single output file;
-every writing command calls one of them before it writes anything. A folder is
-
-- created when missing; "is a file" (Errno 17/20), read-only (Errno 30) and permission errors
-  become one `OutputFolderError` that names the folder and the fix;
-- of one kind: a run, a dataset, a teacher cache, evaluation results or a demo. The kind is
-  recorded in `.adadistill-output.json`; a folder without that record (made by an older release,
-  by arcface_torch or by im2rec) is recognised by its files (`folder_kind`). A folder of another
-  kind is refused, naming its kind and the flag that allows writing into it anyway;
-- held by one job at a time: an exclusive `fcntl.flock` on `.adadistill.lock` for as long as the
-  context is open, so a second job on the same folder is refused with the first one's pid, host and
-  start time. Under torchrun only the launching rank (rank 0) claims. Where the filesystem refuses
-  locks (ENOLCK/EOPNOTSUPP, e.g. some NFS or FUSE mounts) the claim succeeds with a warning.
-
-A refused claim leaves the folder exactly as it was: the kind and same-name checks run before
-anything is made, and a refusal by the command's own `check` (run with the lock held, e.g. train's
-"already holds a run") removes the lock file, the kind record and the folder the claim created.
-A claim that ends with nothing written (an input error before the first file) is undone the same
-way. `staged(folder)` makes an output of several files appear whole or not at all.
-Whether files of the same kind may be replaced is the command's decision: `replaces` names the
-files it would write, which then need `overwrite`. See docs/safety.md.
+Every writing command calls `claim_output(folder, command)` or `claim_file(path, command)` before
+it writes anything, and writes through `atomic_write` or `staged` (whole or not at all). A claimed
+folder is of one kind (a run, a dataset, a teacher cache, evaluation results or a demo), recorded in
+`.adadistill-output.json` or, where an older release, arcface_torch or im2rec made it, shown by its
+files (`folder_kind`); it is held by one job at a time (`flock` on `.adadistill.lock`; under
+torchrun only rank 0 claims; where the filesystem refuses locks, e.g. some NFS or FUSE mounts, the
+claim succeeds with a warning). A refused claim, or one that ends with nothing written, leaves the
+folder exactly as it was. The rules and their tests: docs/safety.md#outputs.
 """
 from __future__ import annotations
 
@@ -45,6 +32,8 @@ LOCK_FILE = ".adadistill.lock"
 KIND_FILE = ".adadistill-output.json"
 CLAIM_FILES = (LOCK_FILE, KIND_FILE)  # what a claim adds to a folder; not the job's output
 _NO_LOCK_SUPPORT = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+_REASONS = {errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+            errno.ENOSPC: "no space left on device"}
 
 # the kind of folder each writing command makes
 KIND_OF_COMMAND = {"train": "run", "host-train": "run", "convert-host-checkpoint": "run",
@@ -184,11 +173,9 @@ def claim_file(path: str | os.PathLike, command: str, *, overwrite: bool = False
         if example is None:
             raise OutputFolderError(f"{path} exists; pass {overwrite_flag(command)} to replace it")
         raise OutputFolderError(f"{path} exists; choose another file name{_or_overwrite(command, 'replace it')}")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputFolderError(f"cannot write {path}: {parent} is a file, not a folder")
-            break
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise OutputFolderError(f"cannot write {path}: {parent} is a file, not a folder")
     return path
 
 
@@ -247,15 +234,9 @@ def _check_writable(folder: Path) -> None:
 
 
 def _reason(exc: OSError) -> str:
-    if exc.errno == errno.EROFS:
-        return "read-only filesystem"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
     if exc.errno in (errno.EEXIST, errno.ENOTDIR):
         return f"{exc.filename} is a file, not a folder"
-    if exc.errno == errno.ENOSPC:
-        return "no space left on device"
-    return exc.strerror or str(exc)
+    return _REASONS.get(exc.errno, exc.strerror or str(exc))
 
 
 def _read_bytes(path: Path) -> Optional[bytes]:

@@ -23,16 +23,12 @@ HYPERPARAMETER_TYPES = ("argparse.Namespace", "pytorch_lightning.utilities.parsi
                         "lightning.fabric.utilities.data.AttributeDict")
 
 
-def _torch_version() -> tuple:
-    return tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-
-
 def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
     """Load a torch checkpoint with `weights_only=True`; errors name the file and the fix.
 
     `mmap=True` maps the tensors instead of reading them, for a look at a large file's small entries.
     """
-    if _torch_version() < MIN_TORCH:
+    if tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < MIN_TORCH:
         raise RuntimeError(
             f"torch {torch.__version__} is too old to load checkpoints safely (weights_only had "
             f"bypasses before 2.10); install torch>={'.'.join(map(str, MIN_TORCH))}"

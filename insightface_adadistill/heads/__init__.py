@@ -1,10 +1,9 @@
 """Classification and distillation heads: margins, Partial FC, AdaDistill and the paper's baselines.
 
-Every head is sharded over ranks like arcface_torch's Partial FC and is called the same way:
-`loss, stats = head(local_embeddings, local_labels, teacher=local_teacher_embeddings)` (`teacher`
-only for heads whose `HeadSpec` has `teacher_embeddings`), the stats keyed by their TensorBoard tag
-(docs/heads.md). `build_head(distill, HeadArgs(...))` picks one by the config's `distill` key;
-`head_spec(distill)` says what it needs.
+Every head is sharded over ranks like arcface_torch's Partial FC and is called the same way
+(docs/heads.md): `loss, stats = head(local_embeddings, local_labels, teacher=local_teacher_embeddings)`.
+`build_head(distill, HeadArgs(...))` picks one by the config's `distill` key; `head_spec(distill)` says
+what it needs.
 """
 from __future__ import annotations
 

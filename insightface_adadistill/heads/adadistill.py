@@ -20,13 +20,11 @@ from insightface_adadistill.heads.spec import HEADS, HeadArgs, HeadSpec
 
 Alpha = Union[str, float]
 ROW_STATS = ("alpha", "alpha_weighted", "centre_teacher_cos", "student_teacher_cos", "momentum")
-_MOMENTUM_OF = {"plain": "alpha", "weighted": "alpha_weighted"}
+_MOMENTUM_OF = {"weighted": "alpha_weighted", "plain": "alpha"}  # the named `distill_alpha` modes
+ALPHA_RULE = "'weighted', 'plain' or a float in (0, 1)"
 
 
 # ---------------------------------------------------------------- pure functions
-
-ALPHA_MODES = ("weighted", "plain")
-ALPHA_RULE = "'weighted', 'plain' or a float in (0, 1)"
 
 
 def alpha_is_valid(alpha: object) -> bool:
@@ -34,7 +32,7 @@ def alpha_is_valid(alpha: object) -> bool:
     strictly inside (0, 1): 1 never moves the centres off their random init, 0 replaces each
     centre by the last teacher embedding; neither is the paper's fixed-alpha baseline."""
     if isinstance(alpha, str):
-        return alpha in ALPHA_MODES
+        return alpha in _MOMENTUM_OF
     return isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and 0.0 < alpha < 1.0
 
 
@@ -114,14 +112,8 @@ class AdaDistillHead(ShardedHead):
     never given a gradient, and `visited` (num_local,) bool, whether a class has been updated yet.
     Each training-mode forward all-gathers student (with gradient), teacher and labels, updates
     the centres this rank owns from the global batch, then computes the loss with the UPDATED
-    centres. In eval mode the centres are left alone.
-
-    forward(local_embeddings (B, E) student, local_labels (B,), *, teacher (B, E)) -> HeadOutput.
-    Its stats are detached device tensors, global over all ranks: `train/target_prob` and, in
-    training mode, the 0-dim means `distill/alpha`, `distill/alpha_weighted`,
-    `distill/centre_teacher_cos`, `distill/student_teacher_cos`, `distill/visited_fraction`,
-    `distill/centre_norm`, and `distill/alpha_per_sample` (N,), the momentum actually applied to
-    each sample (for a histogram).
+    centres. In eval mode the centres are left alone. The stats, global over all ranks, are
+    `train/target_prob` and, in training mode, the `distill/` tags of docs/heads.md.
     """
 
     def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], embedding_size: int,

@@ -24,17 +24,11 @@ from insightface_adadistill.heads.spec import HEADS, HeadArgs, HeadSpec
 # ---------------------------------------------------------------- pure functions
 
 def feature_distance(local_student: torch.Tensor, local_teacher: torch.Tensor, world_size: int) -> torch.Tensor:
-    """Global-batch mean of |s - t|^2 (summed over dimensions) of L2-normalised embeddings.
+    """Global-batch mean (0-dim) of |s - t|^2 = 2 - 2 cos of the L2-normalised (B, E) embeddings.
 
-    Each rank holds B of the N = W*B samples. The value is the global mean, identical on every
-    rank; the gradient is that of this rank's own mean (its sum / B), W times its share of the
-    global mean's gradient, which DDP's average over the W ranks turns into the global mean's
-    gradient (the host's convention, as `all_gather_with_grad`). |s - t|^2 = 2 - 2 cos.
-
-    Args:
-        local_student, local_teacher: (B, E).
-    Returns:
-        0-dim tensor.
+    The value is identical on every rank; the gradient is that of this rank's own mean, which DDP's
+    average over the W ranks turns into the global mean's (the host's convention, as
+    `all_gather_with_grad`).
     """
     student, teacher = F.normalize(local_student.float()), F.normalize(local_teacher.float())
     local_mean = (student - teacher).pow(2).sum() / local_student.shape[0]
@@ -49,9 +43,7 @@ class FixedClassifierHead(ShardedHead):
 
     Buffer `weight` (num_local, E): this rank's rows of the teacher's full (C, E) classifier (the
     arcface_torch Partial FC shards concatenated in rank order; the published code's `kernel` is
-    (E, C) and must be transposed first). forward(local_embeddings (B, E), local_labels (B,)) ->
-    HeadOutput with `train/target_prob`; the teacher's embeddings are not needed and a `teacher`
-    is ignored.
+    (E, C) and must be transposed first). The teacher's embeddings are not needed.
     """
 
     def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], embedding_size: int,
@@ -68,10 +60,6 @@ class FixedClassifierHead(ShardedHead):
         frozen = reshard_weight(teacher_classifier.detach().float(), self.margin_softmax.rank,
                                 self.margin_softmax.world_size)
         self.register_buffer("weight", frozen)
-
-    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor, *,
-                teacher: Optional[torch.Tensor] = None) -> HeadOutput:
-        return self.classify(local_embeddings, local_labels)
 
 
 class FeatureKDHead(ShardedHead):
@@ -93,7 +81,7 @@ class FeatureKDHead(ShardedHead):
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor, *,
                 teacher: Optional[torch.Tensor] = None) -> HeadOutput:
         self.check_teacher(local_embeddings, teacher)
-        margin_loss, stats = self.classify(local_embeddings, local_labels)
+        margin_loss, stats = super().forward(local_embeddings, local_labels)
         distance = feature_distance(local_embeddings, teacher, self.margin_softmax.world_size)
         stats["distill/feature_distance"] = distance.detach()
         return HeadOutput(margin_loss + self.kd_weight * distance, stats)

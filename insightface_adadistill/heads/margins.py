@@ -3,16 +3,14 @@ with arcface_torch's `CombinedMarginLoss(s, m1, m2, m3)` interface, and AdaFace 
 CVPR 2022), whose margin adapts to each sample's feature norm (`AdaFaceMargin`).
 
 A margin is a callable `(cos (N, C), labels (N,)) -> (N, C)` scaled logits, labels being the local
-column or -1. A margin that sets `needs_norms = True` (AdaFace) is called with a third argument,
-the (N,) L2 norms of the gathered embeddings before normalisation (no gradient), and provides
-`stats()`, its TensorBoard values; `ShardedMarginSoftmax` is the one caller (docs/heads.md).
-The config's `margin` key picks one of `MARGINS`.
+column or -1; one with `needs_norms = True` (AdaFace) also takes the (N,) detached norms of the
+gathered embeddings and provides `stats()` (docs/heads.md, "The seam"). The config's `margin` key
+picks one of `MARGINS`.
 
-Margins are given as arcface_torch's `margin_list = (m1, m2, m3)`:
-  ArcFace  (1, m, 0): target logit s * cos(theta + m)
-  CosFace  (1, 0, m): target logit s * (cos theta - m)
-Every non-target logit is s * cos theta. Any other form (SphereFace m1 != 1, combined arc + cos
-margins) is refused, where arcface_torch silently picks one branch.
+Margins are given as arcface_torch's `margin_list = (m1, m2, m3)`: ArcFace (1, m, 0), target logit
+s * cos(theta + m); CosFace (1, 0, m), target logit s * (cos theta - m); every non-target logit is
+s * cos theta. Any other form (SphereFace m1 != 1, combined arc + cos margins) is refused, where
+arcface_torch silently picks one branch.
 
 ArcFace gradient, two choices:
 - straight-through (default; current arcface_torch): d out / d cos = s for every entry. The host
@@ -83,11 +81,6 @@ def arcface_target(cos: torch.Tensor, margin: float, exact_grad: bool = False) -
     return torch.where(cos > math.cos(math.pi - margin), shifted, fallback)
 
 
-def cosface_target(cos: torch.Tensor, margin: float) -> torch.Tensor:
-    """cos theta - margin for target cosines `cos` (M,)."""
-    return cos - margin
-
-
 def interclass_filter(cos: torch.Tensor, labels: torch.Tensor, threshold: float) -> torch.Tensor:
     """Zero every cosine above `threshold` except each positive row's own target (arcface_torch 2.5).
 
@@ -99,6 +92,18 @@ def interclass_filter(cos: torch.Tensor, labels: torch.Tensor, threshold: float)
         column = labels.clamp(min=0).unsqueeze(1)  # (N, 1)
         keep.scatter_(1, column, keep.gather(1, column) | (labels >= 0).unsqueeze(1))
     return cos * keep.to(cos.dtype)
+
+
+def _scaled_logits(cos: torch.Tensor, labels: torch.Tensor, s: float,
+                   target_logit: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """s * cos, each positive row's target cosine t (N,) replaced by `target_logit(t)`.
+
+    Masks rather than nonzero(): no data-dependent shapes, so no host sync on CUDA.
+    """
+    column = labels.clamp(min=0).unsqueeze(1)  # (N, 1)
+    target = cos.gather(1, column).squeeze(1)  # (N,)
+    target = torch.where(labels >= 0, target_logit(target), target)
+    return cos.scatter(1, column, target.unsqueeze(1)) * s
 
 
 class CombinedMarginLoss(nn.Module):
@@ -131,16 +136,9 @@ class CombinedMarginLoss(nn.Module):
             return cos * self.s
         if self.interclass_filtering_threshold > 0:
             cos = interclass_filter(cos, labels, self.interclass_filtering_threshold)
-        # Masks rather than nonzero(): no data-dependent shapes, so no host sync on CUDA.
-        positive = labels >= 0
-        column = labels.clamp(min=0).unsqueeze(1)  # (N, 1)
-        target = cos.gather(1, column).squeeze(1)  # (N,)
         if self.is_arcface:
-            with_margin = arcface_target(target, self.m2, self.exact_grad)
-        else:
-            with_margin = cosface_target(target, self.m3)
-        target = torch.where(positive, with_margin, target)
-        return cos.scatter(1, column, target.unsqueeze(1)) * self.s
+            return _scaled_logits(cos, labels, self.s, lambda target: arcface_target(target, self.m2, self.exact_grad))
+        return _scaled_logits(cos, labels, self.s, lambda target: target - self.m3)
 
     def extra_repr(self) -> str:
         kind = "arcface" if self.is_arcface else "cosface"
@@ -186,12 +184,9 @@ class AdaFaceMargin(nn.Module):
     z = -1 (low norm, a poor image) is ArcFace with m, z = 0 CosFace with m, z = 1 an angle of -m
     and an additive 2m. The gradient is the true derivative (as the authors' code), none through n.
 
-    Buffers `norm_mean`, `norm_std` (0-dim, start at 20 and 100): each training-mode call first
-    moves them towards the batch's mean and unbiased std of the clipped norms with momentum
-    `t_alpha`, then uses them (a batch with a non-finite norm leaves them unchanged, so a skipped
-    step cannot poison them); eval mode only reads them. The caller passes the norms of the whole
-    gathered batch, so every rank holds the same statistics and W ranks equal one rank with W times
-    the batch (the authors' code keeps one estimate per GPU).
+    Buffers `norm_mean`, `norm_std` (0-dim, start at 20 and 100): the running statistics of the
+    norms (docs/heads.md), moved before use in training mode, only read in eval mode. The caller
+    passes the whole gathered batch's norms, so every rank holds the same statistics.
     """
 
     needs_norms = True
@@ -230,12 +225,8 @@ class AdaFaceMargin(nn.Module):
         cos = cos.clamp(-1.0 + ADAFACE_EPS, 1.0 - ADAFACE_EPS)
         if cos.shape[1] == 0:
             return cos * self.s
-        column = labels.clamp(min=0).unsqueeze(1)  # (N, 1)
-        target = cos.gather(1, column).squeeze(1)  # (N,)
-        angle = (torch.acos(target) - self.m * z).clamp(ADAFACE_EPS, math.pi - ADAFACE_EPS)
-        with_margin = torch.cos(angle) - (self.m + self.m * z)
-        target = torch.where(labels >= 0, with_margin, target)
-        return cos.scatter(1, column, target.unsqueeze(1)) * self.s
+        return _scaled_logits(cos, labels, self.s, lambda t: torch.cos(
+            (torch.acos(t) - self.m * z).clamp(ADAFACE_EPS, math.pi - ADAFACE_EPS)) - (self.m + self.m * z))
 
     def stats(self) -> Dict[str, torch.Tensor]:
         """The running statistics, by their TensorBoard tags (detached copies, no host sync)."""

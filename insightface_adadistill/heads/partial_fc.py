@@ -5,11 +5,7 @@ margin softmax and a cross-entropy whose softmax spans every rank's columns.
 `ShardedMarginSoftmax` is the one logits -> sampling -> margin -> cross-entropy path. It takes the
 centres as an argument, so where they come from is the head's business: learned (`PartialFC`),
 distilled from the teacher (`AdaDistillHead`) or the teacher's frozen classifier
-(`FixedClassifierHead`).
-
-Every head is called the same way (docs/heads.md): `head(local_embeddings, local_labels, *,
-teacher=None)` returns a `HeadOutput(loss, stats)`, the stats keyed by their TensorBoard tag. All
-ranks must pass the same B.
+(`FixedClassifierHead`). All ranks must pass the same B.
 
 Labels: int64 global class ids of shape (B,) or (B, 1) in [0, num_classes). Their range is the
 data side's to check, once, before training (`data.datasets.build_dataset` against the config's
@@ -44,23 +40,6 @@ class HeadOutput(NamedTuple):
 
 
 # ---------------------------------------------------------------- pure functions
-
-def localise_labels(labels: torch.Tensor, class_start: int, num_local: int) -> torch.Tensor:
-    """Global class ids (N,) -> column in this rank's shard, or -1 where another rank owns the class."""
-    local = labels - class_start
-    return torch.where((local >= 0) & (local < num_local), local, torch.full_like(local, -1))
-
-
-def check_label_type(labels: torch.Tensor) -> None:
-    """Raise unless `labels` (B,) are a non-empty int64 tensor; reads only metadata (no sync)."""
-    if labels.dtype != torch.int64:
-        raise TypeError(f"labels must be int64 (torch.long) class ids, got {labels.dtype}; convert "
-                        f"them in the data loader with `.long()` (a float tensor here usually means "
-                        f"the embeddings were passed as labels: every head takes "
-                        f"head(embeddings, labels, teacher=...))")
-    if labels.numel() == 0:
-        raise ValueError("the batch is empty; every rank needs at least one sample per step")
-
 
 def reshard_weight(full_weight: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     """This rank's rows (num_local, E) of a full (C, E) centre matrix, e.g. to resume on another world size.
@@ -191,13 +170,21 @@ class ShardedMarginSoftmax(nn.Module):
         return all_gather_with_grad(local_embeddings.float())
 
     def gather_labels(self, local_labels: torch.Tensor) -> torch.Tensor:
-        """(B,) or (B, 1) global ids -> (W*B,) columns of this rank's shard, -1 elsewhere."""
+        """(B,) or (B, 1) int64 global ids -> (W*B,) columns of this rank's shard, -1 elsewhere.
+
+        The checks read only metadata (no host sync)."""
         if get_world_size() != self.world_size:
             raise RuntimeError(f"this head was built for world size {self.world_size} but the process group "
                                f"now has {get_world_size()}; build heads after init_distributed()")
-        local_labels = local_labels.reshape(-1)
-        check_label_type(local_labels)
-        return localise_labels(all_gather_tensor(local_labels), self.class_start, self.num_local)
+        if local_labels.dtype != torch.int64:
+            raise TypeError(f"labels must be int64 (torch.long) class ids, got {local_labels.dtype}; convert "
+                            f"them in the data loader with `.long()` (a float tensor here usually means "
+                            f"the embeddings were passed as labels: every head takes "
+                            f"head(embeddings, labels, teacher=...))")
+        if local_labels.numel() == 0:
+            raise ValueError("the batch is empty; every rank needs at least one sample per step")
+        local = all_gather_tensor(local_labels.reshape(-1)) - self.class_start
+        return torch.where((local >= 0) & (local < self.num_local), local, torch.full_like(local, -1))
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor) -> HeadOutput:
         """Global-mean margin-softmax loss (0-dim, identical on all ranks) and `train/target_prob`.
@@ -226,20 +213,14 @@ class ShardedMarginSoftmax(nn.Module):
         loss, p_target = distributed_cross_entropy(logits, labels)
         return HeadOutput(loss, {**stats, "train/target_prob": p_target.mean()})
 
-    def sampler_state(self) -> Optional[torch.Tensor]:
-        return None if self.sampler is None else self.sampler.state()
-
-    def load_sampler_state(self, state: Optional[torch.Tensor]) -> None:
-        if self.sampler is not None and state is not None:
-            self.sampler.load_state(state)
-
 
 class ShardedHead(nn.Module):
-    """What every head shares: its `ShardedMarginSoftmax`, the gathers and the sampler state.
+    """What every head shares: its `ShardedMarginSoftmax`, the gathers, the sampler state and the
+    forward of a head that only classifies.
 
-    Subclasses add the centres (`weight`) and `forward(local_embeddings (B, E), local_labels (B,),
-    *, teacher=None (B, E)) -> HeadOutput`; their registration's `HeadSpec` says whether `teacher`
-    is required (heads that do not distil ignore it).
+    Subclasses add the centres (`weight`); a head that distils overrides `forward(local_embeddings
+    (B, E), local_labels (B,), *, teacher=None (B, E)) -> HeadOutput`. Their registration's
+    `HeadSpec` says whether `teacher` is required (heads that do not distil ignore it).
     """
 
     def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], embedding_size: int,
@@ -276,17 +257,20 @@ class ShardedHead(nn.Module):
             raise ValueError(f"{name}: teacher embeddings {tuple(teacher.shape)} and "
                              f"student embeddings {tuple(local_embeddings.shape)} must have the same shape")
 
-    def classify(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> HeadOutput:
+    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor, *,
+                teacher: Optional[torch.Tensor] = None) -> HeadOutput:
         """Gather, then margin softmax against this head's `weight` (num_local, E)."""
         embeddings, labels = self.gather(local_embeddings, local_labels)
         return self.margin_softmax(embeddings, labels, self.weight)
 
     def sampler_state(self) -> Optional[torch.Tensor]:
         """The negative sampler's generator state (None without sampling), for checkpoints."""
-        return self.margin_softmax.sampler_state()
+        sampler = self.margin_softmax.sampler
+        return None if sampler is None else sampler.state()
 
     def load_sampler_state(self, state: Optional[torch.Tensor]) -> None:
-        self.margin_softmax.load_sampler_state(state)
+        if self.margin_softmax.sampler is not None and state is not None:
+            self.margin_softmax.sampler.load_state(state)
 
 
 class PartialFC(ShardedHead):
@@ -301,10 +285,6 @@ class PartialFC(ShardedHead):
                  num_classes: int, sample_rate: float = 1.0, seed: int = 0) -> None:
         super().__init__(margin_loss, embedding_size, num_classes, sample_rate, seed)
         self.weight = nn.Parameter(init_centres(self.num_local, embedding_size))
-
-    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor, *,
-                teacher: Optional[torch.Tensor] = None) -> HeadOutput:
-        return self.classify(local_embeddings, local_labels)
 
 
 # ---------------------------------------------------------------- registration

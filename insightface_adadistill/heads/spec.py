@@ -1,10 +1,8 @@
 """The head registry: each head's factory and its declaration of what it needs from a run.
 
 A head module registers its factory with `@HEADS.register(spec=HeadSpec(...))`. The spec is the
-one place that says what the head needs: the config check (teacher keys, `teacher_cache`,
-`teacher_classifier`, the margin), the trainer and `host-train` (whether to load a teacher or the
-teacher's classifier), the demo and `build_head` all read it, so adding a head is one new module
-plus its tests (docs/heads.md).
+one place that says what the head needs; the config check, the trainer, `host-train`, the demo and
+`build_head` all read it, so adding a head is one new module plus its tests (docs/heads.md).
 """
 from __future__ import annotations
 
@@ -23,20 +21,12 @@ STANDALONE = "standalone"  # the head `distill = None` selects
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """What a registered head needs from the run.
+    """What a registered head needs from the run (docs/heads.md)."""
 
-    Attributes:
-        teacher_embeddings: the head takes the teacher's (B, E) embeddings every step
-            (`teacher=`), from the teacher's forward or a teacher cache.
-        teacher_classifier: the head is built from the teacher's trained (C, E) classifier.
-        learned_weights: the head owns parameters the optimizer steps (its group in the optimizer).
-        margins: the values of config `margin` the head accepts (`heads.margins.MARGINS`).
-    """
-
-    teacher_embeddings: bool = False
-    teacher_classifier: bool = False
-    learned_weights: bool = False
-    margins: Tuple[str, ...] = MARGINS
+    teacher_embeddings: bool = False  # takes the teacher's (B, E) embeddings every step (`teacher=`)
+    teacher_classifier: bool = False  # is built from the teacher's trained (C, E) classifier
+    learned_weights: bool = False  # owns parameters the optimizer steps
+    margins: Tuple[str, ...] = MARGINS  # the values of config `margin` it accepts
 
 
 @dataclass(frozen=True)

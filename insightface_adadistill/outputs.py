@@ -85,11 +85,8 @@ def _kind_and_evidence(folder: Path) -> Tuple[Optional[str], str]:
         except (ValueError, KeyError, TypeError, OSError) as exc:
             raise OutputFolderError(f"{kind_file} is unreadable ({exc}); it records which kind of output "
                                     f"{folder} holds: delete it if you are sure the folder is free") from exc
-    for kind, names in _SIGNS:
-        found = next((name for name in names if (folder / name).exists()), None)
-        if found is not None:
-            return kind, f"it has {found}"
-    return None, ""
+    found = next(((kind, name) for kind, names in _SIGNS for name in names if (folder / name).exists()), None)
+    return (found[0], f"it has {found[1]}") if found else (None, "")
 
 
 @contextlib.contextmanager

@@ -65,9 +65,8 @@ class FixedClassifierHead(ShardedHead):
 class FeatureKDHead(ShardedHead):
     """Vanilla KD: learned Partial FC loss + `kd_weight` * `feature_distance(student, teacher)`.
 
-    Parameter `weight` (num_local, E), as `PartialFC`. forward(local_embeddings (B, E) student,
-    local_labels (B,), *, teacher (B, E)) -> HeadOutput with `train/target_prob` and
-    `distill/feature_distance` (the unweighted KD term).
+    Parameter `weight` (num_local, E), as `PartialFC`; the stats add `distill/feature_distance`
+    (the unweighted KD term).
     """
 
     def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], embedding_size: int,

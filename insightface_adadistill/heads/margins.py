@@ -12,17 +12,13 @@ s * cos(theta + m); CosFace (1, 0, m), target logit s * (cos theta - m); every n
 s * cos theta. Any other form (SphereFace m1 != 1, combined arc + cos margins) is refused, where
 arcface_torch silently picks one branch.
 
-ArcFace gradient, two choices:
-- straight-through (default; current arcface_torch): d out / d cos = s for every entry. The host
-  computes cos(theta + m) in place under no_grad, so autograd sees the identity; we keep it for
-  parity. No guard for theta + m > pi: the gradient ignores the forward value anyway.
-- exact: the true derivative of cos(theta + m) = x cos m - sqrt(1 - x^2) sin m, i.e.
-  cos m + sin m * x / sqrt(1 - x^2). Past theta + m > pi that derivative changes sign and would push
-  the target away from its centre, so this mode also takes the historical arcface_torch fallback
-  (the formulation of every model-zoo log): where cos theta <= cos(pi - m), the target is
-  cos theta - m sin m (gradient 1). The published AdaDistill code has no such fallback (it computes
-  cos(theta + m) everywhere), so this mode matches it only where theta + m <= pi; see
-  docs/method.md. 1 - x^2 is clamped at 1e-12 so x = +-1 gives a finite gradient.
+ArcFace gradient, two choices (`margin_grad`; why, and which run each matches: docs/method.md):
+- straight-through (default; current arcface_torch): d out / d cos = s for every entry, as the
+  host's in-place cos(theta + m) under no_grad. No guard for theta + m > pi: the gradient ignores it.
+- exact: the true derivative, cos m + sin m * x / sqrt(1 - x^2) (1 - x^2 clamped at 1e-12), with the
+  historical arcface_torch fallback where cos theta <= cos(pi - m), past which that derivative
+  changes sign: the target is then cos theta - m sin m (gradient 1). The published AdaDistill code
+  has no such fallback, so this mode matches it only where theta + m <= pi.
 """
 from __future__ import annotations
 
@@ -180,9 +176,8 @@ class AdaFaceMargin(nn.Module):
 
     Every cosine is clipped to [-1 + eps, 1 - eps] (eps = 1e-3). Each sample's norm n, clipped to
     [0.001, 100], gives the scaler z = clip(h * (n - mean) / (std + eps), -1, 1); the target logit
-    is s * (cos(clip(theta - m * z, eps, pi - eps)) - m - m * z), every other one s * cos theta.
-    z = -1 (low norm, a poor image) is ArcFace with m, z = 0 CosFace with m, z = 1 an angle of -m
-    and an additive 2m. The gradient is the true derivative (as the authors' code), none through n.
+    is s * (cos(clip(theta - m * z, eps, pi - eps)) - m - m * z), every other one s * cos theta
+    (docs/heads.md). The gradient is the true derivative (as the authors' code), none through n.
 
     Buffers `norm_mean`, `norm_std` (0-dim, start at 20 and 100): the running statistics of the
     norms (docs/heads.md), moved before use in training mode, only read in eval mode. The caller

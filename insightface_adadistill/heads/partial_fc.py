@@ -7,10 +7,9 @@ centres as an argument, so where they come from is the head's business: learned 
 distilled from the teacher (`AdaDistillHead`) or the teacher's frozen classifier
 (`FixedClassifierHead`). All ranks must pass the same B.
 
-Labels: int64 global class ids of shape (B,) or (B, 1) in [0, num_classes). Their range is the
-data side's to check, once, before training (`data.datasets.build_dataset` against the config's
-`num_classes`, every sample's label on load), so a step never waits for a device-to-host copy; a
-head given ids outside the range reports a loss of about 69.08, as arcface_torch's.
+Labels: int64 global class ids of shape (B,) or (B, 1) in [0, num_classes). Their range is checked
+once on the data side, so a step never waits for a device-to-host copy; ids outside it give
+arcface_torch's loss of about 69.08 (docs/method.md#calling-a-head).
 """
 from __future__ import annotations
 
@@ -26,14 +25,8 @@ from insightface_adadistill.heads.spec import HEADS, HeadArgs, HeadSpec
 
 
 class HeadOutput(NamedTuple):
-    """What every head returns: `loss, stats = head(local_embeddings, local_labels, teacher=...)`.
-
-    Attributes:
-        loss: 0-dim global-batch mean, identical on every rank.
-        stats: detached device tensors (no host sync) keyed by their TensorBoard tag, prefix
-            included: `train/...` for what every margin-softmax head measures, `distill/...` for
-            distillation; 0-dim tensors are scalars, 1-dim ones per-sample values for a histogram.
-    """
+    """What every head returns: `loss`, the 0-dim global-batch mean, identical on every rank, and
+    `stats`, detached device tensors (no host sync) keyed by their TensorBoard tag (docs/heads.md)."""
 
     loss: torch.Tensor
     stats: Dict[str, torch.Tensor]
@@ -62,18 +55,14 @@ class _DistributedCrossEntropy(torch.autograd.Function):
     def forward(ctx: Any, logits: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         positive = labels >= 0
         column = labels.clamp(min=0).unsqueeze(1)  # (N, 1); rows owned elsewhere are masked below
-        if logits.shape[1] == 0:  # a rank left with no sampled column still joins every collective
-            row_max = logits.new_full((logits.shape[0],), float("-inf"))
-        else:
-            row_max = logits.amax(dim=1)
+        empty = logits.shape[1] == 0  # a rank left with no sampled column still joins every collective
+        row_max = logits.new_full((logits.shape[0],), float("-inf")) if empty else logits.amax(dim=1)
         all_reduce(row_max, torch.distributed.ReduceOp.MAX)  # the global max keeps exp() finite
         exp = torch.exp(logits - row_max.unsqueeze(1))
         row_sum = all_reduce(exp.sum(dim=1))  # global denominator
         softmax = exp / row_sum.unsqueeze(1)  # (N, c_local): global softmax on local columns
-        if logits.shape[1] == 0:
-            p_target = torch.zeros_like(row_max)
-        else:
-            p_target = torch.where(positive, softmax.gather(1, column).squeeze(1), 0.0)
+        p_target = (torch.zeros_like(row_max) if empty
+                    else torch.where(positive, softmax.gather(1, column).squeeze(1), 0.0))
         all_reduce(p_target)  # each row's target lives on exactly one rank
         ctx.save_for_backward(softmax, positive, column)
         ctx.mark_non_differentiable(p_target)
@@ -162,8 +151,7 @@ class ShardedMarginSoftmax(nn.Module):
         self.sampler = NegativeSampler(seed + self.rank) if sample_rate < 1.0 else None
 
     def gather_embeddings(self, local_embeddings: torch.Tensor, embedding_size: int) -> torch.Tensor:
-        """(B, E) -> (W*B, E) fp32, differentiable (the local chunk gets W x the summed gradient, which
-        DDP's average turns into the global-mean loss's: `distributed.all_gather_with_grad`)."""
+        """(B, E) -> (W*B, E) fp32, differentiable (`distributed.all_gather_with_grad`)."""
         if local_embeddings.dim() != 2 or local_embeddings.shape[1] != embedding_size:
             raise ValueError(f"embeddings must have shape (B, {embedding_size}), got "
                              f"{tuple(local_embeddings.shape)}")
@@ -187,16 +175,11 @@ class ShardedMarginSoftmax(nn.Module):
         return torch.where((local >= 0) & (local < self.num_local), local, torch.full_like(local, -1))
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor) -> HeadOutput:
-        """Global-mean margin-softmax loss (0-dim, identical on all ranks) and `train/target_prob`.
+        """Global-mean margin-softmax loss (0-dim, identical on all ranks) and its stats.
 
-        Args:
-            embeddings: (N, E) gathered embeddings, any norm.
-            labels: (N,) from `gather_labels`.
-            centres: (num_local, E) this rank's class centres, any norm.
-        Returns:
-            the loss and {'train/target_prob': mean softmax probability of the target class}, a
-            classification statistic every head shares, so it is not under `distill/`, plus the
-            `margin/` statistics of a norm-aware margin.
+        `embeddings` (N, E) gathered and `centres` (num_local, E) this rank's, any norm; `labels` (N,)
+        from `gather_labels`. The stats: `train/target_prob`, which every head shares (so it is not
+        under `distill/`), and the `margin/` statistics of a norm-aware margin.
         """
         if self.sampler is not None:
             index, labels = self.sampler.sample(labels, self.num_local, self.num_sample)
@@ -204,12 +187,10 @@ class ShardedMarginSoftmax(nn.Module):
         with torch.autocast(device_type=embeddings.device.type, enabled=False):  # fp32 logits, as the host
             cos = (F.normalize(embeddings.float()) @ F.normalize(centres.float()).t()).clamp(-1.0, 1.0)  # (N, c)
             norms = embeddings.detach().float().norm(dim=1) if self.margin_needs_norms else None  # (N,)
-        stats: Dict[str, torch.Tensor] = {}
         if norms is None:
-            logits = self.margin_loss(cos, labels)
-        else:
-            logits = self.margin_loss(cos, labels, norms)
-            stats.update(self.margin_loss.stats())
+            logits, stats = self.margin_loss(cos, labels), {}
+        else:  # the statistics after this call's update
+            logits, stats = self.margin_loss(cos, labels, norms), self.margin_loss.stats()
         loss, p_target = distributed_cross_entropy(logits, labels)
         return HeadOutput(loss, {**stats, "train/target_prob": p_target.mean()})
 
@@ -228,14 +209,7 @@ class ShardedHead(nn.Module):
         super().__init__()
         self.embedding_size = embedding_size
         self.margin_softmax = ShardedMarginSoftmax(margin_loss, num_classes, sample_rate, seed)
-
-    @property
-    def num_local(self) -> int:
-        return self.margin_softmax.num_local
-
-    @property
-    def class_start(self) -> int:
-        return self.margin_softmax.class_start
+        self.class_start, self.num_local = self.margin_softmax.class_start, self.margin_softmax.num_local
 
     def gather(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(B, E), (B,) -> (W*B, E) differentiable fp32 embeddings and (W*B,) local columns or -1."""
@@ -277,8 +251,7 @@ class PartialFC(ShardedHead):
     """Learned, sharded margin-softmax classifier: arcface_torch's `PartialFC_V2`.
 
     `state_dict()` holds only `weight` (num_local, E), N(0, 0.01) at start, so arcface_torch's
-    `state_dict_softmax_fc` loads unchanged. forward(local_embeddings (B, E), local_labels (B,))
-    -> HeadOutput with `train/target_prob`; a `teacher` is ignored.
+    `state_dict_softmax_fc` loads unchanged.
     """
 
     def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], embedding_size: int,

@@ -18,17 +18,13 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from insightface_adadistill.backbones.base import FaceBackbone, kaiming_init_
-from insightface_adadistill.backbones.spec import BackboneSpec, register_backbone
+from insightface_adadistill.backbones.base import FaceBackbone, conv3x3, halved, kaiming_init_, stem_conv
+from insightface_adadistill.backbones.spec import BackboneSpec, register_variant
 
 CHANNELS = "BGR"  # the channel order the published weights' first convolution was trained on
 WIDTHS = (64, 128, 256, 512)
 PUBLISHED_DROPOUT = 0.4  # output_layer's Dropout in the published layout
 SE_REDUCTION = 16
-
-
-def _conv3x3(in_c: int, out_c: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_c, out_c, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
 class SqueezeExcite(nn.Module):
@@ -57,8 +53,8 @@ class IRUnit(nn.Module):
             self.shortcut_layer: nn.Module = nn.MaxPool2d(1, stride)
         else:
             self.shortcut_layer = nn.Sequential(nn.Conv2d(in_c, depth, 1, stride, bias=False), nn.BatchNorm2d(depth))
-        layers = [nn.BatchNorm2d(in_c), _conv3x3(in_c, depth), nn.BatchNorm2d(depth), nn.PReLU(depth),
-                  _conv3x3(depth, depth, stride), nn.BatchNorm2d(depth)]
+        layers = [nn.BatchNorm2d(in_c), conv3x3(in_c, depth), nn.BatchNorm2d(depth), nn.PReLU(depth),
+                  conv3x3(depth, depth, stride), nn.BatchNorm2d(depth)]
         if se:
             layers.append(SqueezeExcite(depth))
         self.res_layer = nn.Sequential(*layers)
@@ -74,8 +70,7 @@ class AdaFaceIR(FaceBackbone):
         units: units per stage, e.g. (3, 4, 14, 3) for ir_50; each stage starts with stride 2.
         num_features: embedding size E (512 in the published weights).
         dropout: output_layer's dropout probability (0.4 published; training passes 0, as for every backbone).
-        fp16: autocast everything up to `output_layer`'s Linear (see `base.FaceBackbone`).
-        amp_dtype: 'fp16' or 'bf16'; None = fp16 on CUDA, bf16 elsewhere.
+        fp16, amp_dtype: autocast everything up to `output_layer`'s Linear (see `base.FaceBackbone`).
         se: append a squeeze-excitation gate to every unit's `res_layer` (the `ir_se` networks).
         widths: channels per stage; the stem has widths[0].
         stem_stride: 1 = the published 3x3 stem; s > 1 = an s x s patch conv with stride s (test models).
@@ -88,12 +83,9 @@ class AdaFaceIR(FaceBackbone):
         super().__init__(fp16=fp16, amp_dtype=amp_dtype)
         if len(units) != len(widths):
             raise ValueError(f"AdaFaceIR needs one width per stage, got units={units} widths={widths}")
-        stem = _conv3x3(3, widths[0]) if stem_stride == 1 else \
-            nn.Conv2d(3, widths[0], kernel_size=stem_stride, stride=stem_stride, bias=False)
-        self.input_layer = nn.Sequential(stem, nn.BatchNorm2d(widths[0]), nn.PReLU(widths[0]))
-        side = input_size // stem_stride
-        for _ in units:
-            side = (side + 1) // 2  # every stage starts with a stride-2, padding-1 3x3 conv
+        self.input_layer = nn.Sequential(stem_conv(widths[0], stem_stride), nn.BatchNorm2d(widths[0]),
+                                         nn.PReLU(widths[0]))
+        side = halved(input_size // stem_stride, len(units))  # every stage starts with a stride-2 conv
         # registered before `body`: the published parameter order
         self.output_layer = nn.Sequential(nn.BatchNorm2d(widths[-1]), nn.Dropout(dropout), nn.Flatten(),
                                           nn.Linear(widths[-1] * side * side, num_features),
@@ -116,39 +108,12 @@ class AdaFaceIR(FaceBackbone):
 
 ADAFACE = BackboneSpec(source="AdaFace net.py (CVPR 2022); published .ckpt weights load as they are",
                        channels=CHANNELS)
-
-
-@register_backbone(spec=ADAFACE)
-def ir_18(**kwargs) -> AdaFaceIR:
-    """AdaFace IR-18, units (2, 2, 2, 2)."""
-    return AdaFaceIR((2, 2, 2, 2), **kwargs)
-
-
-@register_backbone(spec=ADAFACE)
-def ir_34(**kwargs) -> AdaFaceIR:
-    """AdaFace IR-34, units (3, 4, 6, 3)."""
-    return AdaFaceIR((3, 4, 6, 3), **kwargs)
-
-
-@register_backbone(spec=ADAFACE)
-def ir_50(**kwargs) -> AdaFaceIR:
-    """AdaFace IR-50, units (3, 4, 14, 3)."""
-    return AdaFaceIR((3, 4, 14, 3), **kwargs)
-
-
-@register_backbone(spec=ADAFACE)
-def ir_101(**kwargs) -> AdaFaceIR:
-    """AdaFace IR-101, units (3, 13, 30, 3); the WebFace12M teacher."""
-    return AdaFaceIR((3, 13, 30, 3), **kwargs)
-
-
-@register_backbone(spec=ADAFACE)
-def ir_se_50(**kwargs) -> AdaFaceIR:
-    """AdaFace IR-SE-50: IR-50 with a squeeze-excitation gate in every unit."""
-    return AdaFaceIR((3, 4, 14, 3), se=True, **kwargs)
-
-
-@register_backbone(spec=ADAFACE)
-def ir_se_101(**kwargs) -> AdaFaceIR:
-    """AdaFace IR-SE-101: IR-101 with a squeeze-excitation gate in every unit."""
-    return AdaFaceIR((3, 13, 30, 3), se=True, **kwargs)
+register_variant("ir_18", "AdaFace IR-18, units (2, 2, 2, 2).", AdaFaceIR, ADAFACE, units=(2, 2, 2, 2))
+register_variant("ir_34", "AdaFace IR-34, units (3, 4, 6, 3).", AdaFaceIR, ADAFACE, units=(3, 4, 6, 3))
+register_variant("ir_50", "AdaFace IR-50, units (3, 4, 14, 3).", AdaFaceIR, ADAFACE, units=(3, 4, 14, 3))
+register_variant("ir_101", "AdaFace IR-101, units (3, 13, 30, 3); the WebFace12M teacher.", AdaFaceIR, ADAFACE,
+                 units=(3, 13, 30, 3))
+register_variant("ir_se_50", "AdaFace IR-SE-50: IR-50 with a squeeze-excitation gate in every unit.", AdaFaceIR,
+                 ADAFACE, units=(3, 4, 14, 3), se=True)
+register_variant("ir_se_101", "AdaFace IR-SE-101: IR-101 with a squeeze-excitation gate in every unit.", AdaFaceIR,
+                 ADAFACE, units=(3, 13, 30, 3), se=True)

@@ -52,9 +52,26 @@ def kaiming_init_(model: nn.Module) -> None:
 
 
 def reject_dropout(name: str, dropout: float) -> None:
-    """MobileFaceNets have no dropout layer: fail instead of ignoring the setting as the host does."""
+    """MobileFaceNets and ViTs have no dropout before the head: fail instead of ignoring it as the host does."""
     if dropout:
-        raise ValueError(f"{name} has no dropout layer (arcface_torch ignores it); set dropout=0, got {dropout}")
+        raise ValueError(f"{name} has no dropout before its head (arcface_torch ignores it); set dropout=0, "
+                         f"got {dropout}")
+
+
+def conv3x3(in_c: int, out_c: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_c, out_c, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def stem_conv(out_c: int, stride: int) -> nn.Conv2d:
+    """The IR stem: the host's 3x3 conv (stride 1), or an s x s stride-s patch conv (demo and test models)."""
+    return conv3x3(3, out_c) if stride == 1 else nn.Conv2d(3, out_c, kernel_size=stride, stride=stride, bias=False)
+
+
+def halved(side: int, times: int) -> int:
+    """The map side after `times` stride-2, padding-1 3x3 convs (it fixes the flattened size of a head)."""
+    for _ in range(times):
+        side = (side + 1) // 2
+    return side
 
 
 class FaceBackbone(nn.Module, abc.ABC):

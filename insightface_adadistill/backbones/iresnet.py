@@ -12,14 +12,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint_sequential
 
-from insightface_adadistill.backbones.base import FaceBackbone
-from insightface_adadistill.backbones.spec import BackboneSpec, register_backbone
+from insightface_adadistill.backbones.base import FaceBackbone, conv3x3, halved, stem_conv
+from insightface_adadistill.backbones.spec import BackboneSpec, register_variant
 
 HOST_WIDTHS = (64, 128, 256, 512)
-
-
-def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
 class IBasicBlock(nn.Module):
@@ -32,10 +28,10 @@ class IBasicBlock(nn.Module):
                  downsample: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(inplanes, eps=1e-05)
-        self.conv1 = _conv3x3(inplanes, planes)
+        self.conv1 = conv3x3(inplanes, planes)
         self.bn2 = nn.BatchNorm2d(planes, eps=1e-05)
         self.prelu = nn.PReLU(planes)
-        self.conv2 = _conv3x3(planes, planes, stride)
+        self.conv2 = conv3x3(planes, planes, stride)
         self.bn3 = nn.BatchNorm2d(planes, eps=1e-05)
         self.downsample = downsample
 
@@ -63,8 +59,7 @@ class IResNet(FaceBackbone):
         layers: blocks per stage, e.g. (3, 4, 14, 3) for r50.
         num_features: embedding size E.
         dropout: dropout probability before `fc` (in place, as in the host).
-        fp16: autocast the trunk (see `base.FaceBackbone`).
-        amp_dtype: 'fp16' or 'bf16'; None = fp16 on CUDA, bf16 elsewhere.
+        fp16, amp_dtype: autocast the trunk (see `base.FaceBackbone`).
         zero_init_residual: zero each block's `bn2` weight (the host zeroes bn2, not bn3).
         widths: channels per stage; the host uses (64, 128, 256, 512).
         stem_stride: 1 = the host's 3x3 stem; s > 1 = an s x s patch conv with stride s (demo models).
@@ -83,24 +78,18 @@ class IResNet(FaceBackbone):
         super().__init__(fp16=fp16, amp_dtype=amp_dtype)
         if len(layers) != len(widths):
             raise ValueError(f"IResNet needs one width per stage, got layers={layers} widths={widths}")
-        stem_width = widths[0]
-        if stem_stride == 1:
-            self.conv1 = _conv3x3(3, stem_width)
-        else:
-            self.conv1 = nn.Conv2d(3, stem_width, kernel_size=stem_stride, stride=stem_stride, bias=False)
-        self.bn1 = nn.BatchNorm2d(stem_width, eps=1e-05)
-        self.prelu = nn.PReLU(stem_width)
+        self.conv1 = stem_conv(widths[0], stem_stride)
+        self.bn1 = nn.BatchNorm2d(widths[0], eps=1e-05)
+        self.prelu = nn.PReLU(widths[0])
         self.num_stages = len(layers)
         self.checkpoint_segments = dict(checkpoint_segments or {})
-        inplanes = stem_width
+        inplanes = widths[0]
         for index, (num_blocks, planes) in enumerate(zip(layers, widths)):
             self.add_module(f"layer{index + 1}", _stage(inplanes, planes, num_blocks))
             inplanes = planes
         self.bn2 = nn.BatchNorm2d(inplanes, eps=1e-05)
         self.dropout = nn.Dropout(p=dropout, inplace=True)
-        side = input_size // stem_stride
-        for _ in layers:
-            side = (side + 1) // 2  # every stage starts with stride 2 and padding 1
+        side = halved(input_size // stem_stride, len(layers))  # every stage starts with a stride-2 conv
         self.fc = nn.Linear(inplanes * side * side, num_features)
         self.features = nn.BatchNorm1d(num_features, eps=1e-05)
         self._init_weights(zero_init_residual)
@@ -137,39 +126,11 @@ class IResNet(FaceBackbone):
 
 
 HOST = BackboneSpec(source="arcface_torch backbones/iresnet.py")
-
-
-@register_backbone(spec=HOST)
-def r18(**kwargs) -> IResNet:
-    """iResNet-18, layers (2, 2, 2, 2)."""
-    return IResNet((2, 2, 2, 2), **kwargs)
-
-
-@register_backbone(spec=HOST)
-def r34(**kwargs) -> IResNet:
-    """iResNet-34, layers (3, 4, 6, 3)."""
-    return IResNet((3, 4, 6, 3), **kwargs)
-
-
-@register_backbone(spec=HOST)
-def r50(**kwargs) -> IResNet:
-    """iResNet-50, layers (3, 4, 14, 3); the paper's teacher."""
-    return IResNet((3, 4, 14, 3), **kwargs)
-
-
-@register_backbone(spec=HOST)
-def r100(**kwargs) -> IResNet:
-    """iResNet-100, layers (3, 13, 30, 3)."""
-    return IResNet((3, 13, 30, 3), **kwargs)
-
-
-@register_backbone(spec=HOST)
-def r200(**kwargs) -> IResNet:
-    """iResNet-200, layers (6, 26, 60, 6)."""
-    return IResNet((6, 26, 60, 6), **kwargs)
-
-
-@register_backbone(spec=BackboneSpec(source="arcface_torch backbones/iresnet2060.py"))
-def r2060(**kwargs) -> IResNet:
-    """iResNet-2060, layers (3, 128, 896, 3); stages 2 and 3 checkpointed in 20 and 100 segments."""
-    return IResNet((3, 128, 896, 3), checkpoint_segments={2: 20, 3: 100}, **kwargs)
+register_variant("r18", "iResNet-18, layers (2, 2, 2, 2).", IResNet, HOST, layers=(2, 2, 2, 2))
+register_variant("r34", "iResNet-34, layers (3, 4, 6, 3).", IResNet, HOST, layers=(3, 4, 6, 3))
+register_variant("r50", "iResNet-50, layers (3, 4, 14, 3); the paper's teacher.", IResNet, HOST, layers=(3, 4, 14, 3))
+register_variant("r100", "iResNet-100, layers (3, 13, 30, 3).", IResNet, HOST, layers=(3, 13, 30, 3))
+register_variant("r200", "iResNet-200, layers (6, 26, 60, 6).", IResNet, HOST, layers=(6, 26, 60, 6))
+register_variant("r2060", "iResNet-2060, layers (3, 128, 896, 3); stages 2 and 3 checkpointed in 20 and 100 segments.",
+                 IResNet, BackboneSpec(source="arcface_torch backbones/iresnet2060.py"),
+                 layers=(3, 128, 896, 3), checkpoint_segments={2: 20, 3: 100})

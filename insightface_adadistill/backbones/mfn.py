@@ -14,34 +14,22 @@ from typing import Optional, Sequence
 
 from torch import Tensor, nn
 
-from insightface_adadistill.backbones.base import FaceBackbone, kaiming_init_, reject_dropout
-from insightface_adadistill.backbones.spec import BackboneSpec, register_backbone
+from insightface_adadistill.backbones.base import FaceBackbone, halved, kaiming_init_, reject_dropout
+from insightface_adadistill.backbones.spec import BackboneSpec, register_variant
 
 
 class ConvBlock(nn.Module):
-    """`conv` (no bias) -> `bn` -> `prelu`."""
+    """`conv` (no bias) -> `bn` -> `prelu`; with `prelu=False` the paper's linear block (no activation)."""
 
     def __init__(self, in_c: int, out_c: int, kernel: int = 1, stride: int = 1, padding: int = 0,
-                 groups: int = 1) -> None:
+                 groups: int = 1, prelu: bool = True) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_c, out_c, kernel, stride, padding, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_c)
-        self.prelu = nn.PReLU(out_c)
+        self.prelu = nn.PReLU(out_c) if prelu else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.prelu(self.bn(self.conv(x)))
-
-
-class LinearBlock(nn.Module):
-    """`conv` (no bias) -> `bn`; no activation."""
-
-    def __init__(self, in_c: int, out_c: int, kernel: int = 1, groups: int = 1) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_c, out_c, kernel, groups=groups, bias=False)
-        self.bn = nn.BatchNorm2d(out_c)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.bn(self.conv(x))
 
 
 class DepthWise(nn.Module):
@@ -52,7 +40,7 @@ class DepthWise(nn.Module):
         self.residual = residual
         self.conv = ConvBlock(in_c, groups)
         self.conv_dw = ConvBlock(groups, groups, kernel=3, stride=stride, padding=1, groups=groups)
-        self.project = LinearBlock(groups, out_c)
+        self.project = ConvBlock(groups, out_c, prelu=False)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.project(self.conv_dw(self.conv(x)))
@@ -73,11 +61,11 @@ class Residual(nn.Module):
 
 
 class GDC(nn.Module):
-    """`conv_6_dw` depthwise LinearBlock over the whole map -> flatten -> `linear` (no bias) -> `bn` (no affine)."""
+    """`conv_6_dw` depthwise linear block over the whole map -> flatten -> `linear` (no bias) -> `bn` (no affine)."""
 
     def __init__(self, channels: int, kernel: int, embedding_size: int) -> None:
         super().__init__()
-        self.conv_6_dw = LinearBlock(channels, channels, kernel=kernel, groups=channels)
+        self.conv_6_dw = ConvBlock(channels, channels, kernel=kernel, groups=channels, prelu=False)
         self.conv_6_flatten = nn.Flatten()
         self.linear = nn.Linear(channels, embedding_size, bias=False)
         self.bn = nn.BatchNorm1d(embedding_size, affine=False)
@@ -91,8 +79,7 @@ class PaperMobileFaceNet(FaceBackbone):
 
     Args:
         num_features: embedding size E.
-        fp16: autocast conv1..conv_5 (see `base.FaceBackbone`); `conv_6_sep` and the head run in fp32.
-        amp_dtype: 'fp16' or 'bf16'; None = fp16 on CUDA, bf16 elsewhere.
+        fp16, amp_dtype: autocast conv1..conv_5 (see `base.FaceBackbone`); `conv_6_sep` and the head run in fp32.
         width: base channels w; stages have w, w, 2w, 2w channels, expansions 2w, 2w, 4w, 8w, 4w
             and `conv_6_sep` 8w. The paper uses w = 64.
         blocks: residual blocks in conv_3, conv_4, conv_5; the paper uses (4, 6, 2).
@@ -112,10 +99,8 @@ class PaperMobileFaceNet(FaceBackbone):
         w = width
         if patch_stem:
             self.conv1 = ConvBlock(3, w, kernel=patch_stem, stride=patch_stem)
-            side = input_size // patch_stem
         else:
             self.conv1 = ConvBlock(3, w, kernel=3, stride=2, padding=1)
-            side = (input_size + 1) // 2
         self.conv2_dw = ConvBlock(w, w, kernel=3, padding=1, groups=w)
         self.conv_23 = DepthWise(w, w, stride=2, groups=2 * w)
         self.conv_3 = Residual(w, num_block=blocks[0], groups=2 * w)
@@ -124,8 +109,8 @@ class PaperMobileFaceNet(FaceBackbone):
         self.conv_45 = DepthWise(2 * w, 2 * w, stride=2, groups=8 * w)
         self.conv_5 = Residual(2 * w, num_block=blocks[2], groups=4 * w)
         self.conv_6_sep = ConvBlock(2 * w, 8 * w)
-        for _ in range(3):
-            side = (side + 1) // 2  # conv_23, conv_34, conv_45 halve the map (3x3, padding 1)
+        # conv1 (unless a patch stem), conv_23, conv_34 and conv_45 halve the map
+        side = halved(input_size // patch_stem, 3) if patch_stem else halved(input_size, 4)
         self.output_layer = GDC(8 * w, kernel=side, embedding_size=num_features)
         kaiming_init_(self)
 
@@ -139,7 +124,5 @@ class PaperMobileFaceNet(FaceBackbone):
         return self.output_layer(self.conv_6_sep(x))
 
 
-@register_backbone(spec=BackboneSpec(source="AdaDistill paper (ECCV 2024), published student"))
-def mfn(**kwargs) -> PaperMobileFaceNet:
-    """The AdaDistill paper's MobileFaceNet student (1.2 M parameters)."""
-    return PaperMobileFaceNet(**kwargs)
+register_variant("mfn", "The AdaDistill paper's MobileFaceNet student (1.2 M parameters).", PaperMobileFaceNet,
+                 BackboneSpec(source="AdaDistill paper (ECCV 2024), published student"))

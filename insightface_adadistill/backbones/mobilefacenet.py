@@ -12,85 +12,45 @@ from typing import Optional, Sequence
 from torch import Tensor, nn
 
 from insightface_adadistill.backbones.base import FaceBackbone, kaiming_init_, reject_dropout
-from insightface_adadistill.backbones.spec import BackboneSpec, register_backbone
+from insightface_adadistill.backbones.spec import BackboneSpec, register_variant
 
 
-class ConvBlock(nn.Module):
-    """`layers` = [Conv2d (no bias), BatchNorm2d, PReLU]."""
+class Layers(nn.Module):
+    """A block whose parts sit in an indexed `layers` container, the host's key layout for every block."""
 
-    def __init__(self, in_c: int, out_c: int, kernel: int = 1, stride: int = 1, padding: int = 0,
-                 groups: int = 1) -> None:
+    def __init__(self, *parts: nn.Module) -> None:
         super().__init__()
-        self.layers = nn.Sequential(
-            nn.Conv2d(in_c, out_c, kernel, stride, padding, groups=groups, bias=False),
-            nn.BatchNorm2d(out_c),
-            nn.PReLU(out_c),
-        )
+        self.layers = nn.Sequential(*parts)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
 
 
-class LinearBlock(nn.Module):
-    """`layers` = [Conv2d (no bias), BatchNorm2d]; no activation."""
-
-    def __init__(self, in_c: int, out_c: int, kernel: int = 1, stride: int = 1, padding: int = 0,
-                 groups: int = 1) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Conv2d(in_c, out_c, kernel, stride, padding, groups=groups, bias=False),
-            nn.BatchNorm2d(out_c),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
+def conv_block(in_c: int, out_c: int, kernel: int = 1, stride: int = 1, padding: int = 0, groups: int = 1,
+               prelu: bool = True) -> Layers:
+    """Conv2d (no bias) -> BatchNorm2d -> PReLU; with `prelu=False` the host's LinearBlock."""
+    parts = [nn.Conv2d(in_c, out_c, kernel, stride, padding, groups=groups, bias=False), nn.BatchNorm2d(out_c)]
+    return Layers(*parts, nn.PReLU(out_c)) if prelu else Layers(*parts)
 
 
-class DepthWise(nn.Module):
+class DepthWise(Layers):
     """Inverted bottleneck: 1x1 in->G, 3x3 depthwise G->G (stride), 1x1 linear G->out, optional skip."""
 
     def __init__(self, in_c: int, out_c: int, residual: bool = False, stride: int = 2,
                  groups: int = 1) -> None:
-        super().__init__()
+        super().__init__(conv_block(in_c, groups),
+                         conv_block(groups, groups, kernel=3, stride=stride, padding=1, groups=groups),
+                         conv_block(groups, out_c, prelu=False))
         self.residual = residual
-        self.layers = nn.Sequential(
-            ConvBlock(in_c, groups),
-            ConvBlock(groups, groups, kernel=3, stride=stride, padding=1, groups=groups),
-            LinearBlock(groups, out_c),
-        )
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.layers(x)
         return x + out if self.residual else out
 
 
-class Residual(nn.Module):
-    """`num_block` residual stride-1 DepthWise(c, c, G) blocks in `layers`."""
-
-    def __init__(self, channels: int, num_block: int, groups: int) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            *[DepthWise(channels, channels, residual=True, stride=1, groups=groups) for _ in range(num_block)]
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
-
-
-class GDC(nn.Module):
-    """Global depthwise conv head: 7x7 depthwise LinearBlock -> flatten -> Linear (no bias) -> BN1d (affine)."""
-
-    def __init__(self, embedding_size: int) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            LinearBlock(512, 512, kernel=7, groups=512),
-            nn.Flatten(),
-            nn.Linear(512, embedding_size, bias=False),
-            nn.BatchNorm1d(embedding_size),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
+def residual(channels: int, num_block: int, groups: int) -> Layers:
+    """`num_block` residual stride-1 DepthWise(c, c, G) blocks."""
+    return Layers(*[DepthWise(channels, channels, residual=True, stride=1, groups=groups) for _ in range(num_block)])
 
 
 class MobileFaceNet(FaceBackbone):
@@ -98,8 +58,7 @@ class MobileFaceNet(FaceBackbone):
 
     Args:
         num_features: embedding size E.
-        fp16: autocast `layers` (see `base.FaceBackbone`); `conv_sep` and `features` run in fp32.
-        amp_dtype: 'fp16' or 'bf16'; None = fp16 on CUDA, bf16 elsewhere.
+        fp16, amp_dtype: autocast `layers` (see `base.FaceBackbone`); `conv_sep` and `features` run in fp32.
         blocks: blocks per stage; (1, 4, 6, 2) for mbf, (2, 8, 12, 4) for mbf_large.
         scale: channel multiplier (2 for mbf, 4 for mbf_large). The expansion widths G
             (128, 256, 512, 256) do not scale, as in the host.
@@ -114,21 +73,23 @@ class MobileFaceNet(FaceBackbone):
         reject_dropout(type(self).__name__, dropout)
         width = 64 * scale
         if blocks[0] == 1:
-            first = ConvBlock(width, width, kernel=3, padding=1, groups=64)
+            first = conv_block(width, width, kernel=3, padding=1, groups=64)
         else:
-            first = Residual(width, num_block=blocks[0], groups=128)
+            first = residual(width, num_block=blocks[0], groups=128)
         self.layers = nn.ModuleList([
-            ConvBlock(3, width, kernel=3, stride=2, padding=1),
+            conv_block(3, width, kernel=3, stride=2, padding=1),
             first,
             DepthWise(width, width, stride=2, groups=128),
-            Residual(width, num_block=blocks[1], groups=128),
+            residual(width, num_block=blocks[1], groups=128),
             DepthWise(width, 2 * width, stride=2, groups=256),
-            Residual(2 * width, num_block=blocks[2], groups=256),
+            residual(2 * width, num_block=blocks[2], groups=256),
             DepthWise(2 * width, 2 * width, stride=2, groups=512),
-            Residual(2 * width, num_block=blocks[3], groups=256),
+            residual(2 * width, num_block=blocks[3], groups=256),
         ])
-        self.conv_sep = ConvBlock(2 * width, 512)
-        self.features = GDC(num_features)
+        self.conv_sep = conv_block(2 * width, 512)
+        # the host's GDC head: 7x7 depthwise linear block -> flatten -> Linear (no bias) -> BN1d (affine)
+        self.features = Layers(conv_block(512, 512, kernel=7, groups=512, prelu=False), nn.Flatten(),
+                               nn.Linear(512, num_features, bias=False), nn.BatchNorm1d(num_features))
         kaiming_init_(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -141,15 +102,7 @@ class MobileFaceNet(FaceBackbone):
 
 
 HOST = BackboneSpec(source="arcface_torch backbones/mobilefacenet.py")
-
-
-@register_backbone(spec=HOST)
-def mbf(**kwargs) -> MobileFaceNet:
-    """arcface_torch MobileFaceNet, blocks (1, 4, 6, 2), scale 2."""
-    return MobileFaceNet(blocks=(1, 4, 6, 2), scale=2, **kwargs)
-
-
-@register_backbone(spec=HOST)
-def mbf_large(**kwargs) -> MobileFaceNet:
-    """arcface_torch MobileFaceNet, blocks (2, 8, 12, 4), scale 4."""
-    return MobileFaceNet(blocks=(2, 8, 12, 4), scale=4, **kwargs)
+register_variant("mbf", "arcface_torch MobileFaceNet, blocks (1, 4, 6, 2), scale 2.", MobileFaceNet, HOST,
+                 blocks=(1, 4, 6, 2), scale=2)
+register_variant("mbf_large", "arcface_torch MobileFaceNet, blocks (2, 8, 12, 4), scale 4.", MobileFaceNet, HOST,
+                 blocks=(2, 8, 12, 4), scale=4)

@@ -6,7 +6,7 @@ the default embedding size from here instead of repeating the numbers.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Tuple
+from typing import Any, Callable, Tuple
 
 from torch import nn
 
@@ -54,3 +54,17 @@ def register_backbone(fn: Callable[..., nn.Module] | None = None, *, spec: Backb
         return BACKBONES.register(factory, spec=entry)
 
     return add(fn) if fn is not None else add
+
+
+def register_variant(name: str, description: str, build: Callable[..., nn.Module], spec: BackboneSpec,
+                     **fixed: Any) -> None:
+    """Register `name` as `build(**fixed, **kwargs)`: one call per published size instead of one function.
+
+    A kwarg that repeats one of `fixed` is a TypeError, as with a hand-written factory.
+    """
+
+    def factory(**kwargs: Any) -> nn.Module:
+        return build(**fixed, **kwargs)
+
+    factory.__name__ = factory.__qualname__ = name
+    register_backbone(factory, spec=dataclasses.replace(spec, description=description))

@@ -14,22 +14,19 @@ import dataclasses
 from insightface_adadistill.backbones.adaface import ADAFACE, AdaFaceIR
 from insightface_adadistill.backbones.iresnet import IResNet
 from insightface_adadistill.backbones.mfn import PaperMobileFaceNet
-from insightface_adadistill.backbones.spec import BackboneSpec, register_backbone
+from insightface_adadistill.backbones.spec import BackboneSpec, register_backbone, register_variant
 from insightface_adadistill.backbones.vit import VisionTransformer
 
 DEMO = BackboneSpec(source="this project (demo and tests)")
 
 
-@register_backbone(spec=DEMO)
-def tiny_resnet(**kwargs) -> IResNet:
-    """Demo teacher: iResNet, one block per stage, widths 16-128, 4x4 patch stem."""
-    return IResNet((1, 1, 1, 1), widths=(16, 32, 64, 128), stem_stride=4, **kwargs)
-
-
-@register_backbone(spec=DEMO)
-def tiny_mfn(**kwargs) -> PaperMobileFaceNet:
-    """Demo student: the paper's MobileFaceNet at width 8, one block per stage, 4x4 patch stem."""
-    return PaperMobileFaceNet(width=8, blocks=(1, 1, 1), patch_stem=4, **kwargs)
+register_variant("tiny_resnet", "Demo teacher: iResNet, one block per stage, widths 16-128, 4x4 patch stem.", IResNet,
+                 DEMO, layers=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_stride=4)
+register_variant("tiny_mfn", "Demo student: the paper's MobileFaceNet at width 8, one block per stage, 4x4 patch stem.",
+                 PaperMobileFaceNet, DEMO, width=8, blocks=(1, 1, 1), patch_stem=4)
+register_variant("tiny_ir", "AdaFace IR layout (BGR inside), one unit per stage, widths 16-128, 4x4 patch stem.",
+                 AdaFaceIR, dataclasses.replace(ADAFACE, source=DEMO.source),
+                 units=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_stride=4)
 
 
 @register_backbone(spec=DEMO)
@@ -38,9 +35,3 @@ def tiny_vit(**kwargs) -> VisionTransformer:
     layout = dict(img_size=112, patch_size=9, embed_dim=32, depth=2, num_heads=4, drop_path_rate=0.1,
                   norm_layer="ln", mask_ratio=0.1, using_checkpoint=True)
     return VisionTransformer(**{**layout, **kwargs})  # tests may override the layout, e.g. mask_ratio=0
-
-
-@register_backbone(spec=dataclasses.replace(ADAFACE, source=DEMO.source))
-def tiny_ir(**kwargs) -> AdaFaceIR:
-    """AdaFace IR layout (BGR inside), one unit per stage, widths 16-128, 4x4 patch stem."""
-    return AdaFaceIR((1, 1, 1, 1), widths=(16, 32, 64, 128), stem_stride=4, **kwargs)

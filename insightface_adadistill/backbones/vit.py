@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from insightface_adadistill.backbones.base import FaceBackbone
-from insightface_adadistill.backbones.spec import BackboneSpec, register_backbone
+from insightface_adadistill.backbones.base import FaceBackbone, reject_dropout
+from insightface_adadistill.backbones.spec import BackboneSpec, register_variant
 
 HEAD_BN_EPS = 2e-5  # the host's `feature.1` / `feature.3`
 NORM_LAYERS = ("ln", "bn")
@@ -200,9 +200,7 @@ class VisionTransformer(FaceBackbone):
             raise ValueError("norm_layer='bn' normalises over the token axis and needs every token; set mask_ratio=0")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-        if dropout:
-            raise ValueError(f"the ViT has no dropout before its head (arcface_torch ignores it); set dropout=0, "
-                             f"got {dropout}")
+        reject_dropout(type(self).__name__, dropout)
         self.embed_dim = embed_dim
         self.mask_ratio = mask_ratio
         self.using_checkpoint = using_checkpoint
@@ -256,60 +254,27 @@ class VisionTransformer(FaceBackbone):
         return self.feature(x)
 
 
-def _host_vit(embed_dim: int, depth: int, drop_path_rate: float, mask_ratio: float,
-              using_checkpoint: bool = False, **kwargs) -> VisionTransformer:
-    """The host's `get_model` ViT: 112 input, patch 9, 8 heads, LayerNorm; `kwargs` adds ours."""
-    return VisionTransformer(img_size=112, patch_size=9, embed_dim=embed_dim, depth=depth, num_heads=8,
-                             drop_path_rate=drop_path_rate, norm_layer="ln", mask_ratio=mask_ratio,
-                             using_checkpoint=using_checkpoint, **kwargs)
+def _host_vit(**kwargs) -> VisionTransformer:
+    """The host's `get_model` ViT: 112 input, patch 9, 8 heads, LayerNorm; `kwargs` gives the size and ours."""
+    return VisionTransformer(img_size=112, patch_size=9, num_heads=8, norm_layer="ln", **kwargs)
 
 
 HOST = BackboneSpec(source="arcface_torch backbones/vit.py")
-
-
-@register_backbone(spec=HOST)
-def vit_t(**kwargs) -> VisionTransformer:
-    """ViT-T: D 256, depth 12, drop path 0.1, mask 0.1."""
-    return _host_vit(256, 12, 0.1, 0.1, **kwargs)
-
-
-@register_backbone(spec=HOST)
-def vit_t_dp005_mask0(**kwargs) -> VisionTransformer:
-    """ViT-T for WebFace42M: D 256, depth 12, drop path 0.05, no mask."""
-    return _host_vit(256, 12, 0.05, 0.0, **kwargs)
-
-
-@register_backbone(spec=HOST)
-def vit_s(**kwargs) -> VisionTransformer:
-    """ViT-S: D 512, depth 12, drop path 0.1, mask 0.1."""
-    return _host_vit(512, 12, 0.1, 0.1, **kwargs)
-
-
-@register_backbone(spec=HOST)
-def vit_s_dp005_mask_0(**kwargs) -> VisionTransformer:
-    """ViT-S for WebFace42M: D 512, depth 12, drop path 0.05, no mask."""
-    return _host_vit(512, 12, 0.05, 0.0, **kwargs)
-
-
-@register_backbone(spec=HOST)
-def vit_b(**kwargs) -> VisionTransformer:
-    """ViT-B: D 512, depth 24, drop path 0.1, mask 0.1, gradient checkpointing."""
-    return _host_vit(512, 24, 0.1, 0.1, using_checkpoint=True, **kwargs)
-
-
-@register_backbone(spec=HOST)
-def vit_b_dp005_mask_005(**kwargs) -> VisionTransformer:
-    """ViT-B for WebFace42M: D 512, depth 24, drop path 0.05, mask 0.05, gradient checkpointing."""
-    return _host_vit(512, 24, 0.05, 0.05, using_checkpoint=True, **kwargs)
-
-
-@register_backbone(spec=HOST)
-def vit_l_dp005_mask_005(**kwargs) -> VisionTransformer:
-    """ViT-L for WebFace42M: D 768, depth 24, drop path 0.05, mask 0.05, gradient checkpointing."""
-    return _host_vit(768, 24, 0.05, 0.05, using_checkpoint=True, **kwargs)
-
-
-@register_backbone(spec=HOST)
-def vit_h(**kwargs) -> VisionTransformer:
-    """ViT-H: D 1024, depth 48, drop path 0.1, no mask, gradient checkpointing."""
-    return _host_vit(1024, 48, 0.1, 0.0, using_checkpoint=True, **kwargs)
+register_variant("vit_t", "ViT-T: D 256, depth 12, drop path 0.1, mask 0.1.", _host_vit, HOST,
+                 embed_dim=256, depth=12, drop_path_rate=0.1, mask_ratio=0.1)
+register_variant("vit_t_dp005_mask0", "ViT-T for WebFace42M: D 256, depth 12, drop path 0.05, no mask.", _host_vit,
+                 HOST, embed_dim=256, depth=12, drop_path_rate=0.05, mask_ratio=0.0)
+register_variant("vit_s", "ViT-S: D 512, depth 12, drop path 0.1, mask 0.1.", _host_vit, HOST,
+                 embed_dim=512, depth=12, drop_path_rate=0.1, mask_ratio=0.1)
+register_variant("vit_s_dp005_mask_0", "ViT-S for WebFace42M: D 512, depth 12, drop path 0.05, no mask.", _host_vit,
+                 HOST, embed_dim=512, depth=12, drop_path_rate=0.05, mask_ratio=0.0)
+register_variant("vit_b", "ViT-B: D 512, depth 24, drop path 0.1, mask 0.1, gradient checkpointing.", _host_vit, HOST,
+                 embed_dim=512, depth=24, drop_path_rate=0.1, mask_ratio=0.1, using_checkpoint=True)
+register_variant("vit_b_dp005_mask_005", "ViT-B for WebFace42M: D 512, depth 24, drop path 0.05, mask 0.05, gradient "
+                 "checkpointing.", _host_vit, HOST,
+                 embed_dim=512, depth=24, drop_path_rate=0.05, mask_ratio=0.05, using_checkpoint=True)
+register_variant("vit_l_dp005_mask_005", "ViT-L for WebFace42M: D 768, depth 24, drop path 0.05, mask 0.05, gradient "
+                 "checkpointing.", _host_vit, HOST,
+                 embed_dim=768, depth=24, drop_path_rate=0.05, mask_ratio=0.05, using_checkpoint=True)
+register_variant("vit_h", "ViT-H: D 1024, depth 48, drop path 0.1, no mask, gradient checkpointing.", _host_vit, HOST,
+                 embed_dim=1024, depth=48, drop_path_rate=0.1, mask_ratio=0.0, using_checkpoint=True)

@@ -47,11 +47,6 @@ class DemoPreset:
     def steps(self, epochs: int) -> int:
         return self.num_images // self.batch_size * epochs
 
-    @property
-    def scaled_lr(self) -> float:
-        """The lr the runs use: `lr` x batch_size / 512 (the paper's linear scaling)."""
-        return self.lr * self.batch_size / LR_BATCH
-
 
 PRESETS: Dict[str, DemoPreset] = {
     # seconds: for the end-to-end test

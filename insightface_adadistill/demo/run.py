@@ -19,9 +19,10 @@ from insightface_adadistill.demo import report
 from insightface_adadistill.demo.configs import RunPlace, write_run_configs
 from insightface_adadistill.demo.pipeline import (IJB_NAME, MIN_FALSE_ACCEPTS, evaluate_run, generate_data,
                                                   ijb_workers_for, max_steps_overrides, train_run)
-from insightface_adadistill.demo.presets import DEMO_STUDENTS, METHODS, TEACHER, DemoPreset
+from insightface_adadistill.demo.presets import DEMO_STUDENTS, LR_BATCH, METHODS, TEACHER, DemoPreset
 from insightface_adadistill.evaluation.verification import VerificationSet
 from insightface_adadistill.outputs import CLAIM_FILES, OutputFolderError, claim_output, folder_kind, staged
+from insightface_adadistill.training.schedule import scaled_lr
 
 WRITTEN = ("data", "configs", "runs", "report.md", "report.json", "alpha_curves.png", "roc.png")
 
@@ -140,9 +141,9 @@ def render_markdown(preset: DemoPreset, out: Path, outcome: Dict[str, Any], tabl
                         "from the teacher",
             "budget": steps_note,
             "optimiser": f"SGD momentum 0.9, weight decay 5e-4, lr {preset.lr} per 512 samples "
-                         f"({preset.scaled_lr:g} at batch {preset.batch_size}) divided by 10 after 1/2 "
-                         "and 3/4 of the epochs, gradient-norm clip 5, no warm-up (the paper's settings, "
-                         "its 26-epoch schedule shortened)",
+                         f"({scaled_lr(preset.lr, preset.batch_size, LR_BATCH):g} at batch {preset.batch_size}) "
+                         "divided by 10 after 1/2 and 3/4 of the epochs, gradient-norm clip 5, no warm-up (the "
+                         "paper's settings, its 26-epoch schedule shortened)",
             "time": ", ".join(f"{k} {v:.0f} s" for k, v in outcome["seconds"].items())
                     + f", total {meta['total_seconds']:.0f} s",
         }),

@@ -7,10 +7,8 @@ see docs/synthetic.md.
 """
 from insightface_adadistill.synthetic.identities import SyntheticFaceConfig, derive_seeds, identity_traits
 from insightface_adadistill.synthetic.renderer import SyntheticFaces
-from insightface_adadistill.synthetic.suite import (build_synthetic_suite, heldout_start, verification_pairs,
-                                                    write_ijb_folder, write_training_rec,
-                                                    write_verification_bin)
+from insightface_adadistill.synthetic.suite import (build_synthetic_suite, heldout_start, write_ijb_folder,
+                                                    write_training_rec, write_verification_bin)
 
 __all__ = ["SyntheticFaceConfig", "SyntheticFaces", "build_synthetic_suite", "derive_seeds", "heldout_start",
-           "identity_traits", "verification_pairs", "write_ijb_folder", "write_training_rec",
-           "write_verification_bin"]
+           "identity_traits", "write_ijb_folder", "write_training_rec", "write_verification_bin"]

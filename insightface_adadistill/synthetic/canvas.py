@@ -14,10 +14,9 @@ import numpy as np
 # (images, rows, cols, alpha): images None (all) or the (n,) indices of the images the part appears in
 # (a beard, glasses: rare parts cost only where drawn), alpha float32 (n, h, w); None: touches no pixel.
 Mask = Optional[Tuple[Optional[np.ndarray], slice, slice, np.ndarray]]
-Coordinate = Union[float, np.ndarray]
 
 
-def xy(x: Coordinate, y: Coordinate) -> np.ndarray:
+def xy(x: Union[float, np.ndarray], y: Union[float, np.ndarray]) -> np.ndarray:
     """Stack per-image x and y (scalars or (N,)) into (N, 2) points."""
     return np.stack(np.broadcast_arrays(np.asarray(x, np.float64), np.asarray(y, np.float64)), 1)
 

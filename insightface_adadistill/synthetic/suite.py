@@ -12,7 +12,7 @@ import sys
 from dataclasses import asdict
 from itertools import combinations
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -83,12 +83,13 @@ def _sibling_or_random(rng: np.random.Generator, ids: np.ndarray, first: np.ndar
     return other
 
 
-def verification_pairs(faces: SyntheticFaces, identity_ids: Iterable[int], num_pairs: int,
-                       seed: int, *, quality: int = 95) -> Tuple[List[bytes], List[bool]]:
-    """(2P JPEG images, P issame flags) of aligned held-out faces, pair i = images 2i and 2i+1."""
-    ids = _identity_array(identity_ids, "verification_pairs")
+def write_verification_bin(path: str | os.PathLike, faces: SyntheticFaces, identity_ids: Iterable[int],
+                           num_pairs: int, seed: int, *, quality: int = 95) -> Dict[str, int]:
+    """Write `num_pairs` pairs of aligned held-out faces (pair i = images 2i and 2i+1) as an
+    InsightFace `.bin` through `data.bins.write_bin`."""
+    ids = _identity_array(identity_ids, "write_verification_bin")
     if num_pairs < 2 or len(ids) < 2:
-        raise ValueError(f"verification_pairs: need num_pairs >= 2 (got {num_pairs}) and >= 2 "
+        raise ValueError(f"write_verification_bin: need num_pairs >= 2 (got {num_pairs}) and >= 2 "
                          f"identities (got {len(ids)})")
     rng = np.random.default_rng([seed, _PURPOSE_BIN])
     issame = rng.permutation(np.arange(num_pairs) < num_pairs // 2)  # shuffled: every fold gets both
@@ -97,16 +98,8 @@ def verification_pairs(faces: SyntheticFaces, identity_ids: Iterable[int], num_p
     second = np.where(issame, first, _sibling_or_random(rng, ids, first, faces.config.family_size, hard))
     pair_ids = np.stack([first, second], 1).reshape(-1)  # (2P,) left, right, left, right, ...
     seeds = derive_seeds(seed, _PURPOSE_BIN, pair_ids, np.arange(2 * num_pairs))
-    images = list(_render_jpegs(faces, pair_ids, seeds, quality, "verification pairs"))
-    return images, [bool(x) for x in issame]
-
-
-def write_verification_bin(path: str | os.PathLike, faces: SyntheticFaces, identity_ids: Iterable[int],
-                           num_pairs: int, seed: int, *, quality: int = 95) -> Dict[str, int]:
-    """Write `verification_pairs` as an InsightFace `.bin` through `data.bins.write_bin`."""
-    images, issame = verification_pairs(faces, identity_ids, num_pairs, seed, quality=quality)
-    write_bin(path, images, issame)
-    return {"num_pairs": len(issame), "num_genuine": int(sum(issame))}
+    write_bin(path, list(_render_jpegs(faces, pair_ids, seeds, quality, "verification pairs")), issame.tolist())
+    return {"num_pairs": num_pairs, "num_genuine": int(issame.sum())}
 
 
 def _template_pairs(identity_of_template: np.ndarray, max_impostor_pairs: int,
@@ -195,9 +188,7 @@ def build_synthetic_suite(out_dir: str | os.PathLike, num_train_ids: int = 200, 
     Training identities are 0..num_train_ids-1; held-out ones start at the next family boundary and
     feed both the `.bin` and the IJB folder. Point the config at `rec = out_dir/train` with
     `val_targets = ['synth_val']`, and IJB evaluation at `--image-path out_dir/<ijb_target>`.
-
-    Returns:
-        Paths by name: rec (the folder), train_rec, synth_val, ijb (the IJB root) and manifest.
+    Returns `suite_paths` as strings.
     """
     config = config or SyntheticFaceConfig()
     faces = SyntheticFaces(config, seed)

@@ -8,17 +8,6 @@
 - `decode`: JPEG/PNG decoding shared with the evaluation `.bin` loader.
 - `hashing`: `splitmix64`, the counter-based hash behind the flips (and the synthetic faces).
 
-The file formats are described in docs/data.md.
+The file formats are described in docs/data.md. Nothing is imported here, so `recordio`, `decode` and
+`hashing` load without torch.
 """
-from .datasets import (FaceDataset, ImageFolderDataset, ImageSizeError, LabelError, RecordDataset, Sample,
-                       SyntheticDataset, build_dataset, flip_decision)
-from .decode import ImageDecodeError, decode_image, encode_jpeg
-from .loader import DistributedSampler, FaceLoader, build_dataloader
-from .recordio import IRHeader, RecordIOError, RecordIOReader, RecordIOWriter, pack, unpack
-
-__all__ = [
-    "DistributedSampler", "FaceDataset", "FaceLoader", "IRHeader", "ImageDecodeError", "ImageFolderDataset",
-    "ImageSizeError", "LabelError", "RecordDataset", "RecordIOError", "RecordIOReader", "RecordIOWriter",
-    "Sample", "SyntheticDataset", "build_dataloader", "build_dataset", "decode_image", "encode_jpeg",
-    "flip_decision", "pack", "unpack",
-]

@@ -3,11 +3,9 @@
 Reference: Kim, Jain, Liu, "AdaFace: Quality Adaptive Margin for Face Recognition" (CVPR 2022), whose
 published IR-18/50/101 weights are strong teachers. The layout follows the description of its
 `net.py` (docs/backbones.md): `input_layer`, then `output_layer` registered BEFORE `body`, so the
-parameter order is stem, head, units. The published weights take BGR images; every registered
-backbone takes RGB (the arcface_torch convention), so these networks reverse the channels as the
-first step of their forward. That keeps one convention everywhere an IR network runs (teacher,
-student, host-train hook, evaluation, ONNX export) and makes an IR network we train loadable by
-AdaFace's own code, which feeds BGR.
+parameter order is stem, head, units. The published weights take BGR; these networks take RGB like
+every backbone and reverse the channels first (`BackboneSpec.channels`), so no caller needs a special
+case and an IR network we train still loads in AdaFace's own code, which feeds BGR.
 
 The published forward returns (z / |z|, |z|); ours returns z, whose norm is AdaFace's quality signal.
 """

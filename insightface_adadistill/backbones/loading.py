@@ -77,9 +77,8 @@ def describe_checkpoint(obj: Any) -> str:
 
 def _lightning_network(state: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     """The network part of an AdaFace LightningModule state_dict (`model.*`; `head.*` dropped), else None."""
-    if not any(key.startswith(LIGHTNING_NETWORK) for key in state):
-        return None
-    if not all(key.startswith((LIGHTNING_NETWORK, LIGHTNING_HEAD)) for key in state):
+    if not (any(key.startswith(LIGHTNING_NETWORK) for key in state)
+            and all(key.startswith((LIGHTNING_NETWORK, LIGHTNING_HEAD)) for key in state)):
         return None
     return {key[len(LIGHTNING_NETWORK):]: value for key, value in state.items() if key.startswith(LIGHTNING_NETWORK)}
 
@@ -144,12 +143,8 @@ def _embedding_size_in(network: str, state: Mapping[str, Tensor]) -> Optional[in
 
 def matching_networks(state: Mapping[str, Tensor]) -> List[Tuple[str, int]]:
     """Every registered (network, embedding size) whose state_dict has exactly `state`'s keys and shapes."""
-    matches = []
-    for name in list_backbones():
-        size = _embedding_size_in(name, state)
-        if size is not None and _same_shapes(_meta_state(name, size), state):
-            matches.append((name, size))
-    return matches
+    sizes = [(name, _embedding_size_in(name, state)) for name in list_backbones()]
+    return [(name, size) for name, size in sizes if size is not None and _same_shapes(_meta_state(name, size), state)]
 
 
 @dataclass(frozen=True)

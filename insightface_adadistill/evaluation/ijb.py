@@ -1,16 +1,10 @@
 """IJB-B / IJB-C 1:1 template verification, as arcface_torch's `eval_ijbc.py`.
 
-Pipeline: read the three meta files -> align every loose crop to the ArcFace template (BGR read,
-warp, BGR->RGB) in DataLoader workers -> embed the face and its horizontal flip -> combine per image
-(F1: orig + flip; N1: keep the norm, N0: L2-normalise; D1: times the faceness score) -> media pooling
-inside templates -> template = L2-normalised sum of media features -> cosine score per pair ->
-ROC and TAR@FAR by the nearest-point rule. The meta files are read by `ijb_meta`; the protocol
-and its switches are described in docs/evaluation.md.
-
-Where we differ from the host: the N/D/F switches are flags instead of constants; pooling runs in
-float64 with sorted reductions instead of per-template Python loops; the pair chunk loop never
-maps an unknown template to row 0 (we refuse such pairs); meta files are checked line by line;
-the table and the plot label the run with `--job`; we also write a PNG, a CSV and a JSON.
+Pipeline: read the three meta files (`ijb_meta`) -> align every loose crop to the ArcFace template
+(BGR read, warp, BGR->RGB) in DataLoader workers -> embed the face and its horizontal flip -> combine
+per image (the N/D/F switches) -> media pooling inside templates -> template = L2-normalised sum of
+media features -> cosine score per pair -> ROC and TAR@FAR by the nearest-point rule. The protocol,
+its switches and where we differ from the host are in docs/evaluation.md.
 """
 from __future__ import annotations
 

@@ -1,18 +1,10 @@
 """The ICCV21-MFR submission checks behind `adadistill check-onnx`, as our own implementation.
 
-The rules follow arcface_torch's `onnx_helper.ArcFaceORT.check` (docs/deployment.md) so that a
-model that passes here also passes the MFR server's gate. Where we differ, and why:
-
-- every rule is evaluated and reported in one table (the host stops at the first error string);
-- files are never rewritten: a fixed batch dim is made symbolic in memory, which is what the host's
-  `zzzzrefined.onnx` copy does on disk;
-- the latency limit refers to the MFR server's GPU, so a latency measured on the CPU provider is
-  reported as `info` and does not decide the exit code; on a GPU provider it is enforced;
-- the test image is a deterministic synthetic 112x112 BGR image instead of insightface's
-  `Tom_Hanks_54745` sample, so the check runs offline without the insightface package;
-- cfat's optional `crop.txt` / `pixel_norm.txt` overrides are not read;
-- an extra `opset` row says whether the MFR server's onnxruntime 1.8 can load the file (info only:
-  the host checks with whatever onnxruntime is installed).
+The rules follow arcface_torch's `onnx_helper.ArcFaceORT.check`, so that a model that passes here
+also passes the MFR server's gate. Unlike the host we report every rule, never rewrite the file (a
+fixed batch dim is made symbolic in memory), enforce the latency limit (the MFR server's GPU) only on
+a GPU provider, test on a synthetic image (offline, no insightface) and add an `opset` row for the
+server's onnxruntime 1.8; docs/deployment.md says why.
 """
 from __future__ import annotations
 

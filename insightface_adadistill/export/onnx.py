@@ -34,6 +34,7 @@ from torch import nn
 
 from insightface_adadistill.backbones import backbone_spec
 from insightface_adadistill.errors import UserError, WeightsError
+from insightface_adadistill.outputs import atomic_write
 from insightface_adadistill.export.mfr_check import detect_input_normalisation, narrow_initializers
 
 DEFAULT_OPSET = 18
@@ -154,7 +155,6 @@ def export_onnx(backbone: nn.Module, out_path: str | os.PathLike, *, opset: int 
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is not supported; use {MIN_OPSET} or higher (default {DEFAULT_OPSET})")
     _check_fp32(backbone)
-    out_path = Path(out_path)
     device = next(backbone.parameters()).device
     batch = 2 if batch_size_symbolic else 1  # torch.export specialises a batch of 1 to a constant
     generator = torch.Generator().manual_seed(0)
@@ -168,15 +168,7 @@ def export_onnx(backbone: nn.Module, out_path: str | os.PathLike, *, opset: int 
     _check_graph(model, opset)
     _make_portable(model)
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    # a sibling temporary name (not mkstemp, whose 0600 mode would make the deployed file private)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    try:
-        onnx.save(model, str(tmp))
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out_path
+    return atomic_write(out_path, lambda fh: fh.write(model.SerializeToString()))
 
 
 @torch.no_grad()

@@ -35,21 +35,11 @@ def build_teacher(network: Optional[str], weights: Optional[str | os.PathLike], 
                   channels_last: bool = False) -> FrozenTeacher | OnnxTeacher:
     """Build `network`, load `weights` strictly and freeze it; never returns a random teacher.
 
-    An ONNX `weights` (a `.onnx` file or an insightface pack name such as 'buffalo_l')
-    gives an `OnnxTeacher` run by onnxruntime instead (see `teacher.onnx_teacher`); it needs no
-    `network`, and its embedding size is the model's.
-
-    Args:
-        network: registered backbone name, e.g. 'r50' (None for an ONNX teacher).
-        weights: teacher file (model.pt, backbone.pth, checkpoint_gpu_{rank}.pt, AdaDistill *backbone.pth,
-            AdaFace .ckpt, model.onnx) or an insightface model pack.
-        embedding_size: the teacher's embedding size E (equal to the student's).
-        device: where the teacher runs.
-        dtype: forward precision, 'fp32', 'bf16' or 'fp16' (autocast).
-        channels_last: run in channels_last memory format.
-
-    Returns:
-        A `FrozenTeacher` (or `OnnxTeacher`): (B, 3, 112, 112) -> (B, E) float32, eval mode pinned, no gradients.
+    `weights` is a file of the module docstring, an `.onnx` file or an insightface pack name such as
+    'buffalo_l'; the last two give an `OnnxTeacher` run by onnxruntime (`teacher.onnx_teacher`), which
+    needs no `network` (None) and has the model's embedding size. `dtype` is the forward precision
+    ('fp32', 'bf16' or 'fp16', autocast). Either teacher maps (B, 3, 112, 112) -> (B, E) float32, with
+    eval mode pinned and no gradients.
     """
     check_precision(dtype)
     if weights is not None and str(weights) and is_onnx_teacher(weights):

@@ -1,23 +1,14 @@
 """Teachers from ONNX recognition models (insightface model zoo packs or exported files), run by onnxruntime.
 
-`teacher_weights` may name
-- an `.onnx` file (e.g. `~/.insightface/models/buffalo_l/w600k_r50.onnx`, or our `export-onnx` output);
-- a bare model zoo pack name such as `buffalo_l`, looked up in `$INSIGHTFACE_HOME/models/<pack>/`
-  (default `~/.insightface/models/<pack>/`); the pack's recognition model is the one file that
-  insightface's own model router loads as `ArcFaceONNX`.
-Which values these are is decided by `teacher.kind`, the rule the config check reads too.
-Nothing is ever downloaded: a missing pack is an error that says where to unzip it.
+`teacher_weights` may name an `.onnx` file or a bare model zoo pack name such as `buffalo_l`, looked
+up in `$INSIGHTFACE_HOME/models/<pack>/` (default `~/.insightface/models/<pack>/`), whose recognition
+model is the one file insightface's router loads as `ArcFaceONNX`; `teacher.kind` decides which.
+Nothing is ever downloaded. The input convention is insightface's own (`ArcFaceONNX` reads mean/std,
+name and size from the graph; it feeds RGB, as we do): our batches hold x = (p - 127.5) / 127.5, so
+the graph receives (127.5 x + 127.5 - mean) / std, which is x itself for 127.5 / 127.5 models.
 
-The input convention comes from insightface itself (`insightface.model_zoo.get_model`, whose
-`ArcFaceONNX` reads `input_mean`/`input_std` from the graph: Sub + Mul among the first nodes means
-the graph normalises raw 0-255 pixels itself, otherwise it expects (p - 127.5) / 127.5), plus the
-input name and size. insightface feeds recognition models RGB (it swaps OpenCV's BGR), as we do.
-Our batches hold x = (p - 127.5) / 127.5 in RGB, so the graph receives (127.5 x + 127.5 - mean) / std,
-which is x itself for 127.5 / 127.5 models.
-
-Licence: the insightface model zoo's pretrained models (buffalo_*, antelopev2, ...) are released
-for non-commercial research purposes only; a student distilled from them inherits that
-restriction. Check the terms of insightface's model zoo before any other use. See docs/backbones.md.
+Licence: the model zoo's models are for non-commercial research only, and so is a student distilled
+from them (docs/backbones.md).
 """
 from __future__ import annotations
 

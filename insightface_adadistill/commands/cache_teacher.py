@@ -25,8 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
                                              "with --set teacher_cache=DIR (docs/teacher-cache.md). Rerunning "
                                              "the same command resumes an interrupted build.")
     add_config_arguments(parser)
-    parser.usage = (f"{parser.prog} CONFIG [--set KEY=VALUE ...] [--out DIR] [--dtype {{{','.join(DTYPES)}}}] "
-                    "[--batch-size N]")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="cache folder (default: the config's teacher_cache, else <output>_teacher_cache)")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32",

@@ -39,8 +39,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         report = check_onnx(args.model, track=args.track, provider=args.provider)
     except FileNotFoundError as exc:
-        print_error("check-onnx", exc)
-        return 1
+        return print_error("check-onnx", exc)
     print(f"checking {report.model} (track {report.track}, provider {report.provider})")
     print(format_table(report))
     print("PASS: all MFR rules hold" if report.passed else f"FAIL: {', '.join(report.failed_rules())}")

@@ -63,9 +63,11 @@ def add_embedding_size(parser: argparse.ArgumentParser) -> None:
                              "a value the weights do not have is an error)")
 
 
-def print_error(command: str, message: object) -> None:
-    """The one error block every command prints: `adadistill <command>: error: <message>`."""
+def print_error(command: str, message: object) -> int:
+    """The one error block every command prints: `adadistill <command>: error: <message>`; returns 1, the
+    exit status of a command that failed on its files or its check (cli.py returns 2 for a user error)."""
     print(f"adadistill {command}: error: {message}", file=sys.stderr, flush=True)
+    return 1
 
 
 @contextlib.contextmanager

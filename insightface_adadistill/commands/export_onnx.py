@@ -40,9 +40,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Export, verify with onnxruntime, print a summary; exit 1 with a message on any failure."""
     args = build_parser().parse_args(argv)
     if _same_file(args.output, args.model):
-        print_error(COMMAND, f"OUT.onnx {args.output} is the --model weights file; refusing to overwrite "
-                             f"the weights: give another output, e.g. {args.model.with_suffix('.onnx')}")
-        return 1
+        return print_error(COMMAND, f"OUT.onnx {args.output} is the --model weights file; refusing to overwrite "
+                                    f"the weights: give another output, e.g. {args.model.with_suffix('.onnx')}")
     from insightface_adadistill.backbones.loading import load_backbone
     from insightface_adadistill.export.onnx import (ExportError, check_exportable, describe_export, export_onnx,
                                                     verify_onnx)
@@ -57,13 +56,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             backbone = load_backbone(args.network, args.model, args.embedding_size, fp16=False, dropout=0.0)
             export_onnx(backbone, draft, opset=args.opset)
         except (FileNotFoundError, ValueError, ExportError) as exc:
-            print_error(COMMAND, exc)
-            return 1
+            return print_error(COMMAND, exc)
         try:
             parity = verify_onnx(backbone, draft)
         except ExportError as exc:  # an unfaithful file must not be deployed by a script that ignores the exit code
-            print_error(COMMAND, f"{exc}; {args.output} was not written")
-            return 1
+            return print_error(COMMAND, f"{exc}; {args.output} was not written")
         os.replace(draft, args.output)
     finally:
         draft.unlink(missing_ok=True)

@@ -64,8 +64,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         result = _verify(cache, args.verify, args.seed, args.device)
         print(json.dumps({"verify": result}))
         if not result["ok"]:
-            print_error("inspect-cache", f"rows differ from the teacher by {result['max_rel_error']:.2e} "
-                        f"(relative), more than the {cache.manifest['dtype']} tolerance "
-                        f"{result['tolerance']:.0e}; rebuild the cache")
-            return 1
+            return print_error("inspect-cache", f"rows differ from the teacher by {result['max_rel_error']:.2e} "
+                               f"(relative), more than the {cache.manifest['dtype']} tolerance "
+                               f"{result['tolerance']:.0e}; rebuild the cache")
     return 0

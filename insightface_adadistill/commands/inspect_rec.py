@@ -37,6 +37,5 @@ def main(argv: Optional[List[str]] = None) -> int:
         with RecordIOReader(rec_path) as reader:
             print("\n".join(describe_rec(reader, args.num_records)))
     except (OSError, ValueError) as exc:
-        print_error("inspect-rec", exc)
-        return 1
+        return print_error("inspect-rec", exc)
     return 0

@@ -62,8 +62,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             with staged(args.out_dir) as stage:  # all three files appear together, or none
                 summary = write_insightface_rec(stage, samples, len(classes))
         except (OSError, ValueError) as exc:
-            print_error("make-rec", exc)
-            return 1
+            return print_error("make-rec", exc)
     print(f"wrote {args.out_dir / 'train.rec'}: {summary.num_images} images, {summary.num_classes} "
           f"identities, header {list(summary.header)} ({time.monotonic() - started:.1f} s)")
     return 0

@@ -51,8 +51,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     ijb_target=args.target)
                 written = json.loads(Path(staged_paths["manifest"]).read_text())["written"]
         except (OSError, ValueError) as exc:
-            print_error("make-synthetic", exc)
-            return 1
+            return print_error("make-synthetic", exc)
     print(f"wrote {args.out_dir} in {time.monotonic() - started:.1f} s")
     for name, counts in written.items():
         print(f"  {name}: " + ", ".join(f"{key} {value}" for key, value in counts.items()))

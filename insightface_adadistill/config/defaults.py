@@ -55,10 +55,6 @@ required = partial(_declare, "required", MISSING)  # every job config sets it (n
 derived = partial(_declare, "derived", MISSING)  # the trainer computes it (`derive`); setting it is an error
 
 
-def _distill_choices() -> Tuple[Optional[str], ...]:
-    return (None, *(name for name in HEADS.names() if name != STANDALONE))  # `distill = None` is standalone
-
-
 def _increasing_epochs(steps: Sequence[Any]) -> bool:
     positive = all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in steps)
     return positive and list(steps) == sorted(set(steps))
@@ -129,7 +125,7 @@ class RunConfig:
     distill: Optional[str] = ours(
         None, "the head: None (standalone Partial FC) or a registered head; what each one needs is "
               "declared with it (docs/heads.md)",
-        OneOf(_distill_choices), resume=IDENTITY)
+        OneOf(lambda: (None, *(name for name in HEADS.names() if name != STANDALONE))), resume=IDENTITY)
     distill_alpha: Union[str, float] = ours(
         "weighted", "AdaDistill centre momentum: 'weighted' (alpha', the paper's best), 'plain' "
                     "(alpha) or a fixed momentum", Rule(alpha_is_valid, ALPHA_RULE), resume=SCHEDULE)

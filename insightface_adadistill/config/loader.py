@@ -60,8 +60,7 @@ def read_config_file(path: Path) -> Dict[str, Any]:
                 f"that differ"]) from exc
         raise ConfigError(str(path), [f"importing {exc.name!r} failed: {exc}"]) from exc
     except Exception as exc:  # a user's file can raise anything; name it and keep the traceback
-        problem = f"executing the file raised {type(exc).__name__}: {exc}"
-        raise ConfigError(str(path), [problem]) from exc
+        raise ConfigError(str(path), [f"executing the file raised {type(exc).__name__}: {exc}"]) from exc
     config = namespace.get("config")
     if not isinstance(config, Mapping):
         raise ConfigError(str(path), [

@@ -14,7 +14,7 @@ from insightface_adadistill.heads import HEADS, head_name, head_spec, heads_with
 from insightface_adadistill.heads.margins import MARGINS
 from insightface_adadistill.teacher.kind import needs_network
 
-from .defaults import HISTORICAL_KEYS, KEYS, NoneType, RunConfig
+from .defaults import HISTORICAL_KEYS, KEYS, REQUIRED_KEYS, NoneType, RunConfig
 
 
 class ConfigError(UserError, ValueError):
@@ -136,8 +136,7 @@ def validate(cfg: Union[Mapping[str, Any], RunConfig], source: str = "config",
         return f"{problem} (from --set {key}=...)" if key in overridden else problem
 
     problems = [where(key, unknown_key_problem(key)) for key in cfg if key not in KEYS]
-    problems += [f"missing required key {key.name!r}: {key.meaning}"
-                 for key in KEYS.values() if key.group == "required" and key.name not in cfg]
+    problems += [f"missing required key {key!r}: {KEYS[key].meaning}" for key in REQUIRED_KEYS if key not in cfg]
     for key, value in cfg.items():
         if key in KEYS and not _has_type(value, KEYS[key].types):
             problems.append(where(key, f"{key} = {value!r} has type {type(value).__name__}; "

@@ -34,10 +34,8 @@ CANDIDATE_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
 def generate_data(preset: DemoPreset, out_dir: Path, seed: int) -> Dict[str, str]:
-    """Write the preset's synthetic train.rec, synth_val.bin and IJB folder under `out_dir`.
-
-    Returns `build_synthetic_suite`'s paths: rec, train_rec, synth_val, ijb, manifest.
-    """
+    """Write the preset's synthetic train.rec, synth_val.bin and IJB folder under `out_dir`; returns
+    `build_synthetic_suite`'s paths (rec, train_rec, synth_val, ijb, manifest)."""
     return build_synthetic_suite(out_dir, preset.train_ids, preset.images_per_id, preset.heldout_ids, seed,
                                  config=SyntheticFaceConfig.difficulty(preset.difficulty),
                                  num_val_pairs=preset.val_pairs, ijb_target=IJB_TARGET,

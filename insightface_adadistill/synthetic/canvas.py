@@ -11,9 +11,9 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-# (images, rows, cols, alpha): images None (all) or the (n,) indices of the images the part appears in
-# (a beard, glasses: rare parts cost only where drawn), alpha float32 (n, h, w); None: touches no pixel.
-Mask = Optional[Tuple[Optional[np.ndarray], slice, slice, np.ndarray]]
+# (images, rows, cols, alpha): images slice(None) (all) or the (n,) indices of the images the part appears
+# in (a beard, glasses: rare parts cost only where drawn), alpha float32 (n, h, w); None: touches no pixel.
+Mask = Optional[Tuple[Union[slice, np.ndarray], slice, slice, np.ndarray]]
 
 
 def xy(x: Union[float, np.ndarray], y: Union[float, np.ndarray]) -> np.ndarray:
@@ -58,7 +58,7 @@ class Canvas:
         """(images, rows, cols): the active images and the pixel box all their parts fit in."""
         if not active.any():
             return None
-        images = None if active.all() else np.flatnonzero(active)
+        images = slice(None) if active.all() else np.flatnonzero(active)
         c = self.m * (centre[:, 0] + 1j * centre[:, 1]) + self.t
         lo, hi = (c - half[:, 0] - 1j * half[:, 1])[active], (c + half[:, 0] + 1j * half[:, 1])[active]
         r0 = max(int(np.floor(lo.imag.min())) - 1, 0)
@@ -70,9 +70,8 @@ class Canvas:
     def _local(self, where, centre: np.ndarray, angle: Optional[np.ndarray]):
         """Scratch planes (a, b, s1, s2): a, b are the pixels' canonical offsets from `centre`
         (N, 2), rotated by `angle` (N,) degrees into the part's frame; s1, s2 are free."""
-        images, rows, cols = where
-        pick = slice(None) if images is None else images
-        u, v = self.u[pick, rows, cols], self.v[pick, rows, cols]
+        pick = where[0]
+        u, v = self.u[where], self.v[where]
         a, b, s1, s2 = self._planes(u.shape)
         np.subtract(u, _own(pick, centre[:, 0]), out=a)
         np.subtract(v, _own(pick, centre[:, 1]), out=b)
@@ -104,8 +103,7 @@ class Canvas:
         where = self._select(active, half, centre)
         if where is None:
             return None
-        pick = slice(None) if where[0] is None else where[0]
-        own = partial(_own, pick)
+        own = partial(_own, where[0])
         a, b, s1, _ = self._local(where, centre, angle)
         inv_rx, inv_ry = own(1 / np.maximum(rx, 1e-3)), own(1 / np.maximum(ry, 1e-3))
         if bend is not None:
@@ -131,7 +129,7 @@ class Canvas:
             q *= sharp
             alpha *= np.clip(q, 0, 1, out=q)
         if cut_y is not None:
-            np.subtract(own(cut_y), self.v[pick, where[1], where[2]], out=s1)
+            np.subtract(own(cut_y), self.v[where], out=s1)
             s1 *= own(self.scale)
             alpha *= np.clip(s1, 0, 1, out=s1)
         if opacity is not None:
@@ -146,7 +144,7 @@ class Canvas:
         where = self._select(opacity > 0, reach, centre)
         if where is None:
             return None
-        pick = slice(None) if where[0] is None else where[0]
+        pick = where[0]
         du, dv, _, _ = self._local(where, centre, None)
         for d, h in ((du, half[:, 0]), (dv, half[:, 1])):  # (half - |d|) * px, clipped to [0, 1]
             np.abs(d, out=d)
@@ -166,16 +164,12 @@ class Canvas:
         if mask is None:
             return
         images, rows, cols, alpha = mask
-        if images is None:
-            region = self.image[:, :, rows, cols]  # view (N, 3, h, w), blended in place
-        else:
-            region = self.image[images, :, rows, cols]  # copy (n, 3, h, w), written back below
-            colour = colour[images]
+        region = self.image[images, :, rows, cols]  # (n, 3, h, w): a view for slice(None), else a copy
         delta = self._delta[:region.size].reshape(region.shape)
-        np.subtract(colour.astype(np.float32)[:, :, None, None], region, out=delta)
+        np.subtract(colour[images].astype(np.float32)[:, :, None, None], region, out=delta)
         delta *= alpha[:, None]
         region += delta
-        if images is not None:
+        if not isinstance(images, slice):  # write the copy back
             self.image[images, :, rows, cols] = region
 
     def light(self, slope_x: np.ndarray, slope_y: np.ndarray) -> None:
@@ -242,5 +236,5 @@ def clipped(mask: Mask, clip: Mask) -> Mask:
     own = alpha[:, r0 - rows.start:r1 - rows.start, c0 - cols.start:c1 - cols.start]
     rows_in_clip = slice(r0 - clip_rows.start, r1 - clip_rows.start)
     cols_in_clip = slice(c0 - clip_cols.start, c1 - clip_cols.start)
-    other = clip_alpha[slice(None) if images is None else images, rows_in_clip, cols_in_clip]
+    other = clip_alpha[images, rows_in_clip, cols_in_clip]
     return images, slice(r0, r1), slice(c0, c1), own * other

@@ -18,7 +18,7 @@ import numpy as np
 
 from insightface_adadistill.data.hashing import MASK64, splitmix64
 
-Traits = Dict[str, np.ndarray]
+Arrays = Dict[str, np.ndarray]  # named per-image arrays (N, ...): traits, nuisances, parts, colours
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def _lerp(a, b, t: np.ndarray) -> np.ndarray:
     return np.asarray(a) + (np.asarray(b) - np.asarray(a)) * t[:, None]
 
 
-def identity_traits(config: SyntheticFaceConfig, seed: int, ids: np.ndarray) -> Traits:
+def identity_traits(config: SyntheticFaceConfig, seed: int, ids: np.ndarray) -> Arrays:
     """Stable traits of identities `ids` (N,): geometry (N,), colours (N, 3) in grey levels, marks."""
     ids = np.asarray(ids, dtype=np.int64)
     families = ids // config.family_size
@@ -130,7 +130,7 @@ def identity_traits(config: SyntheticFaceConfig, seed: int, ids: np.ndarray) -> 
     rho = config.trait_similarity
     z = dict(zip(_LATENTS, (np.sqrt(rho) * shared + np.sqrt(1 - rho) * own).T))
     spread = config.trait_spread
-    t: Traits = {k: m + s * spread * np.clip(z[k], -2.5, 2.5) for k, (m, s) in _GEOMETRY.items()}
+    t: Arrays = {k: m + s * spread * np.clip(z[k], -2.5, 2.5) for k, (m, s) in _GEOMETRY.items()}
     tone = np.clip(0.5 + 0.22 * spread * z["skin_tone"], 0, 1)
     t["skin"] = _lerp((236, 200, 178), (104, 68, 50), tone) + np.outer(spread * z["skin_hue"],
                                                                        (6, -2, -8))
@@ -158,8 +158,7 @@ _NUISANCES = ("yaw", "pitch", "smile", "mouth_open", "blink", "brow_raise", "gaz
               "noise_x", "noise_y", "noise_sign")
 
 
-def image_nuisances(config: SyntheticFaceConfig, seed: int, ids: np.ndarray,
-                    image_seeds: np.ndarray) -> Dict[str, np.ndarray]:
+def image_nuisances(config: SyntheticFaceConfig, seed: int, ids: np.ndarray, image_seeds: np.ndarray) -> Arrays:
     """Per-image draws (N,) in [0, 1), keyed by (seed, identity, image seed), named by `_NUISANCES`."""
     u = _uniforms(_keys(seed, _STREAM_IMAGE, ids, image_seeds), len(_NUISANCES))
     return dict(zip(_NUISANCES, u.T))

@@ -13,7 +13,7 @@ import numpy as np
 
 from insightface_adadistill.evaluation.alignment import ALIGNED_SIZE, ARCFACE_TEMPLATE_64
 from insightface_adadistill.synthetic.canvas import Canvas, clipped, xy
-from insightface_adadistill.synthetic.identities import (NOISE_STREAM, SyntheticFaceConfig, Traits,
+from insightface_adadistill.synthetic.identities import (NOISE_STREAM, Arrays, SyntheticFaceConfig,
                                                          identity_traits, image_nuisances)
 
 _EYE_CX = float(ARCFACE_TEMPLATE_64[:2, 0].mean())
@@ -23,8 +23,7 @@ _FACE_ANCHOR = np.array([56.0, 68.0])  # canonical point placed at the canvas ce
 _CHUNK = 64  # images per vectorised pass: bounds the union of part boxes and the memory
 
 
-def _face_parts(config: SyntheticFaceConfig, t: Traits,
-                u: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+def _face_parts(config: SyntheticFaceConfig, t: Arrays, u: Arrays) -> Arrays:
     """Canonical positions/sizes of this image's parts after pose and expression; (N,) or (N, 2).
 
     Yaw slides the interior (eyes, nose, mouth) against the outline and foreshortens the far eye;
@@ -68,8 +67,7 @@ def _fit_similarity(src: np.ndarray, dst: np.ndarray) -> Tuple[np.ndarray, np.nd
 
 
 # ------------------------------------------------------------------------------------- rendering
-def _paint_head(canvas: Canvas, t: Traits, p: Dict[str, np.ndarray],
-                rgb: Dict[str, np.ndarray]) -> None:
+def _paint_head(canvas: Canvas, t: Arrays, p: Arrays, rgb: Arrays) -> None:
     """Back hair, neck, ears, face outline (tapered to the chin), beard and fringe, back to front."""
     yaw, pitch = p["yaw"], p["pitch"]
     face_c = xy(56 + 2 * yaw, t["face_cy"] + 1.5 * pitch)
@@ -89,7 +87,7 @@ def _paint_head(canvas: Canvas, t: Traits, p: Dict[str, np.ndarray],
                 xy(1.04 * face_rx, np.full_like(yaw, 24)), angle=t["hair_tilt"])
 
 
-def _paint_eyes(canvas: Canvas, t: Traits, p: Dict[str, np.ndarray], rgb: Dict[str, np.ndarray]) -> None:
+def _paint_eyes(canvas: Canvas, t: Arrays, p: Arrays, rgb: Arrays) -> None:
     """Brows, eyes (sclera, iris and pupil clipped to the eyelids) and glasses frames."""
     yaw = p["yaw"]
     for side, eye in ((-1, p["eye_l"]), (1, p["eye_r"])):
@@ -108,8 +106,7 @@ def _paint_eyes(canvas: Canvas, t: Traits, p: Dict[str, np.ndarray], rgb: Dict[s
                  rgb["frame"])
 
 
-def _paint_lower_face(canvas: Canvas, t: Traits, p: Dict[str, np.ndarray],
-                      rgb: Dict[str, np.ndarray]) -> None:
+def _paint_lower_face(canvas: Canvas, t: Arrays, p: Arrays, rgb: Arrays) -> None:
     """Nose bridge shadow and nostrils, lips (bent by the smile), open mouth and moles."""
     nose, mouth, bend = p["nose"], p["mouth"], p["mouth_bend"]
     canvas.fill(rgb["skin"] * 0.8, xy(nose[:, 0] - 1.5, nose[:, 1] - t["nose_len"] / 2),  # bridge shadow
@@ -126,8 +123,8 @@ def _paint_lower_face(canvas: Canvas, t: Traits, p: Dict[str, np.ndarray],
                     opacity=t[mole])
 
 
-def _occluder(config: SyntheticFaceConfig, t: Traits, p: Dict[str, np.ndarray],
-              u: Dict[str, np.ndarray]) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _occluder(config: SyntheticFaceConfig, t: Arrays, p: Arrays,
+              u: Arrays) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(centre (N, 2), half sides (N, 2), colour (N, 3), present (N,)): patch, sunglasses or mask."""
     present = (u["occluded"] < min(config.occlusion_prob * config.nuisance, 1.0)).astype(np.float64)
     tint = np.stack([u["occ_r"], u["occ_g"], u["occ_b"]], 1)
@@ -199,8 +196,7 @@ class SyntheticFaces:
                   for i in range(0, len(ids), _CHUNK)]
         return tuple(np.concatenate(column) for column in zip(*chunks))
 
-    def _pose(self, p: Dict[str, np.ndarray], u: Dict[str, np.ndarray],
-              aligned: bool) -> Tuple[np.ndarray, np.ndarray, int]:
+    def _pose(self, p: Arrays, u: Arrays, aligned: bool) -> Tuple[np.ndarray, np.ndarray, int]:
         """(m, t, size): the similarity z_out = m z + t from canonical to output pixels, (N,) each."""
         c, k = self.config, self.config.nuisance
         rotation, scale = 2 * u["rot"] - 1, u["scale"]  # in [-1, 1) and [0, 1)

@@ -1,9 +1,6 @@
-"""arcface_torch-compatible configs: load a job config file, apply `--set` overrides, validate.
-
-`load_config(path, overrides, world_size)` is the one entry point and returns a frozen
-`RunConfig`; `defaults.py` declares every key once (default, types, check, meaning), and the
-checks read the library's own choices (backbone and head registries, optimizer kinds, precisions).
-The tables in docs/configs.md are generated from the declarations by `config.table`.
+"""arcface_torch-compatible configs: `load_config(path, overrides, world_size)`, the one entry point, loads a
+job config file, applies `--set` overrides, validates and returns a frozen `RunConfig`. `defaults.py` declares
+every key once; docs/configs.md's tables are generated from the declarations by `config.table`.
 """
 from .defaults import KEYS, RunConfig
 from .loader import build_run_config, derive, format_config, load_config, parse_overrides, resolve_config_path

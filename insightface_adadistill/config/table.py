@@ -24,15 +24,11 @@ _TITLES = {
 }
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "/")
-
-
 def _row(key: Key) -> str:
     default = "" if key.default is MISSING else f"`{key.default!r}`"
     accepted = key.check.describe() if key.check is not None else ""
-    return (f"| `{key.name}` | {default} | {type_names(key.types)} | {_cell(accepted)} | {key.resume} | "
-            f"{_cell(key.meaning)} |")
+    cells = [f"`{key.name}`", default, type_names(key.types), accepted, key.resume, key.meaning]
+    return "| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |"  # a '|' would split the cell
 
 
 def config_table_markdown() -> str:

@@ -93,7 +93,6 @@ def write_run_configs(preset: DemoPreset, place: RunPlace, folder: Path,
                  for method in students})
     paths = {name: folder / f"{name}.py" for name in runs}
     for name, (what, keys) in runs.items():  # values written by `repr`
-        path = paths[name]
-        path.write_text(_HEADER.format(preset=preset.name, what=what, path=path)
-                        + "".join(f"config.{key} = {value!r}\n" for key, value in keys.items()))
+        paths[name].write_text(_HEADER.format(preset=preset.name, what=what, path=paths[name])
+                               + "".join(f"config.{key} = {value!r}\n" for key, value in keys.items()))
     return paths

@@ -44,8 +44,7 @@ def demo_output(out: Path, overwrite: bool = False) -> Iterator[Path]:
                                     f"{', '.join(WRITTEN)} are replaced)")
 
     with claim_output(out, "demo", overwrite=overwrite, check=only_a_demo) as folder:
-        for name in WRITTEN:
-            path = folder / name
+        for path in map(folder.joinpath, WRITTEN):
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():

@@ -53,9 +53,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                               else f"{str(cfg.output).rstrip('/')}_teacher_cache")
     spec = TeacherSpec(cfg.teacher_network, cfg.teacher_weights, cfg.embedding_size,
                        cfg.teacher_dtype, cfg.teacher_channels_last)
-    with contextlib.ExitStack() as held:
-        if int(os.environ.get("RANK", "0")) == 0:  # the launching process holds the folder (torchrun: rank 0)
-            held.enter_context(claim_output(folder, "cache-teacher", resume=True))
+    main_process = int(os.environ.get("RANK", "0")) == 0  # it holds the folder for every process (torchrun)
+    with claim_output(folder, "cache-teacher", resume=True) if main_process else contextlib.nullcontext():
         return _build(cfg, folder, spec, args)
 
 

@@ -42,8 +42,7 @@ def progress(items: Iterable[T], total: int) -> Iterator[T]:
     for done, item in enumerate(items, 1):
         now = time.monotonic()
         if now - last >= PROGRESS_SECONDS:
-            rate = done / (now - started)
-            print(f"make-rec: {done}/{total} images, {rate:.0f} img/s", file=sys.stderr, flush=True)
+            print(f"make-rec: {done}/{total} images, {done / (now - started):.0f} img/s", file=sys.stderr, flush=True)
             last = now
         yield item
 

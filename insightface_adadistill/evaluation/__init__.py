@@ -1,12 +1,6 @@
-"""Face-verification evaluation with arcface_torch's protocols.
-
-- `verification`: 10-fold LFW-style accuracy and XNorm on `.bin` sets; `adadistill verify`.
-- `alignment`: the ArcFace 112x112 template and 5-point alignment to it (the warp needs OpenCV).
-- `roc`: ROC curve, TAR@FAR by the host's nearest-point rule, the table and the plot.
-- `ijb_meta`: read and write the IJB meta files (the layout lives only there).
-- `ijb`: the IJB-B / IJB-C 1:1 template protocol; `adadistill eval-ijb`.
-
-The `.bin` sets are read by `data.bins`. See docs/evaluation.md.
+"""Face-verification evaluation with arcface_torch's protocols (docs/evaluation.md): `.bin` sets in
+`verification`, IJB-B / IJB-C in `ijb` (its meta files in `ijb_meta`, the ArcFace template and
+5-point alignment in `alignment`, ROC and TAR@FAR in `roc`). The `.bin` files are read by `data.bins`.
 
 Nothing is imported here, so `verification` works without OpenCV and matplotlib.
 """

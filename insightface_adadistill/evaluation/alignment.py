@@ -25,18 +25,13 @@ ARCFACE_TEMPLATE_64 = np.array(_TEMPLATE_96X112, dtype=np.float64) + np.array([8
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (rotation, uniform scale, translation) mapping src onto dst.
+    """(2, 3) float64 affine M, dst ≈ M @ [x, y, 1]: the least-squares similarity (rotation, uniform
+    scale, translation) mapping the (K, 2) points src onto dst, K >= 2.
 
     Umeyama (1991), "Least-squares estimation of transformation parameters between two point
     patterns", eqs. 38-43, reflections excluded through the sign of det(covariance). The means,
     covariance and SVD run in the inputs' dtype, as in scikit-image (float32 for the host's
     landmarks): computing them in float64 moves the matrix by ~1e-5 and flips a few crop pixels.
-
-    Args:
-        src, dst: (K, 2) corresponding points, K >= 2.
-
-    Returns:
-        (2, 3) float64 affine matrix M with dst ≈ M @ [x, y, 1].
     """
     src, dst = np.asarray(src), np.asarray(dst)
     src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
@@ -58,14 +53,10 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 def align_face(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    """Warp a face to the 112x112 ArcFace crop; channel order is kept (BGR in, BGR out).
+    """(H, W, 3) uint8 face -> its (112, 112, 3) ArcFace crop, channel order kept (BGR in, BGR out).
 
-    Args:
-        image: (H, W, 3) uint8, BGR or RGB.
-        landmarks: (5, 2) pixel (x, y) of left eye, right eye, nose, left and right mouth corner.
-
-    Returns:
-        (112, 112, 3) uint8, pixels outside the source image are 0.
+    `landmarks`: (5, 2) pixel (x, y) of left eye, right eye, nose, left and right mouth corner.
+    Pixels outside the source image are 0.
     """
     import cv2
 

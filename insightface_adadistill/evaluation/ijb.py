@@ -119,14 +119,10 @@ def image_features(orig: np.ndarray, flipped: Optional[np.ndarray], faceness: np
 
 def pool_templates(features: np.ndarray, templates: np.ndarray, medias: np.ndarray
                    ) -> Tuple[np.ndarray, np.ndarray]:
-    """Media pooling (as the host's `image2template_feature`): mean over images of one media, sum over a template's media.
+    """(N, D) per-image features with (N,) template and media ids -> the (T,) sorted template ids and
+    their (T, D) float64 L2-normalised features.
 
-    Args:
-        features: (N, D) per-image features.
-        templates, medias: (N,) ids.
-
-    Returns:
-        unique_templates (T,) sorted ids, template_features (T, D) float64 L2-normalised.
+    As the host's `image2template_feature`: mean over the images of one media, sum over a template's media.
     """
     templates, medias = np.asarray(templates), np.asarray(medias)
     if not (len(features) == len(templates) == len(medias)):
@@ -165,12 +161,9 @@ def evaluate_ijb(embed_fn: EmbedFn, image_root: str | os.PathLike, target: str =
                  batch_size: int = 128, workers: int = 4, flip: bool = True,
                  norm_score: bool = True, detector_score: bool = True,
                  progress: Optional[bool] = None) -> Dict[str, object]:
-    """Run the whole IJB 1:1 protocol with `embed_fn` and return scores, ROC and TAR@FAR.
-
-    Returns:
-        dict with target, mode (the paper's test-mode name, 'N1D1F1' for the host's setting),
-        counts, scores (M,), labels (M,), fpr, tpr, auc and tar_at_far {far: tar fraction} at `REPORT_FARS`.
-    """
+    """Run the whole IJB 1:1 protocol with `embed_fn`: a dict with target, mode (the paper's test-mode
+    name, 'N1D1F1' for the host's setting), counts, scores (M,), labels (M,), fpr, tpr, auc and
+    tar_at_far {far: tar fraction} at `REPORT_FARS`."""
     start = time.perf_counter()
     meta = read_meta(image_root, target)
     faces = AlignedFaces([meta.image_dir / n for n in meta.image_names], meta.landmarks)

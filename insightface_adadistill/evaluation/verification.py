@@ -1,23 +1,15 @@
 """LFW-style 10-fold verification accuracy on `.bin` sets, as arcface_torch's `eval/verification.py`.
 
-Protocol (docs/evaluation.md): embed the original and the horizontally flipped faces,
-x = (p - 127.5) / 127.5; XNorm = the mean L2 norm of all raw embeddings (both sets); the final embedding is
-normalize(emb(orig) + emb(flip)); a pair's distance is the squared L2 distance (0..4); 10 contiguous
-folds (sklearn `KFold(10)` without shuffling); on each fold the threshold in arange(0, 4, 0.01) with
-the best train accuracy (first maximum) is applied to the test fold, "same" iff distance < threshold.
-Accuracy and std are the mean and population std of the 10 test accuracies.
-
-We batch normally: the host's overlapping last batch keeps only the new rows, so it computes the
-same embeddings. The host's VAL@FAR and PCA branches are not reproduced (the training callback
-never reads them).
+The protocol and where we differ from the host are in docs/evaluation.md; the steps below follow it
+(XNorm over all raw embeddings, squared L2 distance of normalised orig + flip sums, contiguous folds,
+the best train threshold of a fixed grid applied to the test fold).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -70,39 +62,27 @@ def pixels_to_input(images: Tensor) -> Tensor:
     return (images.float() / 255 - 0.5) / 0.5
 
 
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode under no_grad for the block; the previous train/eval flag is restored after."""
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield module
-    finally:
-        module.train(was_training)
-
-
 def embed_images(backbone: nn.Module, images: Tensor, batch_size: int = 64,
                  device: Optional[torch.device] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Raw embeddings of the original and the flipped faces.
+    """Raw embeddings (orig, flip), each (N, D) float64, of (N, 3, H, W) uint8 RGB `images`.
 
-    Args:
-        backbone: (B, 3, H, W) -> (B, D); may be DDP/DataParallel-wrapped.
-        images: (N, 3, H, W) uint8 RGB.
-        device: where to run; defaults to the backbone's parameter device.
-
-    Returns:
-        (orig, flip), each (N, D) float64 and not normalised.
+    `backbone` may be DDP-wrapped; it runs in eval mode under no_grad (its mode is restored after) on
+    `device`, by default its parameters' device.
     """
     model = unwrap(backbone)
-    if device is None:  # the parameters' device; a parameterless model runs on the CPU
+    if device is None:  # a parameterless model runs on the CPU
         device = next(model.parameters(), torch.empty(0)).device
     orig, flip = [], []
-    with eval_mode(model):
-        for start in range(0, images.shape[0], batch_size):
-            x = pixels_to_input(images[start:start + batch_size].to(device))
-            orig.append(model(x).double().cpu())
-            flip.append(model(torch.flip(x, dims=[3])).double().cpu())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, images.shape[0], batch_size):
+                x = pixels_to_input(images[start:start + batch_size].to(device))
+                orig.append(model(x).double().cpu())
+                flip.append(model(torch.flip(x, dims=[3])).double().cpu())
+    finally:
+        model.train(was_training)
     return torch.cat(orig).numpy(), torch.cat(flip).numpy()
 
 

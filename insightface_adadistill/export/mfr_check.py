@@ -89,11 +89,8 @@ class CheckReport:
 
 
 def resolve_model_file(path: str | Path) -> Path:
-    """A `.onnx` file as given, or the lexicographically last `*.onnx` in a folder (host rule).
-
-    The host would pick its own `zzzzrefined.onnx` if an earlier run left one there; so do we, and
-    `check-onnx` prints which file it checked.
-    """
+    """A `.onnx` file as given, or the lexicographically last `*.onnx` in a folder (host rule: so the
+    host's own `zzzzrefined.onnx` wins if an earlier run left one; `check-onnx` prints the file)."""
     path = Path(path)
     if path.is_file():
         return path
@@ -108,10 +105,8 @@ def resolve_model_file(path: str | Path) -> Path:
 def detect_input_normalisation(graph: onnx.GraphProto) -> Tuple[float, float]:
     """(mean, std) the MFR checker feeds: (0, 1) if the graph normalises itself, else (127.5, 127.5).
 
-    Host rule: the graph normalises itself when among its first 8 nodes one is named `Sub*`/`_minus*`
-    and one `Mul*`/`_mul*`/`Div*` (MXNet-converted models). insightface's `ArcFaceONNX` uses the same
-    test without `Div`.
-    """
+    Host rule, for MXNet-converted models: among the first 8 nodes one is named `Sub*`/`_minus*` and
+    one `Mul*`/`_mul*`/`Div*` (insightface's `ArcFaceONNX`: the same without `Div`)."""
     names = [node.name for node in graph.node[:8]]
     has_sub = any(n.startswith(("Sub", "_minus")) for n in names)
     has_scale = any(n.startswith(("Mul", "_mul", "Div")) for n in names)

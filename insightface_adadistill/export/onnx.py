@@ -143,14 +143,10 @@ def export_onnx(backbone: nn.Module, out_path: str | os.PathLike, *, opset: int 
                 batch_size_symbolic: bool = True) -> Path:
     """Export `backbone` ((B, 3, 112, 112) -> (B, E)) to `out_path` and return the path.
 
-    The backbone is exported in eval mode (its previous mode is restored) on the device of its
-    parameters. The file is written atomically, after the graph passed the contract checks.
-
-    Args:
-        backbone: an fp32 face backbone built with fp16=False.
-        out_path: the .onnx file to write; parent folders are created.
-        opset: the ONNX opset of the default domain, >= 11; see the module docstring.
-        batch_size_symbolic: a symbolic batch dim named 'batch' (MFR needs it); else batch 1.
+    `backbone` (fp32, built with fp16=False) is exported in eval mode (its previous mode is restored)
+    on the device of its parameters; `opset` (>= 11) is the default domain's, see the module docstring;
+    `batch_size_symbolic` names the batch dim 'batch' (MFR needs it), else the batch is 1. The file is
+    written atomically (parent folders created) after the graph passed the contract checks.
     """
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is not supported; use {MIN_OPSET} or higher (default {DEFAULT_OPSET})")
@@ -176,10 +172,8 @@ def verify_onnx(backbone: nn.Module, onnx_path: str | os.PathLike, *, batch_size
                 rtol: float = PARITY_RTOL) -> ParityReport:
     """Run `batch_size` random (B, 3, 112, 112) inputs through onnxruntime (CPU) and `backbone`.
 
-    Raises:
-        ExportError: if PyTorch's output is not finite, or max |onnx - torch| exceeds `rtol` times
-            max |torch| (or is NaN).
-    """
+    `ExportError` if PyTorch's output is not finite, or max |onnx - torch| exceeds `rtol` times
+    max |torch| (or is NaN)."""
     generator = torch.Generator().manual_seed(1)
     images = torch.rand(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator).mul_(2).sub_(1)
     was_training = backbone.training

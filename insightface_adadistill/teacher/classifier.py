@@ -127,15 +127,10 @@ def _from_shards(shards: List[Tuple[int, Path, Tensor]], num_classes: int) -> Te
 def load_teacher_classifier(paths_or_glob: PathsOrGlob, num_classes: int, embedding_size: int) -> Tensor:
     """Read the teacher's classifier as a (num_classes, embedding_size) float32 CPU tensor.
 
-    Args:
-        paths_or_glob: a header file, the shard files (a list, a glob such as
-            'work_dirs/r50/checkpoint_gpu_*.pt', or a list of globs).
-        num_classes: C, must equal the class count in the files.
-        embedding_size: E, must equal the files' embedding width.
-
-    Raises:
-        ValueError: unknown content, missing or duplicate ranks, shard sizes that break the
-            Partial FC split, or a class count other than `num_classes` (the message gives the count found).
+    `paths_or_glob` is a header file or the shard files (a list, a glob such as
+    'work_dirs/r50/checkpoint_gpu_*.pt', or a list of globs). A `WeightsError` (a ValueError) names
+    unknown content, missing or duplicate ranks, shard sizes that break the Partial FC split, or a
+    class count or embedding width other than the arguments (with the count found).
     """
     paths = _expand(paths_or_glob)
     shards = []

@@ -59,11 +59,8 @@ def _output_names(path: Path) -> List[str]:
 
 
 def _session_options(providers: Sequence[Any]) -> Any:
-    """On CPU: torch's thread count and no spinning, so the teacher shares the cores with the student.
-
-    onnxruntime's default is one busy-waiting thread per physical core, which would keep every
-    core spinning between teacher calls while the student trains on the same cores.
-    """
+    """On CPU: torch's thread count and no spinning, so the teacher shares the cores with the student
+    (onnxruntime's default, a busy-waiting thread per physical core, spins between teacher calls)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -86,13 +83,8 @@ def _check_graph(path: Path) -> None:
 
 
 def load_recognition_model(path: Path, providers: Sequence[str]) -> Any:
-    """insightface's `ArcFaceONNX` for the existing file `path`, after checking it is a 112x112
-    single-output recogniser.
-
-    Raises:
-        WeightsError: several outputs, a detector, another model kind, or an input size other than 112x112.
-        MissingExtrasError: onnx, onnxruntime or insightface is not installed.
-    """
+    """insightface's `ArcFaceONNX` for the existing file `path`; `WeightsError` unless it is a 112x112
+    single-output recogniser, `MissingExtrasError` without onnx, onnxruntime or insightface."""
     try:
         from insightface.model_zoo import get_model
         from insightface.model_zoo.arcface_onnx import ArcFaceONNX
@@ -154,11 +146,9 @@ def resolve_onnx_teacher(weights: str | os.PathLike) -> Path:
 class OnnxTeacher(nn.Module):
     """A frozen teacher run by onnxruntime: (B, 3, 112, 112) normalised RGB -> (B, E) float32.
 
-    It has no parameters and is always in eval mode; its outputs carry no graph, on the images' device.
-
-    Args:
-        model: insightface's `ArcFaceONNX` (session, input name and mean/std, output names).
-        path: the .onnx file, for messages.
+    It has no parameters and is always in eval mode; its outputs carry no graph, on the images'
+    device. `model` is insightface's `ArcFaceONNX` (session, input name, mean/std, output names);
+    `path` the .onnx file, for messages.
     """
 
     def __init__(self, model: Any, path: Path) -> None:

@@ -115,13 +115,9 @@ def detect_input_normalisation(graph: onnx.GraphProto) -> Tuple[float, float]:
 
 def narrow_initializers(graph: onnx.GraphProto) -> List[Tuple[str, str]]:
     """(name, dtype) of every initializer narrower than 4 bytes (fp16, bf16, int8, bool ...)."""
-    narrow = []
-    for tensor in graph.initializer:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-        if itemsize < MIN_INITIALIZER_BYTES:
-            dtype = onnx.helper.tensor_dtype_to_string(tensor.data_type).removeprefix("TensorProto.")
-            narrow.append((tensor.name, dtype))
-    return narrow
+    return [(t.name, onnx.helper.tensor_dtype_to_string(t.data_type).removeprefix("TensorProto."))
+            for t in graph.initializer
+            if onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize < MIN_INITIALIZER_BYTES]
 
 
 def synthetic_face_bgr(size: Tuple[int, int] = REQUIRED_INPUT_SIZE) -> np.ndarray:
@@ -141,10 +137,8 @@ def synthetic_face_bgr(size: Tuple[int, int] = REQUIRED_INPUT_SIZE) -> np.ndarra
 
 
 def image_blob(images_bgr: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """(N, H, W, 3) BGR uint8 -> (N, 3, H, W) float32 RGB, (p - mean) / std.
-
-    What the host builds with `cv2.dnn.blobFromImages(..., swapRB=True)`.
-    """
+    """(N, H, W, 3) BGR uint8 -> (N, 3, H, W) float32 RGB, (p - mean) / std: the host's
+    `cv2.dnn.blobFromImages(..., swapRB=True)`."""
     rgb = images_bgr[..., ::-1].astype(np.float32)
     return np.ascontiguousarray(((rgb - mean) / std).transpose(0, 3, 1, 2))
 
@@ -260,13 +254,11 @@ def _make_batch_symbolic(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def check_onnx(path: str | Path, track: str = "cfat", *, provider: str = "default",
                runs: int = LATENCY_RUNS) -> CheckReport:
-    """Run every MFR rule on `path` (a .onnx file or a folder) and return the table rows.
+    """Run every MFR rule on `path` (a .onnx file, or a folder: `resolve_model_file`) and return the rows.
 
-    Args:
-        path: the exported model, or a folder (the lexicographically last *.onnx is checked).
-        track: one of `TRACKS`; sets the size, feature-dim and latency limits.
-        provider: 'default' (onnxruntime's preferred provider, the host's `cpu=False`) or 'cpu'.
-        runs: single-image timing runs; the host uses 50.
+    `track` (one of `TRACKS`) sets the size, feature-dim and latency limits; `provider` is 'default'
+    (onnxruntime's preferred one, the host's `cpu=False`) or 'cpu'; `runs` single-image timing runs
+    (the host uses 50).
     """
     if track not in TRACKS:
         raise ValueError(f"unknown MFR track {track!r}; use one of {sorted(TRACKS)}")

@@ -94,18 +94,13 @@ def claim_output(path: str | os.PathLike, command: str, *, overwrite: bool = Fal
                  replaces: Iterable[str] = (), check: Optional[Callable[[Path], Any]] = None) -> Iterator[Path]:
     """Hold the folder `path` for `command` (e.g. "train", "make-synthetic") until the context exits.
 
-    Args:
-        path: the output folder; created (with parents) when missing.
-        command: the `adadistill` command writing it; its kind is `KIND_OF_COMMAND[command]`.
-        overwrite: the user allowed writing into a folder of another kind and over `replaces`.
-        resume: the job continues what is there (recorded in the lock file for a reader).
-        replaces: names (relative to the folder) the command writes; existing ones need `overwrite`.
-        check: called with the folder once locked, before the claim is recorded; an exception it
-            raises refuses the claim and undoes everything the claim made.
-
-    Raises:
-        OutputFolderError: `path` is a file, cannot be created or written, holds another kind of
-            output or files the command would replace, or is locked by a running job.
+    The folder is created (with parents) when missing; its kind is `KIND_OF_COMMAND[command]`.
+    `replaces` names (relative to the folder) the files the command writes; existing ones, like a
+    folder of another kind, need `overwrite`. `resume` (the job continues what is there) is recorded
+    in the lock file for a reader. `check` is called with the folder once locked, before the claim is
+    recorded; an exception it raises refuses the claim and undoes everything the claim made.
+    Raises `OutputFolderError` where `path` is a file, cannot be created or written, holds another
+    kind of output or files the command would replace, or is locked by a running job.
     """
     folder, kind = Path(path), KIND_OF_COMMAND[command]
     made: List[Path] = []
@@ -157,10 +152,8 @@ def claim_file(path: str | os.PathLike, command: str, *, overwrite: bool = False
     """Check that `command` may write the single file `path`; nothing is made. Write it atomically.
 
     `example` is a file name to suggest inside a folder given as `path`; None where the name is
-    fixed (a `.rec`'s `.idx`), so the only way past an existing file is the overwrite flag.
-
-    Raises:
-        OutputFolderError: `path` is a folder, or exists and `overwrite` is not set.
+    fixed (a `.rec`'s `.idx`), so the only way past an existing file is the overwrite flag. Raises
+    `OutputFolderError` where `path` is a folder, or exists and `overwrite` is not set.
     """
     path = Path(path)
     if path.is_dir():
@@ -317,8 +310,9 @@ def _exclusive_lock(folder: Path, command: str, *, resume: bool, force: bool) ->
                 raise
             logger.warning("the filesystem of %s does not support file locks (%s): a second job "
                            "started on this folder will not be detected", folder, exc.strerror)
-        if _same_inode(fd, lock_path):
-            break
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
+                break
         os.close(fd)  # a refused claim removed the file we locked: lock the current one
     try:
         holder = {"job": command, "pid": os.getpid(), "host": socket.gethostname(),
@@ -328,13 +322,6 @@ def _exclusive_lock(folder: Path, command: str, *, resume: bool, force: bool) ->
         yield _Lock(fd, lock_path, previous)
     finally:
         os.close(fd)  # releases the flock; the file stays (only a refused claim that made it removes it)
-
-
-def _same_inode(fd: int, path: Path) -> bool:
-    try:
-        return os.fstat(fd).st_ino == os.stat(path).st_ino
-    except FileNotFoundError:
-        return False
 
 
 def _read_holder(lock_path: Path) -> str:

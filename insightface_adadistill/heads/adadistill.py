@@ -72,14 +72,10 @@ def update_class_centres(centres: torch.Tensor, teacher_emb: torch.Tensor, stude
     `index_put_(accumulate=True)`, serial on CPU and sort-based on CUDA, so the result is the same
     run after run. Nothing waits for the host (no masks or unique counts).
 
-    Args:
-        centres: (C_local, E) this rank's centres, updated in place.
-        teacher_emb, student_emb: (N, E) the global batch.
-        labels: (N,) column in `centres`, or -1 for samples of classes owned elsewhere (skipped).
-        alpha: 'weighted', 'plain' or a float momentum.
-    Returns:
-        per-sample (N,) stats, 0 on rows with label -1: those named in ROW_STATS and `class_count`,
-        how many samples of the batch moved the sample's centre.
+    `centres` (C_local, E) are this rank's, updated in place; `teacher_emb`, `student_emb` (N, E) the
+    global batch; `labels` (N,) the column in `centres`, or -1 for samples of classes owned elsewhere
+    (skipped). Returns per-sample (N,) stats, 0 on rows with label -1: those named in ROW_STATS and
+    `class_count`, how many samples of the batch moved the sample's centre.
     """
     owned = (labels >= 0).to(centres.dtype)  # (N,)
     # A skipped sample joins the row of a class in the batch with weight 0, so every write below

@@ -105,11 +105,9 @@ def _scaled_logits(cos: torch.Tensor, labels: torch.Tensor, s: float,
 class CombinedMarginLoss(nn.Module):
     """Scaled margin logits: (N, C) cosines in [-1, 1] and (N,) local labels (-1: not here) -> (N, C).
 
-    Args:
-        s: scale (arcface_torch always uses 64).
-        m1, m2, m3: arcface_torch's margin_list; see `MARGIN_FORMS`.
-        interclass_filtering_threshold: > 0 turns on inter-class filtering (`interclass_filter`).
-        exact_grad: ArcFace gradient, straight-through (False, host) or exact (True); module doc.
+    `s` is the scale (arcface_torch always uses 64), `m1, m2, m3` arcface_torch's margin_list
+    (`MARGIN_FORMS`); `interclass_filtering_threshold` > 0 turns on `interclass_filter`; `exact_grad`
+    picks the ArcFace gradient, straight-through (False, the host's) or exact (module doc).
     """
 
     def __init__(self, s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0,

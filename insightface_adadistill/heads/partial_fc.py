@@ -80,13 +80,10 @@ class _DistributedCrossEntropy(torch.autograd.Function):
 def distributed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Mean over N of -log softmax(target), the softmax spanning every rank's columns.
 
-    Args:
-        logits: (N, c_local) scaled margin logits of this rank's columns.
-        labels: (N,) column of the target on this rank, -1 where another rank holds it.
-    Returns:
-        (loss, p_target): a 0-dim loss, identical on every rank, and the (N,) target probabilities
-        (clamped at 1e-30 inside the log, as arcface_torch). Backward is the analytic
-        (softmax - onehot) / N, without a host sync.
+    `logits` (N, c_local) are this rank's columns, `labels` (N,) the target's column here or -1 where
+    another rank holds it. Returns the 0-dim loss, identical on every rank, and the (N,) target
+    probabilities (clamped at 1e-30 inside the log, as arcface_torch). Backward is the analytic
+    (softmax - onehot) / N, without a host sync.
     """
     return _DistributedCrossEntropy.apply(logits, labels)
 
@@ -125,13 +122,11 @@ class NegativeSampler:
 class ShardedMarginSoftmax(nn.Module):
     """Gather, sample, cosine logits, margin and distributed cross-entropy for one class shard.
 
-    Args:
-        margin_loss: callable (N, c) cosines, (N,) local labels -> (N, c) scaled logits
-            (`CombinedMarginLoss`); one with `needs_norms = True` (`AdaFaceMargin`) also gets the
-            (N,) norms of the gathered embeddings and adds its `stats()` to the head's.
-        num_classes: C, all ranks together; this rank owns [class_start, class_start + num_local).
-        sample_rate: fraction of local centres per step (positives always kept; 0: positives only).
-        seed: negative-sampling seed; rank r uses seed + r.
+    `margin_loss` maps (N, c) cosines and (N,) local labels to (N, c) scaled logits
+    (`CombinedMarginLoss`); one with `needs_norms = True` (`AdaFaceMargin`) also gets the (N,) norms
+    of the gathered embeddings and adds its `stats()` to the head's. This rank owns the classes
+    [class_start, class_start + num_local) of `num_classes`; `sample_rate` is the fraction of local
+    centres per step (positives always kept; 0: positives only); rank r samples with `seed` + r.
     """
 
     def __init__(self, margin_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], num_classes: int,

@@ -48,9 +48,7 @@ def margin_list_problem(margin_list: Any) -> Optional[str]:
     if len(margin_list) != 3 or len(numbers) != 3:
         return f"must be 3 numbers (m1, m2, m3); {_MARGIN_FIX}"
     m1, m2, m3 = numbers
-    if m1 == 1.0 and m3 == 0.0 and 0.0 <= m2 < math.pi:
-        return None
-    if m1 == 1.0 and m2 == 0.0 and 0.0 < m3 < 2.0:
+    if m1 == 1.0 and ((m3 == 0.0 and 0.0 <= m2 < math.pi) or (m2 == 0.0 and 0.0 < m3 < 2.0)):
         return None
     return f"is neither {_ARCFACE_FORM} nor {_COSFACE_FORM}; {_MARGIN_FIX}"
 
@@ -149,8 +147,7 @@ def build_margin_loss(margin_list: Sequence[float], margin_grad: str = "straight
         raise ValueError(f"margin_list {tuple(margin_list)!r} {problem}")
     if margin_grad not in MARGIN_GRADS:
         raise ValueError(f"margin_grad must be one of {MARGIN_GRADS}, got {margin_grad!r}")
-    m1, m2, m3 = (float(m) for m in margin_list)
-    return CombinedMarginLoss(s, m1, m2, m3, interclass_filtering_threshold,
+    return CombinedMarginLoss(s, *(float(m) for m in margin_list), interclass_filtering_threshold,
                               exact_grad=margin_grad == "exact")
 
 

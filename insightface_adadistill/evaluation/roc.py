@@ -14,17 +14,11 @@ REPORT_FARS: Tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds) over the distinct score values, as sklearn's `roc_curve`.
+    """(fpr, tpr, thresholds), (K,) each, over the distinct values of the (M,) similarity `scores` for
+    (M,) `labels` (1 = genuine, 0 = impostor, bool or int), as sklearn's `roc_curve`.
 
-    A pair is accepted when score >= threshold. Collinear intermediate points are dropped (sklearn's
-    `drop_intermediate=True`) and (0, 0) is prepended with threshold +inf.
-
-    Args:
-        labels: (M,) 1 = genuine, 0 = impostor (bool or int).
-        scores: (M,) similarity, higher = more alike.
-
-    Returns:
-        fpr, tpr, thresholds: (K,) each, fpr and tpr non-decreasing.
+    A pair is accepted when score >= threshold; fpr and tpr are non-decreasing. Collinear intermediate
+    points are dropped (sklearn's `drop_intermediate=True`) and (0, 0) is prepended with threshold +inf.
     """
     labels = np.asarray(labels)
     scores = np.asarray(scores)

@@ -25,13 +25,8 @@ N_FOLDS = 10
 
 @dataclasses.dataclass(frozen=True)
 class VerificationSet:
-    """One decoded verification set.
-
-    Attributes:
-        name: the set's name (the file stem: lfw, cfp_fp, agedb_30, ...).
-        images: (2P, 3, H, W) uint8 RGB; pair i is rows 2i and 2i+1.
-        issame: (P,) bool.
-    """
+    """One decoded verification set: `name` (the file stem: lfw, cfp_fp, agedb_30, ...), `images`
+    (2P, 3, H, W) uint8 RGB, where pair i is rows 2i and 2i+1, and `issame` (P,) bool."""
 
     name: str
     images: Tensor

@@ -30,14 +30,9 @@ def teacher_forward(teacher: nn.Module, images: Tensor, dtype: str = "fp32") -> 
 
 
 class FrozenTeacher(nn.Module):
-    """Wraps a backbone so that it stays in eval mode and has no trainable parameters.
-
-    Args:
-        backbone: the pretrained network, (B, 3, H, W) -> (B, E).
-        precision: 'fp32', 'bf16' or 'fp16' (autocast on the images' device type).
-        channels_last: store the weights and feed the images in channels_last memory format,
-            faster for convolutions on recent GPUs.
-    """
+    """Wraps a pretrained (B, 3, H, W) -> (B, E) backbone so that it stays in eval mode and has no
+    trainable parameters; `precision` as `teacher_forward`'s dtype; `channels_last` stores the weights
+    and feeds the images in that memory format, faster for convolutions on recent GPUs."""
 
     def __init__(self, backbone: nn.Module, precision: str = "fp32", channels_last: bool = False) -> None:
         super().__init__()

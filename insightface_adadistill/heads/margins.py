@@ -199,9 +199,8 @@ class AdaFaceMargin(nn.Module):
             if norms.numel() < 2:
                 raise ValueError("the AdaFace margin needs a global batch of at least 2 samples (it "
                                  "standardises each norm by the batch's standard deviation)")
-            t = self.t_alpha
             batch = torch.stack([norms.mean(), norms.std()])
-            moved = t * batch + (1.0 - t) * torch.stack([self.norm_mean, self.norm_std])
+            moved = self.t_alpha * batch + (1.0 - self.t_alpha) * torch.stack([self.norm_mean, self.norm_std])
             finite = torch.isfinite(batch).all()  # a NaN batch (nonfinite_loss='skip') leaves them as they were
             self.norm_mean.copy_(torch.where(finite, moved[0], self.norm_mean))
             self.norm_std.copy_(torch.where(finite, moved[1], self.norm_std))

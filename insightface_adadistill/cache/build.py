@@ -14,7 +14,7 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ from insightface_adadistill.cache.manifest import (
     CHECKED_FIELDS, MANIFEST, CacheError, TeacherSpec, mismatches, new_manifest, read_manifest, run_identity)
 from insightface_adadistill.cache.reader import TeacherCache
 from insightface_adadistill.cache.store import (
-    ARRAY, BUILD, PROGRESS, RowFile, array_bytes, check_dtype, commit_chunk, create_array, done_chunks,
+    ARRAY, BUILD, PROGRESS, RowFile, array_bytes, check_dtype, commit_chunk, create_array, pending_chunks,
     read_array_header)
 from insightface_adadistill.data.datasets import FaceDataset
 from insightface_adadistill.teacher import build_teacher
@@ -54,10 +54,8 @@ class _PlainImages(Dataset):
 
 
 def embed_both(teacher: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """(b, 3, 112, 112), b <= batch_size -> (b, 2, E) float32: [:, 0] plain, [:, 1] mirrored.
-
-    Pads to `batch_size` so every forward has the shape training uses (see the module docstring).
-    """
+    """(b, 3, 112, 112), b <= batch_size -> (b, 2, E) float32: [:, 0] plain, [:, 1] mirrored; padded
+    to `batch_size` so every forward has the shape training uses (see the module docstring)."""
     count = images.shape[0]
     if count < batch_size:
         images = torch.cat([images, images[:1].expand(batch_size - count, -1, -1, -1)])
@@ -67,10 +65,8 @@ def embed_both(teacher: nn.Module, images: torch.Tensor, batch_size: int) -> tor
 
 
 def _prepare(folder: Path, request: Dict[str, Any]) -> str:
-    """Rank 0: 'complete' (nothing to do) or 'build' after creating / checking the unfinished build.
-
-    Raises CacheError for a folder holding something else; never overwrites a user's files.
-    """
+    """Rank 0: 'complete' (nothing to do) or 'build' after creating / checking the unfinished build;
+    CacheError for a folder holding something else (a user's files are never overwritten)."""
     if folder.exists() and not folder.is_dir():
         raise CacheError(f"{folder} is a file, not a cache folder; choose another --out")
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,8 +88,7 @@ def _prepare(folder: Path, request: Dict[str, Any]) -> str:
     elif any(p.name not in CLAIM_FILES for p in folder.iterdir()):
         raise CacheError(f"{folder} exists and is not a teacher cache; choose another --out (nothing "
                          "there is overwritten)")
-    count = math.ceil(request["shape"][0] / request["chunk_rows"])
-    remaining = count - sum(done_chunks(folder, count))
+    remaining = len(pending_chunks(folder, request))
     needed = array_bytes([remaining * request["chunk_rows"], *request["shape"][1:]], request["dtype"])
     free = shutil.disk_usage(folder).free
     if free < needed:
@@ -103,15 +98,6 @@ def _prepare(folder: Path, request: Dict[str, Any]) -> str:
         create_array(folder / ARRAY, tuple(request["shape"]), request["dtype"])
         write_json_atomic(request, pending)
     return "build"
-
-
-def _my_batches(chunks: Sequence[int], *, chunk_rows: int, total: int, batch_size: int) -> List[List[int]]:
-    """Index batches of `chunks`, never crossing a chunk boundary (a chunk is whole batches)."""
-    batches = []
-    for chunk in chunks:
-        rows = range(chunk * chunk_rows, min((chunk + 1) * chunk_rows, total))
-        batches += [list(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
-    return batches
 
 
 def build_teacher_cache(folder: str | Path, dataset: FaceDataset, teacher: TeacherSpec, *, rec: str,
@@ -145,15 +131,13 @@ def build_teacher_cache(folder: str | Path, dataset: FaceDataset, teacher: Teach
                "chunk_rows": chunk_rows}
     if distributed.on_main(lambda: _prepare(folder, request)) == "complete":
         return read_manifest(folder)
-    total = request["shape"][0]
-    count = math.ceil(total / chunk_rows)
-    pending = distributed.on_main(lambda: [k for k, done in enumerate(done_chunks(folder, count)) if not done])
+    pending = distributed.on_main(lambda: pending_chunks(folder, request))
     mine = pending[len(pending) * dist.rank // dist.world_size:len(pending) * (dist.rank + 1) // dist.world_size]
     if mine:
         _embed_chunks(folder, dataset, teacher, chunks=mine, request=request, dist=dist, num_workers=num_workers,
                       progress=progress)
     distributed.barrier()
-    return distributed.on_main(lambda: _commit(folder, request, count))
+    return distributed.on_main(lambda: _commit(folder, request))
 
 
 def _embed_chunks(folder: Path, dataset: FaceDataset, teacher: TeacherSpec, *, chunks: Sequence[int],
@@ -164,7 +148,9 @@ def _embed_chunks(folder: Path, dataset: FaceDataset, teacher: TeacherSpec, *, c
     model = build_teacher(teacher.network, teacher.weights, teacher.embedding_size, dist.device,
                           dtype=teacher.precision, channels_last=teacher.channels_last)
     rows = RowFile.open(folder / ARRAY, request["dtype"])
-    batches = _my_batches(chunks, chunk_rows=chunk_rows, total=total, batch_size=batch_size)
+    # index batches that never cross a chunk boundary (a chunk is whole batches)
+    batches = [list(range(start, min(start + batch_size, total))) for chunk in chunks
+               for start in range(chunk * chunk_rows, min((chunk + 1) * chunk_rows, total), batch_size)]
     loader = DataLoader(_PlainImages(dataset), batch_sampler=batches, num_workers=num_workers,
                         pin_memory=dist.device.type == "cuda")
     todo, done, buffer = sum(map(len, batches)), 0, []
@@ -184,9 +170,9 @@ def _embed_chunks(folder: Path, dataset: FaceDataset, teacher: TeacherSpec, *, c
         rows.close()
 
 
-def _commit(folder: Path, request: Dict[str, Any], count: int) -> Dict[str, Any]:
+def _commit(folder: Path, request: Dict[str, Any]) -> Dict[str, Any]:
     """Rank 0, after every rank finished: write the manifest, then drop the progress records."""
-    missing = [k for k, done in enumerate(done_chunks(folder, count)) if not done]
+    missing = pending_chunks(folder, request)
     if missing:
         raise CacheError(f"{folder}: chunks {missing[:5]} ({len(missing)} in all) were not written; rerun "
                          "the same command to finish the build")

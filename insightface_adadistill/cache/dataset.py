@@ -25,7 +25,7 @@ class TeacherSample(NamedTuple):
 
 
 class CachedTeacherDataset(Dataset):
-    """Wraps a `FaceDataset`: items are `TeacherSample`s; length, labels and epochs pass through."""
+    """Wraps a `FaceDataset`: items are `TeacherSample`s; length, labels and `set_epoch` pass through."""
 
     def __init__(self, dataset: Dataset, cache: TeacherCache) -> None:
         self.dataset = dataset
@@ -38,9 +38,6 @@ class CachedTeacherDataset(Dataset):
         if name in ("dataset", "cache"):  # not set yet (unpickling in a worker)
             raise AttributeError(name)
         return getattr(self.dataset, name)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.dataset.set_epoch(epoch)
 
     def __getitem__(self, item) -> TeacherSample:
         sample = self.dataset[item]

@@ -27,9 +27,9 @@ MANIFEST = "manifest.json"
 # Row layout: [:, 0] = teacher(x), [:, 1] = teacher(x mirrored along W), where x is the
 # normalised (3, 112, 112) image of `FaceDataset.load_image`; training picks column `flipped`.
 FLIP_CONVENTION = "hflip-width/v1"
-# Fields that must equal the run's, with the fix each mismatch needs.
 _REBUILD = ("rebuild it with `adadistill cache-teacher CONFIG --out NEW_DIR` and point teacher_cache "
             "there, or set teacher_cache to the cache built for this {what}")
+# Fields that must equal the run's, with what a mismatch is about (in the fix `_REBUILD` gives).
 CHECKED_FIELDS = {
     "teacher.network": "teacher", "teacher.weights_sha256": "teacher",
     "teacher.embedding_size": "teacher", "dataset.kind": "dataset", "dataset.images": "dataset",
@@ -150,17 +150,13 @@ def mismatches(found: Mapping[str, Any], expected: Mapping[str, Any], fields: Li
 
 
 def check_manifest(manifest: Mapping[str, Any], expected: Mapping[str, Any], folder: Path) -> None:
-    """Raise `CacheError` unless `manifest` serves the run described by `expected`.
-
-    `expected` has the manifest's shape (`teacher`, `dataset`, `flip`); every field of
-    `CHECKED_FIELDS` must be equal. All mismatches are reported at once, each with both values.
-    """
+    """Raise `CacheError` unless every `CHECKED_FIELDS` field of `manifest` equals that of `expected`
+    (the run's identity in manifest form), reporting all mismatches at once, each with both values."""
     wrong = [name for name in CHECKED_FIELDS if field(manifest, name) != field(expected, name)]
     if wrong:
         what = " and ".join(sorted({CHECKED_FIELDS[name] for name in wrong}))
-        lines = mismatches(manifest, expected, wrong)
         raise CacheError(f"{folder / MANIFEST}: this cache does not match the run:\n  "
-                         + "\n  ".join(lines) + "\n" + _REBUILD.format(what=what))
+                         + "\n  ".join(mismatches(manifest, expected, wrong)) + "\n" + _REBUILD.format(what=what))
 
 
 def read_manifest(folder: Path) -> Dict[str, Any]:

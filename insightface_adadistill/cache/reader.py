@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from insightface_adadistill.cache.manifest import MANIFEST, CacheError, check_manifest, read_manifest
 from insightface_adadistill.cache.store import (
-    ARRAY, BUILD, DTYPES, RowFile, array_bytes, check_dtype, done_chunks, read_array_header)
+    ARRAY, BUILD, DTYPES, RowFile, array_bytes, check_dtype, chunk_count, pending_chunks, read_array_header)
 
 _REBUILD = "rerun `adadistill cache-teacher CONFIG --out {folder}` to finish it"
 
@@ -23,19 +22,14 @@ class TeacherCache:
     manifest: Dict[str, Any]
     rows: RowFile
 
-    @property
-    def embedding_size(self) -> int:
-        return int(self.manifest["shape"][2])
-
 
 def build_progress(folder: Path) -> Optional[str]:
     """'k of K chunks' of an unfinished build in `folder`, None when there is none."""
     path = folder / BUILD
     if not path.is_file():
         return None
-    pending = json.loads(path.read_text())
-    count = math.ceil(pending["shape"][0] / pending["chunk_rows"])
-    return f"{sum(done_chunks(folder, count))} of {count} chunks"
+    build = json.loads(path.read_text())
+    return f"{chunk_count(build) - len(pending_chunks(folder, build))} of {chunk_count(build)} chunks"
 
 
 def open_teacher_cache(folder: str | os.PathLike, expected: Optional[Mapping[str, Any]] = None) -> TeacherCache:
@@ -56,8 +50,7 @@ def open_teacher_cache(folder: str | os.PathLike, expected: Optional[Mapping[str
         raise CacheError(f"teacher_cache {folder} does not exist; build it with `adadistill cache-teacher "
                          f"CONFIG --out {folder}`")
     if not (folder / MANIFEST).is_file():
-        progress = build_progress(folder)
-        if progress is not None:
+        if (progress := build_progress(folder)) is not None:
             raise CacheError(f"{folder}: the cache build stopped after {progress}; "
                              + _REBUILD.format(folder=folder))
         raise CacheError(f"{folder}: no {MANIFEST}, so this is not a finished teacher cache; build it with "

@@ -10,9 +10,10 @@ memory does not grow with N. bf16 is stored as raw int16 bits (numpy has no bflo
 from __future__ import annotations
 
 import errno
+import math
 import os
 from pathlib import Path
-from typing import Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -75,12 +76,13 @@ class RowFile:
     """Random access to the rows of the array; the descriptor is opened once per process, so an
     instance made in the main process works in DataLoader workers (forked or spawned)."""
 
+    _fd: Optional[int] = None
+    _pid: Optional[int] = None  # the process that opened `_fd`
+
     def __init__(self, path: Path, *, shape: Tuple[int, ...], dtype: str, offset: int) -> None:
         self.path, self.shape, self.dtype, self.offset = path, tuple(shape), dtype, offset
         self.numpy_dtype, self.torch_dtype = DTYPES[dtype]
         self.row_bytes = shape[1] * shape[2] * self.numpy_dtype.itemsize  # both orientations
-        self._fd: int | None = None
-        self._pid: int | None = None
 
     @classmethod
     def open(cls, path: Path, dtype: str) -> "RowFile":
@@ -89,13 +91,10 @@ class RowFile:
         return cls(path, shape=shape, dtype=dtype, offset=offset)
 
     def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_fd"], state["_pid"] = None, None
-        return state
+        return {**self.__dict__, "_fd": None, "_pid": None}
 
     def __del__(self) -> None:
-        if getattr(self, "_fd", None) is not None and self._pid == os.getpid():
-            os.close(self._fd)
+        self.close()
 
     def _descriptor(self, flags: int = os.O_RDONLY) -> int:
         if self._fd is None or self._pid != os.getpid():
@@ -104,8 +103,7 @@ class RowFile:
 
     def read(self, index: int, flipped: bool) -> torch.Tensor:
         """(E,) teacher embedding of sample `index`, mirrored when `flipped`, in the storage dtype."""
-        embedding = self.shape[2]
-        buffer = np.empty(embedding, dtype=self.numpy_dtype)
+        buffer = np.empty(self.shape[2], dtype=self.numpy_dtype)
         position = self.offset + index * self.row_bytes + int(flipped) * buffer.nbytes
         if os.preadv(self._descriptor(), [buffer], position) != buffer.nbytes:
             raise CacheError(f"{self.path}: row {index} is beyond the end of the file (truncated); "
@@ -117,10 +115,7 @@ class RowFile:
 
         Raises CacheError on ENOSPC: the chunks committed so far stay valid and the build resumes.
         """
-        data = rows.to(self.torch_dtype).contiguous()
-        if self.torch_dtype == torch.bfloat16:
-            data = data.view(torch.int16)
-        payload = data.numpy().tobytes()
+        payload = rows.to(self.torch_dtype).contiguous().view(torch.uint8).numpy().tobytes()  # numpy has no bf16
         fd = self._descriptor(os.O_WRONLY)
         try:
             written = 0
@@ -144,9 +139,14 @@ def chunk_marker(folder: Path, chunk: int) -> Path:
     return folder / PROGRESS / f"chunk_{chunk:06d}.done"
 
 
-def done_chunks(folder: Path, count: int) -> List[bool]:
-    """Which of `count` chunks are committed (their rows fsynced before the marker was created)."""
-    return [chunk_marker(folder, k).exists() for k in range(count)]
+def chunk_count(build: Mapping[str, Any]) -> int:
+    """How many chunks a build (its `build.json`) has: `shape[0]` rows, `chunk_rows` per chunk."""
+    return math.ceil(build["shape"][0] / build["chunk_rows"])
+
+
+def pending_chunks(folder: Path, build: Mapping[str, Any]) -> List[int]:
+    """The chunks of `build` not committed yet (a marker exists only once its rows are fsynced)."""
+    return [k for k in range(chunk_count(build)) if not chunk_marker(folder, k).exists()]
 
 
 def commit_chunk(folder: Path, chunk: int) -> None:

@@ -1,8 +1,6 @@
 """`host-train`: run a user's own arcface_torch `train_v2.py` with our heads registered into it.
 
-arcface_torch has no plugin mechanism, so the bridge imports the checkout's `backbones` and
-`partial_fc_v2` modules, swaps `get_model` and `PartialFC_V2` for versions that return the student
-(plus a frozen-teacher feed) and our head, then executes the unchanged `train_v2.py`. See
+arcface_torch has no plugin mechanism, so `runner` swaps two names in the modules it imports. See
 docs/host-train.md for when to use it instead of `adadistill train`.
 """
 from insightface_adadistill.host.checkout import HostCheckout, HostCheckoutError, check_checkout

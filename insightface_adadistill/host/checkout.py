@@ -22,9 +22,6 @@ from typing import Callable, Iterator
 
 from insightface_adadistill.errors import UserError
 
-GET_MODEL_KEYWORDS = ("dropout", "fp16", "num_features")  # what train_v2.py passes to get_model
-
-
 class HostCheckoutError(UserError, ValueError):
     """The folder given as ARCFACE_TORCH_DIR is not an arcface_torch checkout host-train can drive."""
 
@@ -84,11 +81,8 @@ def host_import_path(checkout: HostCheckout) -> Iterator[None]:
 
 
 def import_host_module(checkout: HostCheckout, name: str) -> ModuleType:
-    """Import the checkout's module `name` under its own name (train_v2.py's `from name import ...`).
-
-    A module of that name imported earlier from elsewhere is dropped first, so the host gets its own.
-    Call inside `host_import_path`.
-    """
+    """Import the checkout's module `name` under its own name (train_v2.py's `from name import ...`),
+    inside `host_import_path`; one of that name imported earlier from elsewhere is dropped first."""
     cached = sys.modules.get(name)
     if cached is not None and not str(getattr(cached, "__file__", "") or "").startswith(str(checkout.root)):
         for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
@@ -113,8 +107,7 @@ def _accepts(function: Callable, *args: object, **kwargs: object) -> bool:
 def check_host_api(checkout: HostCheckout, backbones: ModuleType, partial_fc_v2: ModuleType) -> None:
     """Refuse a `get_model` or `PartialFC_V2` that train_v2.py could not call the documented way."""
     get_model = getattr(backbones, "get_model", None)
-    keywords = {key: None for key in GET_MODEL_KEYWORDS}
-    if not callable(get_model) or not _accepts(get_model, "r50", **keywords):
+    if not callable(get_model) or not _accepts(get_model, "r50", dropout=None, fp16=None, num_features=None):
         signature = inspect.signature(get_model) if callable(get_model) else "missing"
         raise HostCheckoutError(
             f"{checkout.root / 'backbones' / '__init__.py'}: get_model{signature} cannot be called as "

@@ -53,12 +53,10 @@ class DistillSettings:
 class HostRun:
     """A validated host-train job.
 
-    `job_config` is the file's `config` with the `--set` values applied, exactly what the host
-    merges over its `configs/base.py`; `config_name` is the module name it is imported as
-    (`configs.<config_name>`, which also names the default output folder `work_dirs/<config_name>`).
-    `distill` is None when the config sets neither `distill` nor `margin = 'adaface'`: the host then
-    runs as it is.
-    `source` is the config file, for messages.
+    `job_config` is the file's `config` with the `--set` values applied, exactly what the host merges
+    over its `configs/base.py`, imported as `configs.<config_name>` (the host's default output folder
+    is `work_dirs/<config_name>`). `distill` is None when the config sets neither `distill` nor
+    `margin = 'adaface'`: the host then runs as it is. `source` is the config file, for messages.
     """
 
     source: str

@@ -1,16 +1,13 @@
 """Whether this Python can run the checkout's train_v2.py, checked before the host starts.
 
-host-train runs the host's code in our process, so the host's dependencies must be installed next
-to our package (docs/host-train.md, "Installing"). Three things stop an unmodified checkout on a
-current install, each turned into one line that names the file, the module and the fix instead of a
-traceback from inside the host:
-- a module the host imports at load time is not installed (arcface_torch imports mxnet, sklearn,
-  scipy, ... at the top of the files train_v2.py loads): found by reading the imports with `ast`
-  before anything runs; a module imported later (a ViT's timm, wandb) is caught when it fails;
+host-train runs the host's code in our process, so its dependencies must be installed next to our
+package (docs/host-train.md, "Installing"). Three things that stop an unmodified checkout on a current
+install each become one line naming the file, the module and the fix, not a traceback from the host:
+- a module imported at load time is missing (arcface_torch imports mxnet, sklearn, scipy, ...): found
+  by reading the imports with `ast` before anything runs; one imported later (a ViT's timm) when it fails;
 - mxnet 1.9.1 next to numpy >= 1.24: `import mxnet` uses `np.bool`, which numpy 1.24 removed;
-- `lr_scheduler.py` passing `verbose=` to `LRScheduler.__init__`, which torch 2.7 removed: the
-  message says what to change, and `--compatible-lr-scheduler` instead lets `LRScheduler.__init__`
-  drop the keyword for this run only. The user's files are never edited.
+- `lr_scheduler.py` passing `verbose=` to `LRScheduler.__init__`, which torch 2.7 removed: the message
+  says what to change; `--compatible-lr-scheduler` drops it for the run only (no file is edited).
 """
 from __future__ import annotations
 
@@ -21,7 +18,8 @@ import sys
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Set
+from typing import Dict, Iterator, Optional, Set
+from unittest.mock import patch
 
 import numpy as np
 import torch
@@ -71,12 +69,6 @@ def _local_module(checkout: HostCheckout, package: Path, module: str, level: int
     return next((c for c in candidates if c.is_file() or (c.is_dir() and c != checkout.root)), None)
 
 
-def _load_time_imports(path: Path) -> List[ast.stmt]:
-    """Import statements that run when the file is loaded: the module body, not functions or `try`."""
-    return [node for node in ast.parse(path.read_text(encoding="utf-8"), str(path)).body
-            if isinstance(node, (ast.Import, ast.ImportFrom))]
-
-
 def external_imports(checkout: HostCheckout) -> Dict[str, Path]:
     """Top-level modules outside the checkout that loading train_v2.py imports, with the first
     checkout file that imports each (following the checkout's own modules transitively)."""
@@ -88,13 +80,15 @@ def external_imports(checkout: HostCheckout) -> Dict[str, Path]:
         if path in seen:
             continue
         seen.add(path)
-        for node in _load_time_imports(path):
+        for node in ast.parse(path.read_text(encoding="utf-8"), str(path)).body:  # not in functions or `try`
             if isinstance(node, ast.Import):
                 targets = [(alias.name, 0, True) for alias in node.names]
-            else:  # `from m import a, b`: a and b may be submodules of a checkout package
+            elif isinstance(node, ast.ImportFrom):  # `from m import a, b`: a and b may be checkout submodules
                 module = node.module or ""
                 targets = [(module, node.level, True)] + [
                     (f"{module}.{alias.name}".strip("."), node.level, False) for alias in node.names]
+            else:
+                continue
             for module, level, may_be_external in targets:
                 local = _local_module(checkout, path.parent, module, level)
                 if local is not None and local.is_file():
@@ -109,9 +103,7 @@ def check_host_environment(checkout: HostCheckout) -> None:
     or for mxnet next to a numpy it cannot import with."""
     modules = external_imports(checkout)
     for module, where in sorted(modules.items()):
-        if module in sys.stdlib_module_names or module in sys.modules:
-            continue
-        if importlib.util.find_spec(module) is None:
+        if module not in sys.stdlib_module_names and module not in sys.modules and not importlib.util.find_spec(module):
             raise HostEnvironmentError(_missing_message(where, module))
     numpy_version = tuple(int(part) for part in np.__version__.split(".")[:2])
     if "mxnet" in modules and numpy_version >= NUMPY_WITHOUT_BOOL:
@@ -137,19 +129,15 @@ def missing_modules_named(checkout: HostCheckout) -> Iterator[None]:
         raise HostEnvironmentError(_missing_message(where, err.name)) from err
 
 
-# ---- lr_scheduler.py: `verbose=` -------------------------------------------------------------
-
-def _torch_accepts_verbose() -> bool:
-    return "verbose" in inspect.signature(torch_lr_scheduler.LRScheduler.__init__).parameters
+def _kept_args(call: ast.Call) -> int:
+    """Positional arguments before `verbose`: (optimizer, last_epoch), after `self` unless through super()."""
+    return 2 if isinstance(call.func.value, ast.Call) else 3
 
 
 def _passes_verbose(call: ast.Call) -> bool:
     """`super().__init__(optimizer, last_epoch, verbose)` or `...(..., verbose=...)`."""
-    function = call.func
-    if not (isinstance(function, ast.Attribute) and function.attr == "__init__"):
-        return False
-    return any(k.arg == "verbose" for k in call.keywords) or len(call.args) >= (
-        3 if isinstance(function.value, ast.Call) else 4)  # super().__init__ has no explicit self
+    return isinstance(call.func, ast.Attribute) and call.func.attr == "__init__" and (
+        any(k.arg == "verbose" for k in call.keywords) or len(call.args) > _kept_args(call))
 
 
 def _scheduler_init_calls(tree: ast.Module) -> Iterator[ast.Call]:
@@ -159,23 +147,18 @@ def _scheduler_init_calls(tree: ast.Module) -> Iterator[ast.Call]:
             yield from (node for node in ast.walk(cls) if isinstance(node, ast.Call) and _passes_verbose(node))
 
 
-def _without_verbose(call: ast.Call) -> str:
-    fixed = ast.Call(call.func, call.args[:2 if isinstance(call.func.value, ast.Call) else 3],
-                     [k for k in call.keywords if k.arg != "verbose"])
-    return ast.unparse(fixed)
-
-
 def lr_scheduler_problem(checkout: HostCheckout) -> Optional[str]:
     """What to change in lr_scheduler.py when it passes `verbose=` and this torch rejects it, else None."""
     path = checkout.root / "lr_scheduler.py"
-    if _torch_accepts_verbose() or not path.is_file():
+    if "verbose" in inspect.signature(torch_lr_scheduler.LRScheduler.__init__).parameters or not path.is_file():
         return None
     source = path.read_text(encoding="utf-8")
     for node in _scheduler_init_calls(ast.parse(source, str(path))):
+        fixed = ast.Call(node.func, node.args[:_kept_args(node)], [k for k in node.keywords if k.arg != "verbose"])
         return (f"{path}:{node.lineno}: `{ast.get_source_segment(source, node)}` passes verbose= to "
                 f"LRScheduler.__init__, which torch {torch.__version__} no longer accepts (removed in "
                 f"torch 2.7), so train_v2.py would fail when it builds its schedule; change it to "
-                f"`{_without_verbose(node)}`, or pass --compatible-lr-scheduler to let "
+                f"`{ast.unparse(fixed)}`, or pass --compatible-lr-scheduler to let "
                 f"LRScheduler.__init__ ignore verbose= for this run only")
     return None
 
@@ -189,8 +172,5 @@ def lr_scheduler_without_verbose() -> Iterator[None]:
     def init(self, optimizer, last_epoch=-1, verbose=None):  # noqa: ARG001 (torch < 2.7's signature)
         original(self, optimizer, last_epoch)
 
-    torch_lr_scheduler.LRScheduler.__init__ = init
-    try:
+    with patch.object(torch_lr_scheduler.LRScheduler, "__init__", init):
         yield
-    finally:
-        torch_lr_scheduler.LRScheduler.__init__ = original

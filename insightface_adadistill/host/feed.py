@@ -1,12 +1,10 @@
 """How our head is called from inside the host's loop: teacher feed and call adapter.
 
-The host's iteration is `loss = module_partial_fc(backbone(img), local_labels)`. The teacher must
-see the same `img`, which only the student's forward has, so a forward hook on the student runs the
-frozen teacher and leaves its embeddings for the head's next call (the teacher is held by the hook,
-outside the student's module tree: not in its state_dict, not in DDP, never in model.pt). Hooks on
-the head turn the host's positional call into our head contract (docs/heads.md) and its
-`HeadOutput` back into the loss tensor the host expects. The head object the host gets is ours, so
-its `state_dict` (`state_dict_softmax_fc`) has our keys unchanged.
+The host's iteration is `loss = module_partial_fc(backbone(img), local_labels)`. Only the student's
+forward sees `img`, so a hook on the student runs the frozen teacher (held by the hook, outside the
+student's module tree: not in its state_dict, not in DDP, never in model.pt), and hooks on the head
+adapt the host's call to our head contract (docs/heads.md). The head object the host gets is ours,
+so its `state_dict` (`state_dict_softmax_fc`) has our keys unchanged.
 """
 from __future__ import annotations
 
@@ -19,9 +17,8 @@ from torch import Tensor, nn
 class TeacherFeed:
     """Runs the frozen teacher on each training batch the student sees; the head takes it once.
 
-    Register `on_student_forward` as a forward hook of the student (the module `get_model`
-    returned). Evaluation forwards (the host's verification puts the backbone in eval mode) do not
-    run the teacher.
+    `on_student_forward` is a forward hook of the student (the module `get_model` returned); eval-mode
+    forwards (the host's verification) do not run the teacher.
     """
 
     def __init__(self, teacher: nn.Module) -> None:
@@ -48,20 +45,12 @@ class TeacherFeed:
         return teacher
 
 
-def _host_arguments(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[Tensor, Tensor]:
-    if len(args) != 2 or kwargs:
-        raise TypeError(f"host-train's head takes the host's call module_partial_fc(local_embeddings, "
-                        f"local_labels); got {len(args)} positional and {sorted(kwargs)} keyword arguments")
-    return args[0], args[1]
-
-
 class HostHeadCall:
     """Makes `head(local_embeddings, local_labels) -> loss` (the host's call) run our head contract.
 
-    Before the head runs: the teacher embeddings of the batch are added (`teacher=`). After it:
-    the host gets the loss tensor alone, and `stats` keeps the `HeadOutput` statistics of the last
-    call (by tag). The gradients need no conversion: our heads follow the host's convention
-    (distributed.py).
+    The batch's teacher embeddings go in as `teacher=`; the host gets the loss tensor alone, and `stats`
+    keeps the last call's `HeadOutput` statistics (by tag). Gradients need no conversion: our heads
+    follow the host's convention (distributed.py).
     """
 
     def __init__(self, head: nn.Module, feed: Optional[TeacherFeed]) -> None:
@@ -71,9 +60,10 @@ class HostHeadCall:
         head.register_forward_hook(self._after)
 
     def _before(self, module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]):
-        local_embeddings, local_labels = _host_arguments(args, kwargs)
-        teacher = self.feed.take() if self.feed is not None else None
-        return (local_embeddings, local_labels), {"teacher": teacher}
+        if len(args) != 2 or kwargs:
+            raise TypeError(f"host-train's head takes the host's call module_partial_fc(local_embeddings, "
+                            f"local_labels); got {len(args)} positional and {sorted(kwargs)} keyword arguments")
+        return args, {"teacher": self.feed.take() if self.feed is not None else None}
 
     def _after(self, module: nn.Module, args: Tuple[Any, ...], output: Any) -> Tensor:
         loss, self.stats = output  # HeadOutput

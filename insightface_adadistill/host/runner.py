@@ -1,16 +1,12 @@
 """Register our pieces into a user's arcface_torch checkout and run its unchanged `train_v2.py`.
 
-With `distill` or `margin = 'adaface'` set, for the duration of the run:
-- `backbones.get_model(...)` returns the host's student unchanged, remembered by the bridge;
-- `partial_fc_v2.PartialFC_V2(margin_loss, embedding_size, num_classes, sample_rate, fp16)` returns
-  our head for `distill`, built from those same arguments (the host's margin, or our AdaFace margin,
-  which needs the feature norms the host's Partial FC never passes; our sharding); for a
-  head that needs the teacher, the frozen teacher is attached to the remembered student
-  (`feed.TeacherFeed`);
-- the host's TensorBoard writer also receives our head statistics (`summary`).
-Without either nothing is replaced. With or without them, a resumed run's TensorBoard shows each
-step once (`summary`). Everything else (DDP, its fp16 compression hook, optimizer, schedule,
-checkpoints, logs) is the host's own code.
+With `distill` or `margin = 'adaface'` set, for the duration of the run, `backbones.get_model` returns
+the host's student unchanged but remembered (a head that needs the teacher gets it from a hook on that
+student, `feed.TeacherFeed`), and `partial_fc_v2.PartialFC_V2(...)` returns our head built from the
+same arguments (the host's margin, or our AdaFace margin, which needs the feature norms the host's
+Partial FC never passes); without them nothing is replaced. The TensorBoard writer shows a resumed
+run's steps once and adds our head statistics (`summary`). Everything else (DDP, its fp16
+compression hook, optimizer, schedule, checkpoints, logs) is the host's own code.
 """
 from __future__ import annotations
 
@@ -18,10 +14,11 @@ import logging
 import os
 import runpy
 import sys
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional
+from unittest.mock import patch
 
 import torch
 from torch import Tensor, nn
@@ -90,16 +87,15 @@ def load_distill_parts(settings: DistillSettings, device: torch.device) -> Disti
     return DistillParts(teacher, classifier)
 
 
+@dataclass(eq=False)
 class HostRegistration:
     """The `get_model` and `PartialFC_V2` replacements of one distillation run, and their state."""
 
-    def __init__(self, settings: DistillSettings, parts: DistillParts,
-                 host_get_model: Callable[..., nn.Module]) -> None:
-        self.settings = settings
-        self.parts = parts
-        self.host_get_model = host_get_model
-        self.student: Optional[nn.Module] = None
-        self.head_call: Optional[HostHeadCall] = None
+    settings: DistillSettings
+    parts: DistillParts
+    host_get_model: Callable[..., nn.Module]
+    student: Optional[nn.Module] = None
+    head_call: Optional[HostHeadCall] = None
 
     def get_model(self, name: str, **kwargs: Any) -> nn.Module:
         """The host's model; the first one built is the student the teacher is attached to."""
@@ -139,16 +135,6 @@ class HostRegistration:
 
 
 @contextmanager
-def _patched(owner: Any, name: str, value: Any) -> Iterator[None]:
-    original = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, original)
-
-
-@contextmanager
 def _host_invocation(checkout: HostCheckout, run: HostRun) -> Iterator[None]:
     """sys.argv as `train_v2.py configs/<name>`, with `configs.<name>` importable as our job config.
 
@@ -171,18 +157,6 @@ def _host_invocation(checkout: HostCheckout, run: HostRun) -> Iterator[None]:
             sys.modules[module_name] = saved_module
 
 
-@contextmanager
-def _registered(registration: Optional[HostRegistration], backbones: ModuleType,
-                partial_fc_v2: ModuleType) -> Iterator[None]:
-    """The replacements of a distillation run (none without one), undone afterwards."""
-    if registration is None:
-        yield
-        return
-    with _patched(backbones, "get_model", registration.get_model), \
-            _patched(partial_fc_v2, "PartialFC_V2", registration.partial_fc):
-        yield
-
-
 def check_host_data(run: HostRun) -> None:
     """Our head trusts the labels the host's loader gives it, so the dataset's identity count is
     checked against `num_classes` once, before the host starts, as `adadistill train` checks it
@@ -193,16 +167,13 @@ def check_host_data(run: HostRun) -> None:
         build_dataset(rec, run.distill.num_classes, run.distill.seed)
 
 
-@contextmanager
-def _output_claimed(run: HostRun) -> Iterator[None]:
+def _output_claimed(run: HostRun) -> ContextManager[Any]:
     """The launching process (torchrun: rank 0) holds the run's output folder, as `adadistill train`
     does: a folder of another kind (a dataset, a cache) or one in use by another job is refused."""
     if int(os.environ.get("RANK", "0")) != 0:
-        yield
-        return
+        return nullcontext()
     output = run.job_config.get("output") or os.path.join("work_dirs", run.config_name)  # the host's default
-    with claim_output(output, "host-train", resume=bool(run.job_config.get("resume"))):
-        yield
+    return claim_output(output, "host-train", resume=bool(run.job_config.get("resume")))
 
 
 def run_host_training(checkout_dir: str | os.PathLike, config: str | os.PathLike,
@@ -238,15 +209,18 @@ def run_host_training(checkout_dir: str | os.PathLike, config: str | os.PathLike
     run = load_host_config(config, overrides, world_size)
     check_host_data(run)
     parts = load_distill_parts(run.distill, host_device()) if run.distill is not None else None
-    tolerant_scheduler = lr_scheduler_without_verbose() if scheduler_problem is not None else nullcontext()
     with _output_claimed(run), missing_modules_named(checkout), host_import_path(checkout), \
-            _host_invocation(checkout, run):
+            _host_invocation(checkout, run), ExitStack() as replaced:  # undone in reverse order
         backbones = import_host_module(checkout, "backbones")
         partial_fc_v2 = import_host_module(checkout, "partial_fc_v2")
         check_host_api(checkout, backbones, partial_fc_v2)
-        registration = (HostRegistration(run.distill, parts, backbones.get_model)
-                        if run.distill is not None else None)
-        stats = registration.stats if registration is not None else None
-        with _registered(registration, backbones, partial_fc_v2), tolerant_scheduler, \
-                tap_summary_writer(stats, resume=bool(run.job_config.get("resume"))):
-            runpy.run_path(str(checkout.train_script), run_name="__main__")
+        stats = None
+        if run.distill is not None:
+            registration = HostRegistration(run.distill, parts, backbones.get_model)
+            replaced.enter_context(patch.object(backbones, "get_model", registration.get_model))
+            replaced.enter_context(patch.object(partial_fc_v2, "PartialFC_V2", registration.partial_fc))
+            stats = registration.stats
+        if scheduler_problem is not None:
+            replaced.enter_context(lr_scheduler_without_verbose())
+        replaced.enter_context(tap_summary_writer(stats, resume=bool(run.job_config.get("resume"))))
+        runpy.run_path(str(checkout.train_script), run_name="__main__")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
+from unittest.mock import patch
 
 from torch import Tensor
 
@@ -38,9 +39,7 @@ def tap_summary_writer(stats: Optional[Callable[[], Mapping[str, Tensor]]], resu
     and, when `resume`, hides the steps after the checkpoint it resumes from."""
     from torch.utils import tensorboard  # imported here: it pulls in the tensorboard package
 
-    original = tensorboard.SummaryWriter
-
-    class TappedSummaryWriter(original):
+    class TappedSummaryWriter(tensorboard.SummaryWriter):
         def __init__(self, log_dir: Optional[str] = None, *args: Any, **kwargs: Any) -> None:
             step = resumed_step(Path(log_dir).parent) if resume and log_dir and not args else None
             if step is not None and kwargs.get("purge_step") is None:
@@ -54,8 +53,5 @@ def tap_summary_writer(stats: Optional[Callable[[], Mapping[str, Tensor]]], resu
                 for name, value in stats().items():
                     super().add_scalar(name, float(value), global_step)
 
-    tensorboard.SummaryWriter = TappedSummaryWriter
-    try:
+    with patch.object(tensorboard, "SummaryWriter", TappedSummaryWriter):
         yield
-    finally:
-        tensorboard.SummaryWriter = original

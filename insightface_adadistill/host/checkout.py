@@ -1,11 +1,9 @@
 """Recognise an arcface_torch checkout before running anything of it.
 
-`host-train` relies on four things of `recognition/arcface_torch`: the `train_v2.py` entry point,
-`configs/base.py` (which its config loader imports first), `backbones.get_model(name, **kwargs)`
-called as `get_model(network, dropout=..., fp16=..., num_features=...)`, and
-`partial_fc_v2.PartialFC_V2(margin_loss, embedding_size, num_classes, sample_rate, fp16)`. A
-checkout that lacks one of them is refused here, naming the file and what was expected, instead of
-failing halfway through the host's start-up.
+`host-train` relies on four things of `recognition/arcface_torch` (docs/host-train.md): `train_v2.py`,
+`configs/base.py`, `backbones.get_model(name, **kwargs)` and `partial_fc_v2.PartialFC_V2`. A checkout
+that lacks one is refused here, naming the file and what was expected, instead of failing halfway
+through the host's start-up.
 """
 from __future__ import annotations
 

@@ -1,13 +1,11 @@
 """Whether this Python can run the checkout's train_v2.py, checked before the host starts.
 
-host-train runs the host's code in our process, so its dependencies must be installed next to our
-package (docs/host-train.md, "Installing"). Three things that stop an unmodified checkout on a current
-install each become one line naming the file, the module and the fix, not a traceback from the host:
-- a module imported at load time is missing (arcface_torch imports mxnet, sklearn, scipy, ...): found
-  by reading the imports with `ast` before anything runs; one imported later (a ViT's timm) when it fails;
-- mxnet 1.9.1 next to numpy >= 1.24: `import mxnet` uses `np.bool`, which numpy 1.24 removed;
-- `lr_scheduler.py` passing `verbose=` to `LRScheduler.__init__`, which torch 2.7 removed: the message
-  says what to change; `--compatible-lr-scheduler` drops it for the run only (no file is edited).
+host-train runs the host's code in our process, so its dependencies must be installed next to ours
+(docs/host-train.md, "Installing"). A module train_v2.py imports at load time that is missing (found
+by reading the imports with `ast` before anything runs, or when a later import fails), mxnet 1.9.1
+next to numpy >= 1.24 (no `np.bool`), and an `lr_scheduler.py` passing the `verbose=` torch 2.7 removed each
+become one line naming the file, the module and the fix, not a traceback from inside the host. The
+user's files are never edited (`--compatible-lr-scheduler` drops `verbose=` for the run only).
 """
 from __future__ import annotations
 

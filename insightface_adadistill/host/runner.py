@@ -136,11 +136,9 @@ class HostRegistration:
 
 @contextmanager
 def _host_invocation(checkout: HostCheckout, run: HostRun) -> Iterator[None]:
-    """sys.argv as `train_v2.py configs/<name>`, with `configs.<name>` importable as our job config.
-
-    The job module lives in sys.modules only, so nothing is written into the user's checkout and a
-    config from anywhere (with --set values applied) reaches the host's own config loader.
-    """
+    """sys.argv as `train_v2.py configs/<name>`, with `configs.<name>` importable as our job config: in
+    sys.modules only, so nothing is written into the checkout and a config from anywhere (with --set
+    values applied) reaches the host's own config loader."""
     module_name = f"configs.{run.config_name}"
     job = ModuleType(module_name, "host-train job config")
     job.config = run.job_config

@@ -1,13 +1,11 @@
-"""Our additions to the host's own TensorBoard run.
+"""Our additions to the host's own TensorBoard run (docs/host-train.md).
 
 The host creates `SummaryWriter(log_dir=<output>/tensorboard)` on rank 0, before it loads a
-checkpoint, and writes `loss` every `frequent` steps. While host-train runs,
-`torch.utils.tensorboard.SummaryWriter` is a subclass that
-- after each `loss` scalar, adds the head's 0-dim statistics (`distill/alpha`, ...) at the same
-  global step: the values of that step, not a window mean (distillation runs only);
-- on `resume=True`, opens with TensorBoard's purge marker at the step after the checkpoint the host
-  resumes from (`global_step` of `<output>/checkpoint_gpu_0.pt`), so the steps a stopped run logged
-  after that save show once, from the resumed run. The host's own writer appends them a second time.
+checkpoint, and writes `loss` every `frequent` steps. While host-train runs, that class is a subclass
+that adds the head's 0-dim statistics of the same step after each `loss` (distillation runs only),
+and on resume opens with TensorBoard's purge marker at the step after the host's checkpoint
+(`global_step` of `<output>/checkpoint_gpu_0.pt`), so the steps a stopped run logged after that save
+show once; the host's own writer appends them a second time.
 """
 from __future__ import annotations
 

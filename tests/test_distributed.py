@@ -1,6 +1,7 @@
 """distributed.py: sharding, the no-process-group fallbacks, single-process init, and 2 gloo ranks."""
 from __future__ import annotations
 
+import datetime
 import subprocess
 import sys
 import time
@@ -116,7 +117,9 @@ def test_init_rejects_partial_env_and_bad_device(no_torchrun_env, monkeypatch):
 
 # ---------------------------------------------------------------- two gloo processes
 
-MAIN_TIMEOUT_S, WAIT_TIMEOUT_S = 2.0, 4.0
+# No outcome below depends on how fast the machine is: every wait that must succeed has a timeout far
+# beyond what it waits for, and the one that must fail waits for a rank that never comes.
+MAIN_TIMEOUT_S, WAIT_TIMEOUT_S, GIVE_UP_S = 10.0, 120.0, 3.0
 
 
 def _two_rank_checks(info: D.DistInfo) -> dict:
@@ -142,23 +145,27 @@ def _two_rank_checks(info: D.DistInfo) -> dict:
     (gathered * torch.tensor([[1.0], [2.0]]) * (rank + 1)).sum().backward()
     out["ddp_grad"] = model.module.weight.grad.clone()
 
-    # rank 0 works longer than the main group's timeout; the others wait in wait_for_main
+    # rank 0 works longer than the main group's timeout; the others wait in wait_for_main, where the side
+    # group's (far longer) timeout is the one that counts
     if rank == 0:
         time.sleep(MAIN_TIMEOUT_S + 1.0)
     D.wait_for_main()
     out["after_wait"] = D.all_reduce(torch.ones(1))  # the main group is still usable
     D.barrier()
 
-    # rank 0 does not arrive in time (it stays alive, so this is a timeout, not a lost peer):
-    # the others give up after the wait timeout with a clear message
+    # rank 0 never arrives, and stays alive until rank 1 has given up (a timeout, not a lost peer): rank 1
+    # gives up after the side group's timeout with a clear message (a short-timeout group stands in for it)
+    D._wait_group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=GIVE_UP_S))
+    store = dist.distributed_c10d._get_default_store()
     if rank == 0:
-        time.sleep(WAIT_TIMEOUT_S + 1.0)
+        store.wait(["gave_up"], datetime.timedelta(seconds=WAIT_TIMEOUT_S))
     else:
         start = time.monotonic()
         try:
             D.wait_for_main()
         except RuntimeError as err:
             out["wait_error"] = (str(err), time.monotonic() - start)
+        store.set("gave_up", "1")
     assert world == 2
     return out
 
@@ -180,4 +187,4 @@ def test_two_processes():
         assert torch.equal(out["after_wait"], torch.tensor([2.0]))
     message, waited = results[1]["wait_error"]
     assert "gave up waiting for rank 0" in message and "wait_timeout_minutes" in message
-    assert WAIT_TIMEOUT_S - 0.5 < waited < WAIT_TIMEOUT_S + 5
+    assert GIVE_UP_S - 0.5 < waited < WAIT_TIMEOUT_S  # it gave up on its timeout, and did not hang

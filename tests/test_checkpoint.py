@@ -104,9 +104,9 @@ def _agree_among(world_size: int, crash_rank=None):
             if rank == crash_rank and calls[rank] == 2:
                 raise RuntimeError("simulated crash")
             votes[rank] = ok
-            barrier.wait(timeout=10)
+            barrier.wait(timeout=120)
             result = all(votes)
-            barrier.wait(timeout=10)
+            barrier.wait(timeout=120)
             return result
         return agree
     return for_rank, barrier

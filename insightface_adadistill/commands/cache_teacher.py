@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, List, Optional
 
-from insightface_adadistill.commands.common import (add_config_arguments, command_parser, parse_config_args,
+from insightface_adadistill.commands.common import (add_config_arguments, command_parser, count, parse_config_args,
                                                     process_group)
 
 SUMMARY = "embed every training image (plain and mirrored) with the teacher, once"
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=DTYPES, default="fp32",
                         help="row storage: fp32 (exact), fp16 or bf16 (half the disk; deviation in "
                              "docs/teacher-cache.md)")
-    parser.add_argument("--batch-size", type=int, metavar="N",
+    parser.add_argument("--batch-size", type=count, metavar="N",
                         help="images per teacher forward (default: the config's batch_size, which "
                              "makes fp32 rows bit-identical to the online teacher's)")
     return parser

@@ -22,6 +22,18 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def count(text: str) -> int:
+    """argparse `type=` of a count (a batch size, a number of processes or steps): an int >= 1, so a 0
+    or a negative value is one argparse line naming the flag, not an error deep inside the command."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def command_parser(command: str, description: str) -> argparse.ArgumentParser:
     """The parser of `adadistill <command>`: every command's help looks and reads the same."""
     return argparse.ArgumentParser(prog=f"adadistill {command}", description=description,
@@ -58,7 +70,7 @@ def parse_config_args(parser: argparse.ArgumentParser, argv: Optional[List[str]]
 
 def add_embedding_size(parser: argparse.ArgumentParser) -> None:
     """`--embedding-size E` of the commands that load backbone weights: a check, not a setting."""
-    parser.add_argument("--embedding-size", type=int, metavar="E",
+    parser.add_argument("--embedding-size", type=count, metavar="E",
                         help="num_features the model was trained with (default: read from the weights; "
                              "a value the weights do not have is an error)")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import List, Optional
 
-from insightface_adadistill.commands.common import add_config_arguments, command_parser, parse_config_args
+from insightface_adadistill.commands.common import add_config_arguments, command_parser, count, parse_config_args
 
 SUMMARY = "print the merged, validated config with its derived keys"
 
@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("config", "Print the merged, validated config with its derived keys, in the "
                                       "host's log format; a config with problems lists them all and exits 2.")
     add_config_arguments(parser)
-    parser.add_argument("--world-size", type=int, default=1,
+    parser.add_argument("--world-size", type=count, default=1,
                         help="number of training processes, for the derived keys")
     return parser
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from insightface_adadistill.commands.common import command_parser, process_group
+from insightface_adadistill.commands.common import command_parser, count, process_group
 
 SUMMARY = "synthetic identities -> teacher, student, AdaDistill student -> report"
 
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: gpu when CUDA is available and allowed by --device, else cpu; "
                              "quick: a seconds-long smoke run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of every run")
-    parser.add_argument("--max-steps", type=int, default=None, metavar="N",
+    parser.add_argument("--max-steps", type=count, default=None, metavar="N",
                         help="stop every run after N steps (a smoke test of a preset; default: the preset's full "
                              "schedule)")
     parser.add_argument("--overwrite", action="store_true",

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from insightface_adadistill.commands.common import add_embedding_size, command_parser, pick_device
+from insightface_adadistill.commands.common import add_embedding_size, command_parser, count, pick_device
 from insightface_adadistill.errors import InputNotFoundError
 from insightface_adadistill.outputs import OutputFolderError
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "<its folder>_<its name>, e.g. student_model for runs/student/model.pt)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results of another model in <result-dir>/<job>/")
-    parser.add_argument("--batch-size", type=int, default=128, metavar="N",
+    parser.add_argument("--batch-size", type=count, default=128, metavar="N",
                         help="images per batch (the model sees twice that with the flip)")
     parser.add_argument("--no-flip", action="store_true", help="F0: no flip test")
     parser.add_argument("--no-norm-score", action="store_true",

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, TypeVar
 
-from insightface_adadistill.commands.common import command_parser, print_error
+from insightface_adadistill.commands.common import command_parser, count, print_error
 
 SUMMARY = "build an insightface-style .rec/.idx from an image folder"
 PROGRESS_SECONDS = 10.0
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("src", type=Path, metavar="SRC_FOLDER",
                         help="folder with one sub-folder of images per identity")
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="where train.rec, train.idx and property go")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+    parser.add_argument("--workers", type=count, default=os.cpu_count() or 1, metavar="N",
                         help="processes reading and checking images (default: all cores)")
     parser.add_argument("--quality", type=int, default=95, metavar="Q",
                         help="JPEG quality for non-JPEG sources (JPEGs are stored unchanged)")

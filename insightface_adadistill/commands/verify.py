@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from insightface_adadistill.commands.common import add_embedding_size, command_parser, pick_device
+from insightface_adadistill.commands.common import add_embedding_size, command_parser, count, pick_device
 
 SUMMARY = "10-fold accuracy on .bin verification sets"
 
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True,
                         help="model.pt / backbone.pth / checkpoint_gpu_0.pt with the backbone weights")
     add_embedding_size(parser)
-    parser.add_argument("--batch-size", type=int, default=64, metavar="N",
+    parser.add_argument("--batch-size", type=count, default=64, metavar="N",
                         help="images per forward pass (their mirror images take a second pass)")
     parser.add_argument("--json", metavar="OUT", type=Path, help="also write the results as JSON here")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")

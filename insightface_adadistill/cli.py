@@ -8,7 +8,6 @@ the command) or ADADISTILL_DEBUG=1 prints the traceback of user errors too. See 
 """
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ from insightface_adadistill.commands import (cache_teacher, check_onnx, config, 
                                              make_synthetic, train, verify)
 from insightface_adadistill import __version__
 from insightface_adadistill.commands.common import print_error
-from insightface_adadistill.errors import UserError
+from insightface_adadistill.errors import UserError, close_matches
 
 USER_ERROR_STATUS = 2
 INTERRUPTED_STATUS = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
@@ -64,8 +63,8 @@ def _usage() -> str:
 def _unknown_command(name: str) -> str:
     """The error line for a command name (or option before it) that does not exist, with the closest real ones."""
     kind, known = ("option", (DEBUG_FLAG, VERSION_FLAG, "--help")) if name.startswith("-") else ("command", COMMANDS)
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    guess = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    close = close_matches(name, known)
+    guess = f"; did you mean {close}?" if close else ""
     return f"adadistill: error: unknown {kind} {name!r}{guess} (`adadistill --help` lists the commands)"
 
 

@@ -9,6 +9,14 @@ Anything that is not a `UserError` is treated as a bug and keeps its traceback; 
 """
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
+
+def close_matches(word: str, choices: Iterable[str], *, n: int = 3, cutoff: float = 0.6) -> str:
+    """"'a' or 'b'": the known names closest to a mistyped one, for a "did you mean" hint ('' if none)."""
+    return " or ".join(map(repr, difflib.get_close_matches(word, list(choices), n=n, cutoff=cutoff)))
+
 
 class UserError(Exception):
     """Bad input or a refused request: `adadistill <command>: error: <message>`, exit status 2."""

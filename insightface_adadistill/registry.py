@@ -1,8 +1,9 @@
 """A small name -> factory registry (timm style) shared by backbones and heads."""
 from __future__ import annotations
 
-import difflib
 from typing import Any, Callable, Dict, Generic, List, TypeVar
+
+from insightface_adadistill.errors import close_matches
 
 T = TypeVar("T")
 
@@ -42,8 +43,8 @@ class Registry(Generic[T]):
 
     def _check(self, name: str) -> None:
         if name not in self._factories:
-            close = difflib.get_close_matches(name, self.names(), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            close = close_matches(name, self.names(), n=1)
+            hint = f" Did you mean {close}?" if close else ""
             raise ValueError(f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(self.names())}")
 
     def __contains__(self, name: object) -> bool:

@@ -7,9 +7,10 @@ registered later is accepted and the two can never disagree.
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
+
+from insightface_adadistill.errors import close_matches
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,8 @@ class Registered:
         names = list(self.names())
         if value in names:
             return None
-        close = difflib.get_close_matches(value, names, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        close = close_matches(value, names, cutoff=0.5)
+        hint = f" Did you mean {close}?" if close else ""
         return (f"{key} = {value!r} is not a registered {self.kind}.{hint} Registered: "
                 f"{', '.join(names)} ({self.where}).")
 

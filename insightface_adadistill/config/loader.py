@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import ast
 import copy
-import difflib
 import os
 import runpy
 from pathlib import Path
 from typing import Any, Collection, Dict, List, Mapping, Union
+
+from insightface_adadistill.errors import close_matches
 
 from .defaults import DEFAULTS, DERIVED_KEYS, KEYS, NoneType, RunConfig
 from .validate import ConfigError, unknown_key_problem, validate
@@ -40,8 +41,8 @@ def resolve_config_path(path: Union[str, os.PathLike]) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    close = difflib.get_close_matches(given.stem, sorted(p.stem for p in shipped.glob("*.py")), n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    close = close_matches(given.stem, sorted(p.stem for p in shipped.glob("*.py")))
+    hint = f" Did you mean {close}?" if close else ""
     where = f"; shipped recipes are in {shipped}" if shipped.is_dir() else ""
     if given.is_dir():
         raise ConfigError(str(path), [f"is a folder, not a config file; name the .py file{where}"])

@@ -6,10 +6,9 @@ key's own check is declared with the key (`defaults.RunConfig`); the rules joini
 """
 from __future__ import annotations
 
-import difflib
 from typing import Any, Collection, List, Mapping, Sequence, Tuple, Union
 
-from insightface_adadistill.errors import UserError
+from insightface_adadistill.errors import UserError, close_matches
 from insightface_adadistill.heads import HEADS, head_name, head_spec, heads_with
 from insightface_adadistill.heads.margins import MARGINS
 from insightface_adadistill.teacher.kind import needs_network
@@ -35,8 +34,8 @@ def unknown_key_problem(key: str) -> str:
     if key in HISTORICAL_KEYS:
         return (f"{key!r} is a pre-2022 arcface_torch key that train_v2 ignores; remove it "
                 f"({HISTORICAL_KEYS[key]}).")
-    close = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
-    suggestion = f" Did you mean {close[0]!r}?" if close else ""
+    close = close_matches(key, KEYS, n=1)
+    suggestion = f" Did you mean {close}?" if close else ""
     return (f"unknown key {key!r}.{suggestion} The known keys are listed in docs/configs.md "
             f"and declared in insightface_adadistill/config/defaults.py.")
 

@@ -14,8 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from easydict import EasyDict
 
-from insightface_adadistill.config import (KEYS, ConfigError, RunConfig, build_run_config, parse_overrides,
-                                          resolve_config_path)
+from insightface_adadistill.config import KEYS, ConfigError, build_run_config, parse_overrides, resolve_config_path
 from insightface_adadistill.config.loader import read_config_file
 
 # Our keys host-train reads; every other key we add belongs to `adadistill train`'s own loop.
@@ -74,15 +73,6 @@ def loop_only_problems(job: Dict[str, Any]) -> List[str]:
             and job[key.name] != key.default]
 
 
-def _settings(cfg: RunConfig) -> Optional[DistillSettings]:
-    if cfg.distill is None and cfg.margin == "margin_list":
-        return None
-    return DistillSettings(cfg.distill, cfg.distill_alpha, cfg.feature_kd_weight, cfg.teacher_network,
-                           cfg.teacher_weights, cfg.teacher_classifier, cfg.teacher_dtype,
-                           cfg.teacher_channels_last, cfg.seed, cfg.embedding_size, cfg.num_classes,
-                           cfg.margin, (cfg.adaface_m, cfg.adaface_h, cfg.adaface_t_alpha))
-
-
 def load_host_config(path: Union[str, os.PathLike], overrides: Optional[List[str]] = None,
                      world_size: int = 1) -> HostRun:
     """Validate `path` + `--set` overrides with our loader and build the job the host imports.
@@ -97,10 +87,13 @@ def load_host_config(path: Union[str, os.PathLike], overrides: Optional[List[str
                                       "over which train_v2.py merges it; rename the file"])
     typed = parse_overrides(overrides, source=str(file))
     job = {**read_config_file(file), **typed}
-    problems = loop_only_problems(job)
-    if problems:
+    if problems := loop_only_problems(job):
         raise ConfigError(str(file), problems)
     cfg = build_run_config({**job, **HOST_JUDGED}, world_size, config_name=file.stem, source=str(file),
                            overridden=typed)
-    return HostRun(source=str(file), config_name=file.stem, job_config=EasyDict(job), distill=_settings(cfg))
+    distill = None if cfg.distill is None and cfg.margin == "margin_list" else DistillSettings(
+        cfg.distill, cfg.distill_alpha, cfg.feature_kd_weight, cfg.teacher_network, cfg.teacher_weights,
+        cfg.teacher_classifier, cfg.teacher_dtype, cfg.teacher_channels_last, cfg.seed, cfg.embedding_size,
+        cfg.num_classes, cfg.margin, (cfg.adaface_m, cfg.adaface_h, cfg.adaface_t_alpha))
+    return HostRun(source=str(file), config_name=file.stem, job_config=EasyDict(job), distill=distill)
 

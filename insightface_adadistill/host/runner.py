@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from insightface_adadistill.data.datasets import build_dataset
+from insightface_adadistill.distributed import destroy_distributed
 from insightface_adadistill.heads import AdaFaceMargin, HeadArgs, build_head, head_spec
 from insightface_adadistill.host.checkout import (HostCheckout, check_checkout, check_host_api, host_import_path,
                                                   import_host_module)
@@ -221,4 +222,7 @@ def run_host_training(checkout_dir: str | os.PathLike, config: str | os.PathLike
         if scheduler_problem is not None:
             replaced.enter_context(lr_scheduler_without_verbose())
         replaced.enter_context(tap_summary_writer(stats, resume=bool(run.job_config.get("resume"))))
-        runpy.run_path(str(checkout.train_script), run_name="__main__")
+        try:
+            runpy.run_path(str(checkout.train_script), run_name="__main__")
+        finally:  # train_v2 never tears down its process group; its threads must not outlive the interpreter
+            destroy_distributed()

@@ -113,7 +113,6 @@ BAD_INVOCATIONS = {
     "config: bad value": ["config", TINY, "--set", "lr=-1"],
     "config: world size 0": ["config", TINY, "--world-size", "0"],
     "demo: max steps 0": ["demo", "--max-steps", "0", "--out", "{root}/demo0"],
-    "make-synthetic: no identities": ["make-synthetic", "{root}/synth0", "--train-ids", "0"],
     "verify: negative batch size": ["verify", "--batch-size", "-2", "--network", "tiny_mfn", "--model", "m.pt",
                                     "x.bin"],
     "demo: foreign folder": ["demo", "--out", "{foreign}", "--preset", "quick"],

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from insightface_adadistill.commands.common import command_parser, count, print_error
+from insightface_adadistill.commands.common import command_parser, print_error
 
 SUMMARY = "write the built-in synthetic identities as .rec, .bin and an IJB folder"
 
@@ -19,9 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
                                               "train.idx, property, synth_val.bin), OUT_DIR/<target> (IJB layout) "
                                               "and OUT_DIR/manifest.json; docs/synthetic.md.")
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder for the dataset (created)")
-    parser.add_argument("--train-ids", type=count, default=200, metavar="N", help="training identities (classes)")
-    parser.add_argument("--images-per-id", type=count, default=20, metavar="N", help="training images per identity")
-    parser.add_argument("--heldout-ids", type=count, default=100, metavar="N",
+    parser.add_argument("--train-ids", type=int, default=200, metavar="N", help="training identities (classes)")
+    parser.add_argument("--images-per-id", type=int, default=20, metavar="N", help="training images per identity")
+    parser.add_argument("--heldout-ids", type=int, default=100, metavar="N",
                         help="unseen identities for synth_val.bin and the IJB folder")
     parser.add_argument("--val-pairs", type=int, default=1000, metavar="N", help="pairs in synth_val.bin")
     parser.add_argument("--difficulty", default="medium", choices=("easy", "medium", "hard"),

@@ -230,6 +230,31 @@ def test_stats_are_detached_device_tensors():
     torch.testing.assert_close(stats["distill/alpha_per_sample"].mean(), stats["distill/alpha_weighted"])
 
 
+def test_centre_norm_follows_every_write_to_the_centres():
+    """The per-class norms are cached and only the batch's rows recomputed; the logged mean must still
+    be exactly the mean over all centres, also after a write the head did not make."""
+    head = make_head(sample_rate=0.5)
+    gen = torch.Generator().manual_seed(0)
+
+    def step(labels: torch.Tensor) -> torch.Tensor:
+        n = labels.numel()
+        stats = head(torch.randn(n, E, generator=gen), labels, teacher=torch.randn(n, E, generator=gen)).stats
+        return stats["distill/centre_norm"]
+
+    writes = [lambda: None,
+              lambda: head.weight.mul_(2.0),  # user code writing in place
+              lambda: head.load_state_dict({"weight": torch.randn(C, E, generator=gen),  # a resume
+                                            "visited": head.visited.clone()}),
+              lambda: setattr(head, "weight", torch.randn(C, E, generator=gen)),  # a new tensor
+              lambda: head.to(torch.float64).to(torch.float32)]  # `.to()` replaces the buffer
+    for write in writes:
+        for _ in range(3):
+            labels = torch.randint(-1, C, (2 * B,), generator=gen)
+            assert torch.equal(step(labels), head.weight.norm(dim=1).sum() / C)
+        write()
+        assert torch.equal(step(LABELS), head.weight.norm(dim=1).sum() / C)
+
+
 def test_eval_mode_leaves_the_centres_alone():
     head = make_head().eval()
     before = head.weight.clone()

@@ -8,7 +8,7 @@ apart), and duplicate labels in a batch have a defined result (see `update_class
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +118,8 @@ class AdaDistillHead(ShardedHead):
         self.alpha = check_alpha(alpha)
         self.register_buffer("weight", init_centres(self.num_local, embedding_size))
         self.register_buffer("visited", torch.zeros(self.num_local, dtype=torch.bool))
+        self._norms: Optional[torch.Tensor] = None  # per-class centre norms (not state: derived from weight)
+        self._norms_of: Optional[Tuple[int, int]] = None  # (data_ptr, version) of the weight they describe
 
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor, *,
                 teacher: Optional[torch.Tensor] = None) -> HeadOutput:
@@ -126,20 +128,35 @@ class AdaDistillHead(ShardedHead):
         distill_stats: Dict[str, torch.Tensor] = {}
         if self.training:
             global_teacher = all_gather_tensor(teacher.float())  # (N, E)
+            norms_valid = self._norms_of == (self.weight.data_ptr(), self.weight._version)
             stats = update_class_centres(self.weight, global_teacher, embeddings, labels, self.alpha)
             # Marks the batch's classes: bool accumulation is a logical or, so duplicates and the
             # -1 rows (clamped onto row 0, adding False) cannot undo a mark.
             self.visited.index_put_((labels.clamp(min=0),), stats["class_count"] > 0, accumulate=True)
-            distill_stats = self._global_stats(stats)
+            distill_stats = self._global_stats(stats, self._centre_norm_sum(labels, norms_valid))
         loss, stats = self.margin_softmax(embeddings, labels, self.weight)
         return HeadOutput(loss, {**distill_stats, **stats})
 
     @torch.no_grad()
-    def _global_stats(self, stats: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def _centre_norm_sum(self, labels: torch.Tensor, norms_valid: bool) -> torch.Tensor:
+        """Sum of the centres' norms in O(B·E): only the batch's rows changed, so only their cached norms
+        are recomputed. Any other write to the centres (a checkpoint load, a re-shard, `.to()`, user code)
+        changes the tensor's version counter or storage, and the next step recomputes every row (a write
+        through `.data`, which bypasses the counter, is not seen: write the centres with `copy_`)."""
+        if norms_valid:
+            rows = labels.clamp(min=0)  # a -1 row recomputes row 0: harmless
+            self._norms[rows] = self.weight[rows].norm(dim=1)
+        else:
+            self._norms = self.weight.norm(dim=1)
+        self._norms_of = (self.weight.data_ptr(), self.weight._version)
+        return self._norms.sum()
+
+    @torch.no_grad()
+    def _global_stats(self, stats: Dict[str, torch.Tensor], norm_sum: torch.Tensor) -> Dict[str, torch.Tensor]:
         # One small all-reduce: each sample's stats live on the rank owning its class (zeros
         # elsewhere), so the SUM holds every sample on every rank; no host sync.
         rows = torch.stack([stats[name] for name in ROW_STATS])  # (5, N)
-        totals = torch.stack([self.visited.sum(), self.weight.norm(dim=1).sum()]).to(rows.dtype)
+        totals = torch.stack([self.visited.sum(), norm_sum]).to(rows.dtype)
         packed = all_reduce(torch.cat([rows.flatten(), totals]))
         rows = packed[:rows.numel()].view_as(rows)  # (5, N), global
         num_classes = self.margin_softmax.num_classes
